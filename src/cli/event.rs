@@ -1,0 +1,121 @@
+//! `selfdeploy event`: one event, one report.
+
+use std::path::PathBuf;
+
+use selfdeploy::config::Settings;
+use selfdeploy::engine::{self, Request, SystemClock};
+use selfdeploy::exec::{HostExecutor, RecordingExecutor};
+use selfdeploy::machine::EventName;
+
+use super::{EXIT_USAGE, item_names, print_json};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// request-approve | approved | poll | merge-verified | reset
+    #[arg(value_parser = parse_event)]
+    event: EventName,
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    work_item: String,
+    /// The work item's branch (recorded at approval; used for the push).
+    #[arg(long)]
+    branch: Option<String>,
+    /// The work item's git worktree (recorded at approval).
+    #[arg(long, value_name = "PATH")]
+    worktree: Option<PathBuf>,
+    /// The validated commit SHA (else read from the branch tip).
+    #[arg(long, value_name = "SHA")]
+    revision: Option<String>,
+    /// For merge-verified: whether the branch reached main.
+    #[arg(long, value_parser = parse_bool, value_name = "true|false")]
+    merged: Option<bool>,
+    /// For reset: reset a deploy that may be in flight.
+    #[arg(long)]
+    force: bool,
+    /// Who delivers the event (recorded in markers and history).
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+    /// Perform nothing, write nothing; print what would happen.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_event(raw: &str) -> Result<EventName, String> {
+    EventName::parse(raw).ok_or_else(|| {
+        let all: Vec<_> = EventName::ALL.iter().map(|e| e.as_str()).collect();
+        format!("unknown event {raw:?}; expected one of {}", all.join(", "))
+    })
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("expected true or false, not {raw:?}")),
+    }
+}
+
+pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
+    let (repo, work_item) = item_names(&args.repo, &args.work_item)?;
+    if args.event == EventName::MergeVerified && args.merged.is_none() {
+        eprintln!("selfdeploy: error: merge-verified needs --merged true|false");
+        return Ok(EXIT_USAGE);
+    }
+    let request = Request {
+        repo,
+        work_item,
+        event: args.event,
+        branch: args.branch,
+        worktree: args.worktree,
+        revision: args.revision,
+        merged: args.merged,
+        force: args.force,
+        actor: args.actor.unwrap_or_else(default_actor),
+        dry_run: args.dry_run,
+    };
+    let report = if args.dry_run {
+        engine::handle(
+            settings,
+            &request,
+            &mut RecordingExecutor::default(),
+            &SystemClock,
+        )?
+    } else {
+        engine::handle(
+            settings,
+            &request,
+            &mut HostExecutor { settings },
+            &SystemClock,
+        )?
+    };
+    if args.json {
+        print_json(&report);
+    } else {
+        let dry = if report.dry_run { " (dry run)" } else { "" };
+        println!(
+            "{}/{}: {}: {} -> {}: {}{dry}",
+            report.repo, report.work_item, report.event, report.from, report.to, report.outcome
+        );
+        if let Some(reason) = &report.reason {
+            println!("  reason: {reason}");
+        }
+        for effect in &report.effects {
+            println!("  effect: {}", selfdeploy::effect::describe(effect));
+        }
+        for note in &report.notes {
+            println!("  note: {note}");
+        }
+    }
+    Ok(report.outcome.exit_code() as u8)
+}
+
+fn default_actor() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "selfdeploy".to_owned())
+}

@@ -1,0 +1,71 @@
+//! The subcommands, one file each.
+
+mod config;
+mod demo;
+mod event;
+mod history;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use selfdeploy::config::Settings;
+use selfdeploy::names::{RepoName, WorkItem};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "selfdeploy",
+    version,
+    about = "Deploys a service that cannot restart itself: a persisted state machine with a human approval in the loop"
+)]
+pub struct Cli {
+    /// Read settings from this env file instead of ./.env (the environment still wins).
+    #[arg(long, global = true, value_name = "PATH")]
+    env_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Deliver one event to a work item's machine.
+    Event(event::Args),
+    /// Show the state of one work item, or of all of them.
+    Status(status::Args),
+    /// Show what happened to a work item.
+    History(history::Args),
+    /// Show every setting, its value and where it came from.
+    Config(config::Args),
+    /// Run a whole deploy in a throwaway sandbox on this machine.
+    Demo(demo::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let settings = || Settings::load(cli.env_file.as_deref()).context("bad configuration");
+    match cli.command {
+        Command::Event(args) => event::run(&settings()?, args),
+        Command::Status(args) => status::run(&settings()?, args),
+        Command::History(args) => history::run(&settings()?, args),
+        Command::Config(args) => config::run(&settings()?, args),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// Validates the names given on the command line (exit 1 on a bad one).
+fn item_names(repo: &str, work_item: &str) -> anyhow::Result<(RepoName, WorkItem)> {
+    Ok((RepoName::new(repo)?, WorkItem::new(work_item)?))
+}
+
+/// Prints one JSON value on one line.
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("reports serialize")
+    );
+}

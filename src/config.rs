@@ -1,0 +1,453 @@
+//! The settings registry: every setting's name, default, type and meaning,
+//! how a value is parsed, and where each resolved value came from.
+//!
+//! This is the only module that holds host-specific literals (paths, hosts,
+//! ports, domains). Every default is the production value, so an empty `.env`
+//! behaves exactly as production.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The platform's own repository: the one repo that deploys itself. A pinned
+/// platform constant, deliberately not a setting.
+pub const SELF_HOSTING_REPO: &str = "orchestrator";
+
+/// How a setting's text is interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Bool,
+    Port,
+    Seconds,
+    Text,
+    Path,
+    Csv,
+    Transport,
+}
+
+/// One entry of the registry.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: Kind,
+    pub group: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn spec(
+    name: &'static str,
+    default: &'static str,
+    kind: Kind,
+    group: &'static str,
+    meaning: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        default,
+        kind,
+        group,
+        meaning,
+    }
+}
+
+/// Every setting, in the order `config` and `.env.example` show them.
+#[rustfmt::skip]
+pub const REGISTRY: &[Spec] = &[
+    spec("SELF_DEPLOY_ENABLED", "true", Kind::Bool, "engine", "global kill-switch; false: the machine applies to no repo"),
+    spec("SELF_DEPLOY_REPOS", "", Kind::Csv, "engine", "repos the machine applies to (CSV, case-insensitive); empty: only the self-hosting repo"),
+    spec("REPOS_DIR", "/srv/orchestrator/repos", Kind::Path, "engine", "base of the state directories as the engine sees it"),
+    spec("SELF_DEPLOY_WORKTREE", "{repos_dir}/.worktrees/{repo}/{work_item}", Kind::Text, "engine", "a work item's git worktree when --worktree is not given; {repos_dir} {repo} {work_item} {branch} are replaced"),
+    spec("SELF_DEPLOY_TRANSPORT", "ssh", Kind::Transport, "ssh/host", "how the detached hook is launched: ssh (to DEPLOY_SSH_HOST) or local (bash on this machine)"),
+    spec("HOST_REPOS_DIR", "/srv/orchestrator/repos", Kind::Text, "ssh/host", "REPOS_DIR as the host sees it (the shared mount)"),
+    spec("DEPLOY_HOST_REPO_PATH", "/srv/orchestrator/app", Kind::Text, "ssh/host", "the repo checkout on the host: cd target and REPO="),
+    spec("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh", Kind::Text, "ssh/host", "the hook, run as `bash <hook> --deploy`; may be relative to DEPLOY_HOST_REPO_PATH"),
+    spec("DEPLOY_SSH_USER", "deploy", Kind::Text, "ssh/host", "ssh user; empty: the ssh target is the host alone"),
+    spec("DEPLOY_SSH_HOST", "host.docker.internal", Kind::Text, "ssh/host", "ssh host that runs the hook"),
+    spec("DEPLOY_PROD_SOURCE_IMAGE", "orchestrator:staging", Kind::Text, "deploy target", "the staging-validated image, promoted without a rebuild"),
+    spec("DEPLOY_PROD_TARGET_SERVICE", "orchestrator", Kind::Text, "deploy target", "compose service restarted"),
+    spec("DEPLOY_PROD_TARGET_PORT", "8500", Kind::Port, "deploy target", "production port"),
+    spec("DEPLOY_PROD_TARGET_IMAGE", "orchestrator:prod", Kind::Text, "deploy target", "production image tag"),
+    spec("DEPLOY_PROD_COMPOSE_PROFILE", "prod", Kind::Text, "deploy target", "compose profile"),
+    spec("DEPLOY_PROD_PREV_IMAGE_FILE", "/srv/orchestrator/.deploy-prev-image", Kind::Text, "deploy target", "where the hook keeps the previous image for rollback"),
+    spec("STAGING_PORT", "8501", Kind::Port, "deploy target", "staging port; must differ from DEPLOY_PROD_TARGET_PORT"),
+    spec("IMAGE_FRESHNESS_ENABLED", "true", Kind::Bool, "deploy target", "pass EXPECTED_REVISION so the hook refuses a stale image (self-hosting repo only)"),
+    spec("AGENT_HOME_DIR", "/home/agent", Kind::Path, "git identity", "HOME for git calls"),
+    spec("GIT_EMAIL_DOMAIN", "orchestrator.local", Kind::Text, "git identity", "domain of the deploy-finalizer commit e-mail"),
+    spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed and counted as failed"),
+    spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
+    spec("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds to wait for another process holding a work item's lock"),
+];
+
+/// Where a resolved value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Source {
+    Default,
+    DotEnv(PathBuf),
+    Environment,
+    /// Set by the program itself (the demo's sandbox).
+    Program,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::DotEnv(p) => write!(f, "{}", p.display()),
+            Source::Environment => f.write_str("environment"),
+            Source::Program => f.write_str("program"),
+        }
+    }
+}
+
+/// One resolved setting, for `selfdeploy config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolved {
+    pub name: &'static str,
+    pub value: String,
+    pub source: Source,
+}
+
+/// How the detached hook is launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Ssh,
+    Local,
+}
+
+/// A setting whose value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid setting {name}={value:?} (from {origin}): {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        origin: Source,
+        expected: &'static str,
+    },
+    #[error("cannot read env file {path}: {problem}")]
+    EnvFile { path: PathBuf, problem: String },
+    #[error("setting {name} from {origin} is not valid UTF-8")]
+    NotUtf8 { name: &'static str, origin: Source },
+}
+
+/// The typed settings the engine runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub enabled: bool,
+    pub repos: Vec<String>,
+    pub repos_dir: PathBuf,
+    pub worktree_template: String,
+    pub transport: Transport,
+    pub host_repos_dir: String,
+    pub host_repo_path: String,
+    pub hook_script: String,
+    pub ssh_user: String,
+    pub ssh_host: String,
+    pub source_image: String,
+    pub target_service: String,
+    pub target_port: u16,
+    pub target_image: String,
+    pub compose_profile: String,
+    pub prev_image_file: String,
+    pub staging_port: u16,
+    pub image_freshness: bool,
+    pub agent_home_dir: PathBuf,
+    pub git_email_domain: String,
+    pub ssh_timeout: Duration,
+    pub git_timeout: Duration,
+    pub lock_timeout: Duration,
+    /// Every setting as resolved, in registry order.
+    pub resolved: Vec<Resolved>,
+}
+
+impl Settings {
+    /// Settings from the process environment and an env file: `path` when
+    /// given (it must exist), else `.env` in the working directory if there is
+    /// one. The real environment wins over the file.
+    pub fn load(env_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let (file_values, file_path) = match env_file {
+            Some(path) => (read_env_file(path)?, Some(path.to_path_buf())),
+            None => {
+                let path = PathBuf::from(".env");
+                if path.is_file() {
+                    (read_env_file(&path)?, Some(path))
+                } else {
+                    (BTreeMap::new(), None)
+                }
+            }
+        };
+        let mut raw = Vec::new();
+        for spec in REGISTRY {
+            if let Some(value) = std::env::var_os(spec.name) {
+                let value = value.into_string().map_err(|_| ConfigError::NotUtf8 {
+                    name: spec.name,
+                    origin: Source::Environment,
+                })?;
+                raw.push((spec.name, value, Source::Environment));
+            } else if let (Some(value), Some(path)) = (file_values.get(spec.name), &file_path) {
+                raw.push((spec.name, value.clone(), Source::DotEnv(path.clone())));
+            }
+        }
+        Settings::resolve(raw)
+    }
+
+    /// Production defaults with the given values laid over them (tests, the demo).
+    pub fn with_overrides(overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut raw = Vec::new();
+        for (name, value) in overrides {
+            let spec = REGISTRY
+                .iter()
+                .find(|s| s.name == *name)
+                .unwrap_or_else(|| panic!("{name} is not a registered setting"));
+            raw.push((spec.name, (*value).to_owned(), Source::Program));
+        }
+        Settings::resolve(raw)
+    }
+
+    fn resolve(given: Vec<(&'static str, String, Source)>) -> Result<Settings, ConfigError> {
+        let mut values: BTreeMap<&str, (String, Source)> = BTreeMap::new();
+        for (name, value, source) in given {
+            values.insert(name, (value, source));
+        }
+        let mut resolved = Vec::new();
+        for spec in REGISTRY {
+            let (value, source) = match values.remove(spec.name) {
+                // Set but empty: the empty text, or the default for a number or a bool.
+                Some((v, _))
+                    if v.trim().is_empty()
+                        && !matches!(spec.kind, Kind::Text | Kind::Path | Kind::Csv) =>
+                {
+                    (spec.default.to_owned(), Source::Default)
+                }
+                Some((v, s)) => (v, s),
+                None => (spec.default.to_owned(), Source::Default),
+            };
+            resolved.push(Resolved {
+                name: spec.name,
+                value,
+                source,
+            });
+        }
+        let r = Reader(&resolved);
+        Ok(Settings {
+            enabled: r.bool("SELF_DEPLOY_ENABLED")?,
+            repos: r.csv("SELF_DEPLOY_REPOS"),
+            repos_dir: PathBuf::from(r.text("REPOS_DIR")),
+            worktree_template: r.text("SELF_DEPLOY_WORKTREE"),
+            transport: r.transport("SELF_DEPLOY_TRANSPORT")?,
+            host_repos_dir: r.text("HOST_REPOS_DIR"),
+            host_repo_path: r.text("DEPLOY_HOST_REPO_PATH"),
+            hook_script: r.text("DEPLOY_HOOK_SCRIPT"),
+            ssh_user: r.text("DEPLOY_SSH_USER").trim().to_owned(),
+            ssh_host: r.text("DEPLOY_SSH_HOST").trim().to_owned(),
+            source_image: r.text("DEPLOY_PROD_SOURCE_IMAGE"),
+            target_service: r.text("DEPLOY_PROD_TARGET_SERVICE"),
+            target_port: r.port("DEPLOY_PROD_TARGET_PORT")?,
+            target_image: r.text("DEPLOY_PROD_TARGET_IMAGE"),
+            compose_profile: r.text("DEPLOY_PROD_COMPOSE_PROFILE"),
+            prev_image_file: r.text("DEPLOY_PROD_PREV_IMAGE_FILE"),
+            staging_port: r.port("STAGING_PORT")?,
+            image_freshness: r.bool("IMAGE_FRESHNESS_ENABLED")?,
+            agent_home_dir: PathBuf::from(r.text("AGENT_HOME_DIR")),
+            git_email_domain: r.text("GIT_EMAIL_DOMAIN"),
+            ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS")?,
+            git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS")?,
+            lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS")?,
+            resolved,
+        })
+    }
+
+    /// Contract section 3: does the machine apply to this repo?
+    pub fn applies(&self, repo: &str) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let repo = repo.trim().to_lowercase();
+        if self.repos.is_empty() {
+            repo == SELF_HOSTING_REPO
+        } else {
+            self.repos.contains(&repo)
+        }
+    }
+
+    /// The freshness check is active for the self-hosting repo only.
+    pub fn freshness_active(&self, repo: &str) -> bool {
+        self.image_freshness && repo.trim().eq_ignore_ascii_case(SELF_HOSTING_REPO)
+    }
+
+    /// The worktree of a work item when the caller names none.
+    pub fn default_worktree(&self, repo: &str, work_item: &str, branch: Option<&str>) -> PathBuf {
+        PathBuf::from(
+            self.worktree_template
+                .replace("{repos_dir}", &self.repos_dir.to_string_lossy())
+                .replace("{repo}", repo)
+                .replace("{work_item}", work_item)
+                .replace("{branch}", branch.unwrap_or("")),
+        )
+    }
+}
+
+/// The identity of the finalizer's commits: a platform literal name, the
+/// e-mail domain from the settings.
+pub const FINALIZER_NAME: &str = "deploy-finalizer";
+
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let err = |problem: String| ConfigError::EnvFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let iter = dotenvy::from_path_iter(path).map_err(|e| err(e.to_string()))?;
+    let mut values = BTreeMap::new();
+    for item in iter {
+        let (k, v) = item.map_err(|e| err(e.to_string()))?;
+        values.insert(k, v);
+    }
+    Ok(values)
+}
+
+struct Reader<'a>(&'a [Resolved]);
+
+impl Reader<'_> {
+    fn get(&self, name: &str) -> &Resolved {
+        self.0
+            .iter()
+            .find(|r| r.name == name)
+            .expect("every registered setting is resolved")
+    }
+
+    fn text(&self, name: &str) -> String {
+        self.get(name).value.clone()
+    }
+
+    fn invalid(&self, name: &str, expected: &'static str) -> ConfigError {
+        let r = self.get(name);
+        ConfigError::Invalid {
+            name: r.name,
+            value: r.value.clone(),
+            origin: r.source.clone(),
+            expected,
+        }
+    }
+
+    fn bool(&self, name: &str) -> Result<bool, ConfigError> {
+        match self.get(name).value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(self.invalid(name, "expected one of true/false/1/0/yes/no")),
+        }
+    }
+
+    fn port(&self, name: &str) -> Result<u16, ConfigError> {
+        match self.get(name).value.trim().parse::<u16>() {
+            Ok(p) if p >= 1 => Ok(p),
+            _ => Err(self.invalid(name, "expected a port number in 1..65535")),
+        }
+    }
+
+    fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
+        match self.get(name).value.trim().parse::<u64>() {
+            Ok(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(self.invalid(name, "expected a whole number of seconds in 1..86400")),
+        }
+    }
+
+    fn csv(&self, name: &str) -> Vec<String> {
+        self.get(name)
+            .value
+            .split(',')
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    fn transport(&self, name: &str) -> Result<Transport, ConfigError> {
+        match self.get(name).value.trim().to_ascii_lowercase().as_str() {
+            "ssh" => Ok(Transport::Ssh),
+            "local" => Ok(Transport::Local),
+            _ => Err(self.invalid(name, "expected ssh or local")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_hosting_repo_is_pinned() {
+        assert_eq!(SELF_HOSTING_REPO, "orchestrator");
+    }
+
+    #[test]
+    fn defaults_parse_and_are_production() {
+        let s = Settings::with_overrides(&[]).unwrap();
+        assert!(s.enabled);
+        assert_eq!(s.target_port, 8500);
+        assert_eq!(s.transport, Transport::Ssh);
+        assert_eq!(s.ssh_timeout, Duration::from_secs(30));
+        assert_eq!(s.git_timeout, Duration::from_secs(60));
+        assert!(s.resolved.iter().all(|r| r.source == Source::Default));
+        assert_eq!(s.resolved.len(), REGISTRY.len());
+    }
+
+    #[test]
+    fn applies_follows_the_contract() {
+        let s = Settings::with_overrides(&[]).unwrap();
+        assert!(s.applies("orchestrator"));
+        assert!(s.applies("  Orchestrator "));
+        assert!(!s.applies("other"));
+        let s = Settings::with_overrides(&[("SELF_DEPLOY_REPOS", " Alpha , beta,,")]).unwrap();
+        assert!(s.applies("ALPHA") && s.applies("beta"));
+        assert!(!s.applies("orchestrator"));
+        let s =
+            Settings::with_overrides(&[("SELF_DEPLOY_ENABLED", "no"), ("SELF_DEPLOY_REPOS", "x")])
+                .unwrap();
+        assert!(!s.applies("x") && !s.applies("orchestrator"));
+    }
+
+    #[test]
+    fn empty_means_empty_text_or_default_number() {
+        let s = Settings::with_overrides(&[
+            ("DEPLOY_SSH_USER", ""),
+            ("DEPLOY_PROD_TARGET_PORT", ""),
+            ("SELF_DEPLOY_ENABLED", " "),
+        ])
+        .unwrap();
+        assert_eq!(s.ssh_user, "");
+        assert_eq!(s.target_port, 8500);
+        assert!(s.enabled);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_value() {
+        for (name, value) in [
+            ("DEPLOY_PROD_TARGET_PORT", "http"),
+            ("STAGING_PORT", "0"),
+            ("STAGING_PORT", "65536"),
+            ("IMAGE_FRESHNESS_ENABLED", "maybe"),
+            ("SELF_DEPLOY_TRANSPORT", "telnet"),
+            ("SELF_DEPLOY_SSH_TIMEOUT_SECS", "0"),
+        ] {
+            let err = Settings::with_overrides(&[(name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn worktree_template_is_filled_in() {
+        let s = Settings::with_overrides(&[("REPOS_DIR", "/r")]).unwrap();
+        assert_eq!(
+            s.default_worktree("orchestrator", "W-1", None),
+            PathBuf::from("/r/.worktrees/orchestrator/W-1")
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! `selfdeploy demo`: a whole deploy in a throwaway sandbox on this machine,
+//! through the local transport, with the example hook, a real git worktree
+//! and a bare remote. Nothing outside the sandbox is touched.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::config::Settings;
+use crate::engine::{self, Request, SystemClock};
+use crate::exec::{HostExecutor, deploy_log, process};
+use crate::machine::{EventName, Outcome, StateName};
+use crate::names::{RepoName, WorkItem};
+
+/// The hook the demo runs, shipped in the repo as an operator example.
+pub const EXAMPLE_HOOK: &str = include_str!("../docs/operations/example-deploy-hook.sh");
+
+const REPO: &str = crate::config::SELF_HOSTING_REPO;
+const WORK_ITEM: &str = "DEMO-1";
+const BRANCH: &str = "deploy/DEMO-1";
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Make the hook's health check fail: the deploy ends finalized_failed.
+    pub fail: bool,
+    /// Keep the sandbox directory instead of removing it.
+    pub keep: bool,
+}
+
+/// Runs the demo, printing to `out`; returns the final state.
+pub fn run(opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+    let sandbox = tempfile::Builder::new()
+        .prefix("selfdeploy-demo.")
+        .tempdir()
+        .context("cannot create the demo sandbox")?;
+    let root = sandbox.path().to_path_buf();
+    let result = run_in(&root, opts, out);
+    if opts.keep {
+        let kept = sandbox.keep();
+        writeln!(out, "\nsandbox kept at {}", kept.display())?;
+    }
+    result
+}
+
+fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+    let state = root.join("state");
+    let host_repo = root.join("host/app");
+    let home = root.join("home");
+    let worktree = root.join("worktree");
+    for dir in [&state, &host_repo.join("scripts"), &home] {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    fs::write(host_repo.join("scripts/deploy-hook.sh"), EXAMPLE_HOOK)?;
+    fs::write(
+        host_repo.join("demo-health"),
+        if opts.fail { "broken\n" } else { "ok\n" },
+    )?;
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let settings = Settings::with_overrides(&[
+        ("REPOS_DIR", &path(&state)),
+        ("HOST_REPOS_DIR", &path(&state)),
+        ("SELF_DEPLOY_TRANSPORT", "local"),
+        ("DEPLOY_HOST_REPO_PATH", &path(&host_repo)),
+        ("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh"),
+        (
+            "DEPLOY_PROD_PREV_IMAGE_FILE",
+            &path(&root.join("host/prev-image")),
+        ),
+        ("AGENT_HOME_DIR", &path(&home)),
+    ])?;
+    let sha = prepare_git(root, &worktree, &settings)?;
+
+    writeln!(out, "selfdeploy demo: sandbox {}", root.display())?;
+    writeln!(
+        out,
+        "  repo {REPO}, work item {WORK_ITEM}, branch {BRANCH}, validated revision {sha}"
+    )?;
+    writeln!(
+        out,
+        "  transport local (bash on this machine), hook scripts/deploy-hook.sh\n"
+    )?;
+
+    let repo = RepoName::new(REPO)?;
+    let work_item = WorkItem::new(WORK_ITEM)?;
+    let deliver = |event: EventName, merged: Option<bool>| {
+        let request = Request {
+            repo: repo.clone(),
+            work_item: work_item.clone(),
+            event,
+            branch: Some(BRANCH.to_owned()),
+            worktree: Some(worktree.clone()),
+            revision: None,
+            merged,
+            force: false,
+            actor: "demo".to_owned(),
+            dry_run: false,
+        };
+        engine::handle(
+            &settings,
+            &request,
+            &mut HostExecutor {
+                settings: &settings,
+            },
+            &SystemClock,
+        )
+    };
+
+    let mut last = StateName::Idle;
+    for event in [EventName::RequestApprove, EventName::Approved] {
+        let report = deliver(event, None)?;
+        print_step(out, &report)?;
+        if report.outcome != Outcome::Transitioned {
+            bail!(
+                "the demo expected {event} to transition, got {}",
+                report.outcome
+            );
+        }
+        last = report.to;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut polls = 0;
+    while last == StateName::Initiated {
+        let report = deliver(EventName::Poll, None)?;
+        polls += 1;
+        if report.outcome == Outcome::Deferred {
+            if polls == 1 {
+                print_step(out, &report)?;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the hook wrote no result within 60 s; see {}",
+                    state.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        writeln!(out, "  ({polls} polls)")?;
+        print_step(out, &report)?;
+        last = report.to;
+    }
+    let report = deliver(EventName::MergeVerified, Some(!opts.fail))?;
+    print_step(out, &report)?;
+
+    let log_path = worktree.join(deploy_log::relative_path(&work_item));
+    writeln!(
+        out,
+        "\n--- {} ---",
+        log_path.strip_prefix(root).unwrap_or(&log_path).display()
+    )?;
+    write!(out, "{}", fs::read_to_string(&log_path)?)?;
+    let hook_log = state.join(format!(".deploy-state-{REPO}/{WORK_ITEM}/hook.log"));
+    writeln!(out, "--- hook.log (written on the host) ---")?;
+    write!(out, "{}", fs::read_to_string(&hook_log).unwrap_or_default())?;
+    let pushed = git_out(
+        &settings,
+        &root.join("remote.git"),
+        &["log", "-1", "--format=%an <%ae>: %s", BRANCH],
+    )?;
+    writeln!(out, "--- pushed to the remote ---\n{}", pushed.trim())?;
+    writeln!(out, "\nfinal state: {last}")?;
+    Ok(last)
+}
+
+fn print_step(out: &mut dyn Write, r: &engine::Report) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<16} {} -> {}  [{}]",
+        r.event.as_str(),
+        r.from,
+        r.to,
+        r.outcome
+    )?;
+    if let Some(reason) = &r.reason {
+        writeln!(out, "{:<16} {reason}", "")?;
+    }
+    for effect in &r.effects {
+        writeln!(
+            out,
+            "{:<16} effect: {}",
+            "",
+            crate::effect::describe(effect)
+        )?;
+    }
+    for note in &r.notes {
+        writeln!(out, "{:<16} note: {note}", "")?;
+    }
+    Ok(())
+}
+
+/// A bare remote and a clone of it on the work item's branch; returns the
+/// branch tip, the revision the freshness check will expect.
+fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Result<String> {
+    let remote = root.join("remote.git");
+    git_out(
+        settings,
+        root,
+        &["init", "--quiet", "--bare", &remote.to_string_lossy()],
+    )?;
+    git_out(
+        settings,
+        root,
+        &[
+            "clone",
+            "--quiet",
+            &remote.to_string_lossy(),
+            &worktree.to_string_lossy(),
+        ],
+    )?;
+    git_out(settings, worktree, &["checkout", "--quiet", "-b", BRANCH])?;
+    fs::write(worktree.join("README.md"), "demo work item\n")?;
+    git_out(settings, worktree, &["add", "README.md"])?;
+    git_out(
+        settings,
+        worktree,
+        &["commit", "--quiet", "-m", "demo: the change being deployed"],
+    )?;
+    git_out(settings, worktree, &["push", "--quiet", "origin", BRANCH])?;
+    Ok(git_out(settings, worktree, &["rev-parse", "HEAD"])?
+        .trim()
+        .to_owned())
+}
+
+fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let mut argv: Vec<String> = vec!["-C".into(), dir.to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let email = format!("demo@{}", settings.git_email_domain);
+    let env: Vec<(&str, OsString)> = vec![
+        (
+            "HOME",
+            PathBuf::from(&settings.agent_home_dir).into_os_string(),
+        ),
+        ("GIT_AUTHOR_NAME", "demo".into()),
+        ("GIT_AUTHOR_EMAIL", email.clone().into()),
+        ("GIT_COMMITTER_NAME", "demo".into()),
+        ("GIT_COMMITTER_EMAIL", email.into()),
+    ];
+    let done = process::run("git", &argv, None, &env, settings.git_timeout)?;
+    if !done.success() {
+        bail!("git {} failed: {}", args.join(" "), done.summary());
+    }
+    Ok(done.stdout)
+}

@@ -1,0 +1,75 @@
+//! Effects: what the machine asks the executor to do, as data. The machine
+//! never performs them; the executor does, and the results that matter to the
+//! machine come back to it as events ([`crate::machine::Event`]).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::markers::Marker;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// Write a sentinel file of the work item's state directory, atomically.
+    WriteMarker { marker: Marker, content: String },
+    /// Remove a sentinel file (durably).
+    RemoveMarker { marker: Marker },
+    /// Launch the detached hook on the host over ssh.
+    Ssh { argv: Vec<String> },
+    /// Launch the detached hook on this machine.
+    Local { argv: Vec<String> },
+    /// Write the deploy log into the worktree, atomically. Not best effort.
+    WriteDeployLog {
+        worktree: PathBuf,
+        path: PathBuf,
+        content: String,
+    },
+    /// `git add`, `git commit`, `git push` of the deploy log. Best effort.
+    GitPublish {
+        worktree: PathBuf,
+        path: PathBuf,
+        message: String,
+        branch: Option<String>,
+    },
+    /// Stamp `merged_to_main` into the deploy log's frontmatter.
+    StampMerged { path: PathBuf, merged: bool },
+    /// Remove the work item's whole state directory.
+    RemoveStateDir,
+}
+
+impl Effect {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::WriteMarker { .. } => "write_marker",
+            Effect::RemoveMarker { .. } => "remove_marker",
+            Effect::Ssh { .. } => "ssh",
+            Effect::Local { .. } => "local",
+            Effect::WriteDeployLog { .. } => "write_deploy_log",
+            Effect::GitPublish { .. } => "git_publish",
+            Effect::StampMerged { .. } => "stamp_merged",
+            Effect::RemoveStateDir => "remove_state_dir",
+        }
+    }
+}
+
+/// One line for humans.
+pub fn describe(effect: &Effect) -> String {
+    match effect {
+        Effect::WriteMarker { marker, .. } => format!("write {marker}"),
+        Effect::RemoveMarker { marker } => format!("remove {marker}"),
+        Effect::Ssh { argv } | Effect::Local { argv } => {
+            format!("{} {}", effect.kind(), argv.join(" "))
+        }
+        Effect::WriteDeployLog { path, .. } => format!("write deploy log {}", path.display()),
+        Effect::GitPublish { path, branch, .. } => format!(
+            "git add/commit/push {} ({})",
+            path.display(),
+            branch.as_deref().unwrap_or("current branch")
+        ),
+        Effect::StampMerged { path, merged } => {
+            format!("stamp merged_to_main: {merged} into {}", path.display())
+        }
+        Effect::RemoveStateDir => "remove the state directory".to_owned(),
+    }
+}

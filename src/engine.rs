@@ -1,0 +1,254 @@
+//! One event, end to end: lock, load the snapshot, gather facts, let the
+//! machine decide, perform the effects (feeding dispatch results back into
+//! the machine), append the history. The only module that ties the store, the
+//! machine and the executor together; dry runs and replays come through here
+//! too, with a recording executor.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::{Settings, Transport};
+use crate::effect::Effect;
+use crate::exec::{self, Executor, Performed};
+use crate::machine::{self, Decision, Event, EventName, Facts, Outcome, Revision, StateName};
+use crate::names::{RepoName, WorkItem};
+use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Snapshot};
+
+/// The time, as an input: replays inject a fixed one.
+pub trait Clock {
+    fn now(&self) -> String;
+}
+
+/// Wall-clock time, RFC 3339 in UTC to the second.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> String {
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    }
+}
+
+/// An event as the stage engine delivers it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub repo: RepoName,
+    pub work_item: WorkItem,
+    pub event: EventName,
+    pub branch: Option<String>,
+    pub worktree: Option<PathBuf>,
+    pub revision: Option<String>,
+    pub merged: Option<bool>,
+    pub force: bool,
+    pub actor: String,
+    pub dry_run: bool,
+}
+
+/// What became of an event (the `--json` output of `selfdeploy event`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub repo: RepoName,
+    pub work_item: WorkItem,
+    pub event: EventName,
+    pub from: StateName,
+    pub to: StateName,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub effects: Vec<Effect>,
+    /// What best-effort steps reported (git, the stamp).
+    pub notes: Vec<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Lock(#[from] store::LockError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Effect(exec::ExecError),
+    #[error("cannot append history {path}: {source}")]
+    History {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Handles one event. Dry runs take no lock and write nothing, not even the
+/// history.
+pub fn handle(
+    settings: &Settings,
+    req: &Request,
+    executor: &mut dyn Executor,
+    clock: &dyn Clock,
+) -> Result<Report, EngineError> {
+    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
+    let _lock = if req.dry_run {
+        None
+    } else {
+        Some(ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?)
+    };
+    let snapshot = Snapshot::load(&paths)?;
+    let now = clock.now();
+    let result = run(settings, req, &paths, &snapshot, executor, &now);
+    if !req.dry_run {
+        let entry = match &result {
+            Ok(report) => HistoryEntry {
+                time: now.clone(),
+                actor: req.actor.clone(),
+                event: req.event.to_string(),
+                from: report.from.to_string(),
+                to: report.to.to_string(),
+                outcome: report.outcome.to_string(),
+                reason: report.reason.clone(),
+                effects: report.effects.iter().map(|e| e.kind().to_owned()).collect(),
+            },
+            Err(err) => HistoryEntry {
+                time: now.clone(),
+                actor: req.actor.clone(),
+                event: req.event.to_string(),
+                from: snapshot.state.to_string(),
+                to: Snapshot::load(&paths).map_or("unknown".into(), |s| s.state.to_string()),
+                outcome: "error".into(),
+                reason: Some(err.to_string()),
+                effects: Vec::new(),
+            },
+        };
+        store::append_history(&paths.history_file, &entry).map_err(|source| {
+            EngineError::History {
+                path: paths.history_file.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    result
+}
+
+fn run(
+    settings: &Settings,
+    req: &Request,
+    paths: &ItemPaths,
+    snapshot: &Snapshot,
+    executor: &mut dyn Executor,
+    now: &str,
+) -> Result<Report, EngineError> {
+    let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
+    let branch = req
+        .branch
+        .clone()
+        .or_else(|| record.and_then(|r| r.branch.clone()));
+    let worktree = req
+        .worktree
+        .clone()
+        .or_else(|| record.map(|r| PathBuf::from(&r.worktree)))
+        .unwrap_or_else(|| {
+            settings.default_worktree(req.repo.as_str(), req.work_item.as_str(), branch.as_deref())
+        });
+    let dispatching =
+        req.event == EventName::Approved && snapshot.state == StateName::ApproveRequested;
+    let revision = if dispatching {
+        dispatch_revision(settings, req, &worktree, branch.as_deref())
+    } else {
+        match record.and_then(|r| r.revision.clone()) {
+            Some(sha) => Revision::Known(sha),
+            None => Revision::Inactive,
+        }
+    };
+    let transport_program = if dispatching {
+        transport_program(settings)
+    } else {
+        Ok(())
+    };
+    let facts = Facts {
+        settings,
+        repo: &req.repo,
+        work_item: &req.work_item,
+        now,
+        actor: &req.actor,
+        force: req.force,
+        merged: req.merged,
+        branch: branch.as_deref(),
+        worktree: &worktree,
+        revision,
+        transport_program,
+        result: snapshot.result.clone(),
+        approved_by: record.map(|r| r.approved_by.as_str()),
+    };
+
+    let first = machine::step(snapshot.state, &req.event.event(), &facts);
+    let mut report = Report {
+        repo: req.repo.clone(),
+        work_item: req.work_item.clone(),
+        event: req.event,
+        from: snapshot.state,
+        to: first.to,
+        outcome: first.outcome,
+        reason: first.reason.clone(),
+        effects: Vec::new(),
+        notes: Vec::new(),
+        dry_run: req.dry_run,
+    };
+    let mut pending = vec![first];
+    while let Some(decision) = pending.pop() {
+        let Decision {
+            to,
+            outcome,
+            reason,
+            effects,
+        } = decision;
+        report.to = to;
+        report.outcome = outcome;
+        if reason.is_some() || outcome != Outcome::Transitioned {
+            report.reason = reason;
+        }
+        for effect in effects {
+            report.effects.push(effect.clone());
+            let performed = executor
+                .perform(paths, &effect)
+                .map_err(EngineError::Effect)?;
+            match performed {
+                Performed::Done => {}
+                Performed::Notes(notes) => report.notes.extend(notes),
+                Performed::Dispatched(result) => {
+                    let feedback = match result {
+                        Ok(()) => Event::DispatchSucceeded,
+                        Err(why) => Event::DispatchFailed(why),
+                    };
+                    pending.push(machine::step(to, &feedback, &facts));
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The validated revision, when the freshness check is active: the caller's,
+/// or the branch tip in the worktree.
+fn dispatch_revision(
+    settings: &Settings,
+    req: &Request,
+    worktree: &std::path::Path,
+    branch: Option<&str>,
+) -> Revision {
+    if !settings.freshness_active(req.repo.as_str()) {
+        return Revision::Inactive;
+    }
+    if let Some(sha) = req.revision.as_ref().filter(|s| !s.trim().is_empty()) {
+        return Revision::Known(sha.trim().to_owned());
+    }
+    match exec::git::branch_tip(settings, worktree, branch) {
+        Ok(sha) => Revision::Known(sha),
+        Err(why) => Revision::Unknown(why),
+    }
+}
+
+fn transport_program(settings: &Settings) -> Result<(), String> {
+    let program = match settings.transport {
+        Transport::Ssh => "ssh",
+        Transport::Local => "bash",
+    };
+    exec::process::find(program)
+        .map(|_| ())
+        .map_err(|e| format!("no {program} binary: {e}; install it or fix PATH"))
+}

@@ -1,0 +1,258 @@
+//! The deploy log the platform's quality gate reads (contract section 7) and
+//! the merge stamp (section 8). Pure: text in, text out.
+
+use std::path::PathBuf;
+
+use crate::hook_result::Verdict;
+use crate::names::WorkItem;
+
+/// The log's path inside a work item's worktree.
+pub fn relative_path(work_item: &WorkItem) -> PathBuf {
+    PathBuf::from(format!("docs/work-items/{work_item}/14-deploy-log.md"))
+}
+
+/// What the body of the log tells a human reader; only the frontmatter is
+/// machine-read.
+#[derive(Debug, Clone, Default)]
+pub struct Details<'a> {
+    pub repo: &'a str,
+    pub approved_by: Option<&'a str>,
+    pub revision: Option<&'a str>,
+    pub garbage: Option<&'a str>,
+}
+
+/// The whole file. Deterministic: the same inputs give the same bytes, so a
+/// retried finalize rewrites an identical file.
+pub fn render(work_item: &WorkItem, exit_code: &str, verdict: Verdict, d: &Details<'_>) -> String {
+    let mut out = format!(
+        "---\ndeploy_status: {verdict}\nwork_item: {work_item}\nhook_exit_code: {exit_code}\n\
+         deployed_by: deploy-finalizer\n---\n\n"
+    );
+    out.push_str("# Deploy log\n\n");
+    out.push_str(&format!(
+        "The host deploy hook of `{}` exited with code `{exit_code}`, so the deploy is \
+         `{verdict}`.\n\n",
+        d.repo
+    ));
+    if let Some(raw) = d.garbage {
+        out.push_str(&format!(
+            "The result file did not hold an integer ({raw:?}); it is read as exit code 1 \
+             (fail-closed).\n\n"
+        ));
+    }
+    if let Some(who) = d.approved_by {
+        out.push_str(&format!("- approved by: {who}\n"));
+    }
+    if let Some(rev) = d.revision {
+        out.push_str(&format!("- expected revision: {rev}\n"));
+    }
+    out.push_str(
+        "- verdict: computed by the deterministic finalizer from the exit code \
+         (0 success; 1 rolled back; 2 rollback failed; anything else failed)\n",
+    );
+    out
+}
+
+/// What stamping did to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stamp {
+    /// The new content to write.
+    Rewritten(String),
+    /// The file has no frontmatter: left untouched, as the original does.
+    NoFrontmatter,
+}
+
+/// Stamps `merged_to_main: true|false` into the frontmatter exactly as the
+/// original does it, including its reading of the file with universal
+/// newlines and Python's `str.splitlines` line boundaries.
+pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
+    let content = universal_newlines(content);
+    if !content.starts_with("---") {
+        return Stamp::NoFrontmatter;
+    }
+    let mut parts = content.splitn(3, "---");
+    let (_before, Some(frontmatter), Some(rest)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Stamp::NoFrontmatter;
+    };
+    let stamp = format!("merged_to_main: {merged}");
+    let mut lines: Vec<&str> = Vec::new();
+    let mut replaced = false;
+    for line in python_splitlines(frontmatter) {
+        if python_strip(line)
+            .to_lowercase()
+            .starts_with("merged_to_main:")
+        {
+            lines.push(&stamp);
+            replaced = true;
+        } else {
+            lines.push(line);
+        }
+    }
+    if !replaced {
+        if lines.first() == Some(&"") {
+            lines.remove(0);
+        }
+        lines.push(&stamp);
+    }
+    let joined = lines.join("\n");
+    Stamp::Rewritten(format!("---\n{}\n---{rest}", joined.trim_matches('\n')))
+}
+
+/// Python's text-mode reading: every CRLF and every lone CR becomes LF.
+fn universal_newlines(s: &str) -> String {
+    s.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Python's `str.splitlines()`: splits at every Unicode line boundary Python
+/// knows and drops a trailing empty piece.
+fn python_splitlines(s: &str) -> Vec<&str> {
+    let is_break = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r'
+                | '\x0b'
+                | '\x0c'
+                | '\x1c'
+                | '\x1d'
+                | '\x1e'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+    };
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if is_break(c) {
+            lines.push(&s[start..i]);
+            let mut end = i + c.len_utf8();
+            if c == '\r' && matches!(chars.peek(), Some((_, '\n'))) {
+                chars.next();
+                end += 1;
+            }
+            start = end;
+        }
+    }
+    if start < s.len() {
+        lines.push(&s[start..]);
+    }
+    lines
+}
+
+/// Python's `str.strip()` with no argument: Python's whitespace set, which
+/// also holds the separators U+001C..U+001F that Rust's `trim` keeps.
+fn python_strip(s: &str) -> &str {
+    let is_space = |c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c);
+    s.trim_matches(is_space)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wi() -> WorkItem {
+        WorkItem::new("ORCH-36").unwrap()
+    }
+
+    #[test]
+    fn frontmatter_bytes_are_the_contract() {
+        let log = render(&wi(), "0", Verdict::Success, &Details::default());
+        assert!(log.starts_with(
+            "---\ndeploy_status: SUCCESS\nwork_item: ORCH-36\nhook_exit_code: 0\n\
+             deployed_by: deploy-finalizer\n---\n\n"
+        ));
+        let log = render(&wi(), "2", Verdict::Failed, &Details::default());
+        assert!(log.starts_with(
+            "---\ndeploy_status: FAILED\nwork_item: ORCH-36\nhook_exit_code: 2\n\
+             deployed_by: deploy-finalizer\n---\n\n"
+        ));
+    }
+
+    #[test]
+    fn render_is_deterministic() {
+        let d = Details {
+            repo: "orchestrator",
+            approved_by: Some("alice"),
+            revision: Some("abc"),
+            garbage: Some("x"),
+        };
+        assert_eq!(
+            render(&wi(), "1", Verdict::Failed, &d),
+            render(&wi(), "1", Verdict::Failed, &d)
+        );
+    }
+
+    fn stamped(content: &str, merged: bool) -> String {
+        match stamp_merged(content, merged) {
+            Stamp::Rewritten(s) => s,
+            Stamp::NoFrontmatter => panic!("expected a rewrite of {content:?}"),
+        }
+    }
+
+    #[test]
+    fn stamp_appends_as_last_frontmatter_line() {
+        let log = render(&wi(), "0", Verdict::Success, &Details::default());
+        let out = stamped(&log, true);
+        assert!(out.starts_with(
+            "---\ndeploy_status: SUCCESS\nwork_item: ORCH-36\nhook_exit_code: 0\n\
+             deployed_by: deploy-finalizer\nmerged_to_main: true\n---\n\n# Deploy log"
+        ));
+        assert_eq!(
+            &out[out.find("\n---\n").unwrap()..],
+            &log[log.find("\n---\n").unwrap()..]
+        );
+    }
+
+    #[test]
+    fn stamp_replaces_the_line_in_any_case() {
+        let out = stamped(
+            "---\na: 1\n  MERGED_TO_MAIN: true  \nb: 2\n---\nbody\n",
+            false,
+        );
+        assert_eq!(out, "---\na: 1\nmerged_to_main: false\nb: 2\n---\nbody\n");
+        let again = stamped(&out, false);
+        assert_eq!(again, out, "idempotent");
+    }
+
+    #[test]
+    fn stamp_leaves_files_without_frontmatter_alone() {
+        assert_eq!(stamp_merged("# title\n---\n", true), Stamp::NoFrontmatter);
+        assert_eq!(stamp_merged("", true), Stamp::NoFrontmatter);
+        assert_eq!(
+            stamp_merged("---\nonly one fence\n", true),
+            Stamp::NoFrontmatter
+        );
+    }
+
+    #[test]
+    fn stamp_turns_every_cr_into_lf() {
+        let out = stamped(
+            "---\r\ndeploy_status: FAILED\r\n---\r\nline\rnext\r\n",
+            true,
+        );
+        assert_eq!(
+            out,
+            "---\ndeploy_status: FAILED\nmerged_to_main: true\n---\nline\nnext\n"
+        );
+    }
+
+    #[test]
+    fn stamp_edge_shapes_match_the_original() {
+        // Values computed by hand from the original's algorithm.
+        assert_eq!(stamped("------", true), "---\nmerged_to_main: true\n---");
+        assert_eq!(
+            stamped("---\n\n\na: 1\n\n---x", true),
+            "---\na: 1\n\nmerged_to_main: true\n---x"
+        );
+        assert_eq!(
+            stamped("---a\x0cb---", false),
+            "---\na\nb\nmerged_to_main: false\n---"
+        );
+        assert_eq!(
+            stamped("---\n---\n---\n", true),
+            "---\nmerged_to_main: true\n---\n---\n"
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Performs effects. `remote` and `deploy_log` are pure (they build bytes);
+//! `process`, `git` and the executors below touch processes and files. This
+//! is the one place where ssh is spawned and files outside the state
+//! directory are written.
+
+pub mod deploy_log;
+pub mod git;
+pub mod process;
+pub mod remote;
+
+use std::fs;
+use std::io;
+
+use crate::atomic;
+use crate::config::Settings;
+use crate::effect::Effect;
+use crate::store::ItemPaths;
+
+/// What performing an effect produced, as far as the caller cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Performed {
+    Done,
+    /// Done, with lines worth reporting (best-effort steps, skipped writes).
+    Notes(Vec<String>),
+    /// A dispatch: launched, or why not. Fed back to the machine.
+    Dispatched(Result<(), String>),
+}
+
+/// An effect that could not be performed; the event stops there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecError(pub String);
+
+/// Performs effects for one work item.
+pub trait Executor {
+    fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError>;
+}
+
+/// The real executor: files, ssh (or local bash) and git.
+pub struct HostExecutor<'a> {
+    pub settings: &'a Settings,
+}
+
+impl Executor for HostExecutor<'_> {
+    fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
+        let fail = |what: String, e: io::Error| ExecError(format!("{what}: {e}"));
+        match effect {
+            Effect::WriteMarker { marker, content } => paths
+                .write_marker(*marker, content)
+                .map(|()| Performed::Done)
+                .map_err(|e| {
+                    fail(
+                        format!("cannot write {}", paths.marker(*marker).display()),
+                        e,
+                    )
+                }),
+            Effect::RemoveMarker { marker } => paths
+                .remove_marker(*marker)
+                .map(|()| Performed::Done)
+                .map_err(|e| {
+                    fail(
+                        format!("cannot remove {}", paths.marker(*marker).display()),
+                        e,
+                    )
+                }),
+            Effect::Ssh { argv } | Effect::Local { argv } => {
+                Ok(Performed::Dispatched(self.launch(argv)))
+            }
+            Effect::WriteDeployLog {
+                worktree,
+                path,
+                content,
+            } => {
+                if !worktree.is_dir() {
+                    return Err(ExecError(format!(
+                        "worktree {} does not exist; create it or pass --worktree (the deploy stays initiated; the next poll retries)",
+                        worktree.display()
+                    )));
+                }
+                let dir = path.parent().unwrap_or(worktree);
+                atomic::create_dir_all(dir)
+                    .and_then(|()| atomic::write(path, content.as_bytes()))
+                    .map(|()| Performed::Done)
+                    .map_err(|e| fail(format!("cannot write deploy log {}", path.display()), e))
+            }
+            Effect::GitPublish {
+                worktree,
+                path,
+                message,
+                branch,
+            } => Ok(Performed::Notes(git::publish(
+                self.settings,
+                worktree,
+                path,
+                message,
+                branch.as_deref(),
+            ))),
+            Effect::StampMerged { path, merged } => stamp(path, *merged),
+            Effect::RemoveStateDir => paths
+                .remove_state_dir()
+                .map(|()| Performed::Done)
+                .map_err(|e| fail(format!("cannot remove {}", paths.state_dir.display()), e)),
+        }
+    }
+}
+
+impl HostExecutor<'_> {
+    fn launch(&self, argv: &[String]) -> Result<(), String> {
+        let (program, args) = argv.split_first().ok_or("empty dispatch command")?;
+        match process::run(program, args, None, &[], self.settings.ssh_timeout) {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err(format!("{program} failed: {}", out.summary())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn stamp(path: &std::path::Path, merged: bool) -> Result<Performed, ExecError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ExecError(format!(
+                "deploy log {} not found: nothing to stamp; pass --worktree if it lives elsewhere",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(ExecError(format!("cannot read {}: {e}", path.display()))),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| {
+        ExecError(format!(
+            "deploy log {} is not valid UTF-8; nothing stamped",
+            path.display()
+        ))
+    })?;
+    match deploy_log::stamp_merged(&text, merged) {
+        deploy_log::Stamp::NoFrontmatter => Ok(Performed::Notes(vec![format!(
+            "{} has no frontmatter: left untouched",
+            path.display()
+        )])),
+        deploy_log::Stamp::Rewritten(new) if new == text => Ok(Performed::Notes(vec![format!(
+            "merged_to_main: {merged} already stamped"
+        )])),
+        deploy_log::Stamp::Rewritten(new) => atomic::write(path, new.as_bytes())
+            .map(|()| Performed::Notes(vec![format!("merged_to_main: {merged} stamped")]))
+            .map_err(|e| ExecError(format!("cannot write {}: {e}", path.display()))),
+    }
+}
+
+/// Performs nothing: every effect is recorded as if it succeeded. Dry runs
+/// and offline replays use it.
+#[derive(Debug, Default)]
+pub struct RecordingExecutor {
+    pub performed: Vec<Effect>,
+}
+
+impl Executor for RecordingExecutor {
+    fn perform(&mut self, _paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
+        self.performed.push(effect.clone());
+        Ok(match effect {
+            Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+            _ => Performed::Done,
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The remote command of contract section 6, byte for byte. Pure: no I/O.
+//!
+//! The host wrapper and the original implementation read these exact bytes,
+//! so the quoting is Python's `shlex.quote`, written out here: the `shlex`
+//! crate quotes more characters and uses a different form for `'`.
+
+use std::path::Path;
+
+use crate::config::{Settings, Transport};
+use crate::names::{RepoName, WorkItem};
+
+/// File the host wrapper writes the hook's exit code into.
+pub const RESULT_FILE: &str = "result";
+/// File the host wrapper appends the hook's output to.
+pub const HOOK_LOG_FILE: &str = "hook.log";
+
+/// Python's `shlex.quote`: unchanged when non-empty and made only of
+/// `[A-Za-z0-9_@%+=:,./-]`, else single-quoted with each `'` as `'"'"'`.
+pub fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', "'\"'\"'"))
+}
+
+/// The state directory of a work item under a base directory, joined as path
+/// components (a trailing `/` on the base is not doubled).
+pub fn state_dir_under(base: &Path, repo: &RepoName, work_item: &WorkItem) -> std::path::PathBuf {
+    base.join(format!(".deploy-state-{repo}"))
+        .join(work_item.as_str())
+}
+
+/// The shell command the host runs, detached, for one dispatch.
+pub fn remote_command(
+    settings: &Settings,
+    repo: &RepoName,
+    work_item: &WorkItem,
+    expected_revision: Option<&str>,
+) -> String {
+    let host_dir = state_dir_under(Path::new(&settings.host_repos_dir), repo, work_item);
+    let result = host_dir.join(RESULT_FILE);
+    let hook_log = host_dir.join(HOOK_LOG_FILE);
+    let q = shell_quote;
+    let mut inner = format!(
+        "cd {repo_path} && REPO={repo_path} SOURCE_IMAGE={source} TARGET_SERVICE={service} \
+         TARGET_PORT={port} TARGET_IMAGE={image} COMPOSE_PROFILE={profile} PREV_IMAGE_FILE={prev}",
+        repo_path = q(&settings.host_repo_path),
+        source = q(&settings.source_image),
+        service = q(&settings.target_service),
+        port = settings.target_port,
+        image = q(&settings.target_image),
+        profile = q(&settings.compose_profile),
+        prev = q(&settings.prev_image_file),
+    );
+    if let Some(sha) = expected_revision {
+        inner.push_str(" EXPECTED_REVISION=");
+        inner.push_str(&q(sha));
+    }
+    inner.push_str(&format!(
+        " bash {hook} --deploy; echo $? > {result}",
+        hook = q(&settings.hook_script),
+        result = q(&result.to_string_lossy()),
+    ));
+    format!(
+        "setsid bash -c {} >> {} 2>&1 </dev/null &",
+        q(&inner),
+        q(&hook_log.to_string_lossy())
+    )
+}
+
+/// The ssh target: `user@host`, or the host alone when the user is empty.
+pub fn ssh_target(settings: &Settings) -> String {
+    if settings.ssh_user.is_empty() {
+        settings.ssh_host.clone()
+    } else {
+        format!("{}@{}", settings.ssh_user, settings.ssh_host)
+    }
+}
+
+/// The argv that launches `remote` over the configured transport.
+pub fn dispatch_argv(settings: &Settings, remote: String) -> Vec<String> {
+    match settings.transport {
+        Transport::Ssh => vec![
+            "ssh".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            ssh_target(settings),
+            remote,
+        ],
+        Transport::Local => vec!["bash".into(), "-c".into(), remote],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn quoting_matches_python_shlex_quote() {
+        let cases = [
+            ("", "''"),
+            ("abc", "abc"),
+            ("a-b_c.d/e:f,g=h+i%j@k", "a-b_c.d/e:f,g=h+i%j@k"),
+            ("a b", "'a b'"),
+            ("it's", "'it'\"'\"'s'"),
+            ("'", "''\"'\"''"),
+            ("say \"hi\"", "'say \"hi\"'"),
+            ("$HOME", "'$HOME'"),
+            ("`id`", "'`id`'"),
+            ("a;b", "'a;b'"),
+            ("ünï", "'ünï'"),
+            ("~", "'~'"),
+            ("a\nb", "'a\nb'"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(shell_quote(input), expected, "input {input:?}");
+        }
+    }
+
+    fn settings(overrides: &[(&str, &str)]) -> Settings {
+        let mut all = vec![
+            ("HOST_REPOS_DIR", "/host/repos/"),
+            ("DEPLOY_HOST_REPO_PATH", "/host/app"),
+            ("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh"),
+            ("DEPLOY_SSH_USER", "deploy"),
+            ("DEPLOY_SSH_HOST", "prod.example"),
+            ("DEPLOY_PROD_SOURCE_IMAGE", "orch:staging"),
+            ("DEPLOY_PROD_TARGET_SERVICE", "orch"),
+            ("DEPLOY_PROD_TARGET_PORT", "8500"),
+            ("DEPLOY_PROD_TARGET_IMAGE", "orch:prod"),
+            ("DEPLOY_PROD_COMPOSE_PROFILE", "prod"),
+            ("DEPLOY_PROD_PREV_IMAGE_FILE", "/host/prev"),
+        ];
+        all.extend_from_slice(overrides);
+        Settings::with_overrides(&all).unwrap()
+    }
+
+    fn argv(overrides: &[(&str, &str)], sha: Option<&str>) -> Vec<String> {
+        let s = settings(overrides);
+        let repo = RepoName::new("orchestrator").unwrap();
+        let wi = WorkItem::new("ORCH-36").unwrap();
+        dispatch_argv(&s, remote_command(&s, &repo, &wi, sha))
+    }
+
+    // Expected strings below were written out by hand from contract section 6.
+    #[test]
+    fn plain_values_with_revision() {
+        assert_eq!(
+            argv(&[], Some("0123abc")),
+            vec![
+                "ssh",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "deploy@prod.example",
+                "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
+                 TARGET_SERVICE=orch TARGET_PORT=8500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE=prod \
+                 PREV_IMAGE_FILE=/host/prev EXPECTED_REVISION=0123abc bash scripts/deploy-hook.sh \
+                 --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result' \
+                 >> /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_revision_empty_user_empty_profile() {
+        let got = argv(
+            &[("DEPLOY_SSH_USER", ""), ("DEPLOY_PROD_COMPOSE_PROFILE", "")],
+            None,
+        );
+        assert_eq!(got[3], "prod.example");
+        assert_eq!(
+            got[4],
+            "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
+             TARGET_SERVICE=orch TARGET_PORT=8500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE='\"'\"''\"'\"' \
+             PREV_IMAGE_FILE=/host/prev bash scripts/deploy-hook.sh --deploy; echo $? > \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
+        );
+    }
+
+    #[test]
+    fn hostile_values_are_quoted_twice() {
+        let got = argv(
+            &[
+                ("DEPLOY_HOST_REPO_PATH", "/srv/my app"),
+                ("DEPLOY_PROD_SOURCE_IMAGE", "it's"),
+                ("DEPLOY_PROD_TARGET_SERVICE", "a\"b"),
+                ("DEPLOY_PROD_TARGET_IMAGE", "$(reboot)"),
+                ("DEPLOY_PROD_PREV_IMAGE_FILE", "`x`;y"),
+                ("DEPLOY_HOOK_SCRIPT", "hooks/déploy.sh"),
+            ],
+            Some("a b"),
+        );
+        assert_eq!(
+            got[4],
+            "setsid bash -c 'cd '\"'\"'/srv/my app'\"'\"' && REPO='\"'\"'/srv/my app'\"'\"' \
+             SOURCE_IMAGE='\"'\"'it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"' TARGET_SERVICE='\"'\"'a\"b'\"'\"' \
+             TARGET_PORT=8500 TARGET_IMAGE='\"'\"'$(reboot)'\"'\"' COMPOSE_PROFILE=prod \
+             PREV_IMAGE_FILE='\"'\"'`x`;y'\"'\"' EXPECTED_REVISION='\"'\"'a b'\"'\"' \
+             bash '\"'\"'hooks/déploy.sh'\"'\"' --deploy; echo $? > \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
+        );
+    }
+
+    #[test]
+    fn local_transport_runs_the_same_command_with_bash() {
+        let got = argv(&[("SELF_DEPLOY_TRANSPORT", "local")], None);
+        assert_eq!(got[..2], ["bash", "-c"]);
+        assert_eq!(got[2], argv(&[], None)[4]);
+    }
+
+    #[test]
+    fn trailing_slash_is_not_doubled() {
+        let repo = RepoName::new("r").unwrap();
+        let wi = WorkItem::new("w").unwrap();
+        assert_eq!(
+            state_dir_under(Path::new("/a/"), &repo, &wi),
+            Path::new("/a/.deploy-state-r/w")
+        );
+    }
+
+    fn sh_echo(word: &str) -> Vec<u8> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {word}"))
+            .output()
+            .expect("sh runs");
+        assert!(out.status.success());
+        out.stdout
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        // Any string without NUL survives one round of quoting through a real sh,
+        // and through two rounds, as the remote command nests it.
+        #[test]
+        fn quoting_round_trips_through_sh(s in "[^\\x00]{0,24}") {
+            prop_assert_eq!(sh_echo(&shell_quote(&s)), s.as_bytes());
+            let nested = format!("sh -c {}", shell_quote(&format!("printf %s {}", shell_quote(&s))));
+            let out = std::process::Command::new("sh").arg("-c").arg(nested).output().unwrap();
+            prop_assert_eq!(out.stdout, s.as_bytes());
+        }
+    }
+}

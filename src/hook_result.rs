@@ -1,0 +1,149 @@
+//! The hook's exit code as the host wrapper leaves it in `result` (contract
+//! section 4), and the verdict it maps to (section 5). Pure: no I/O.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The verdict written into the deploy log's frontmatter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Success,
+    Failed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Success => "SUCCESS",
+            Verdict::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A present result: the exit code as the original prints it (a decimal
+/// integer of any size, like Python's `int`), and the raw text when it was
+/// garbage and therefore read as exit code 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookExit {
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub garbage: Option<String>,
+}
+
+impl HookExit {
+    pub fn verdict(&self) -> Verdict {
+        if self.code == "0" {
+            Verdict::Success
+        } else {
+            Verdict::Failed
+        }
+    }
+}
+
+/// Python's `int()` refuses strings longer than this many digits (3.11+);
+/// the original therefore reads them as garbage, and so do we.
+const MAX_DIGITS: usize = 4300;
+
+/// Parses the content of `result`. `None`: not present yet (the finalizer
+/// defers). Garbage is present with exit code 1: never advance on doubt.
+pub fn parse_result(raw: &[u8]) -> Option<HookExit> {
+    let garbage = |shown: &str| {
+        Some(HookExit {
+            code: "1".into(),
+            garbage: Some(shown.chars().take(64).collect()),
+        })
+    };
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return garbage(&String::from_utf8_lossy(raw));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let (negative, digits) = match text.as_bytes()[0] {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return garbage(text);
+    }
+    let digits = digits.trim_start_matches('0');
+    let code = match (digits.is_empty(), negative) {
+        (true, _) => "0".to_owned(),
+        (false, true) => format!("-{digits}"),
+        (false, false) => digits.to_owned(),
+    };
+    Some(HookExit {
+        code,
+        garbage: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(raw: &str) -> Option<String> {
+        parse_result(raw.as_bytes()).map(|e| e.code)
+    }
+
+    #[test]
+    fn missing_or_blank_is_not_present() {
+        assert_eq!(code(""), None);
+        assert_eq!(code(" \n\t\r\n"), None);
+    }
+
+    #[test]
+    fn integers_as_python_reads_them() {
+        assert_eq!(code("0\n").as_deref(), Some("0"));
+        assert_eq!(code("+0").as_deref(), Some("0"));
+        assert_eq!(code("-0").as_deref(), Some("0"));
+        assert_eq!(code("  2 ").as_deref(), Some("2"));
+        assert_eq!(code("007").as_deref(), Some("7"));
+        assert_eq!(code("-3").as_deref(), Some("-3"));
+        assert_eq!(code("255").as_deref(), Some("255"));
+        let huge = "9".repeat(40);
+        assert_eq!(code(&huge).as_deref(), Some(huge.as_str()));
+    }
+
+    #[test]
+    fn garbage_is_present_with_exit_code_one() {
+        for raw in [
+            "1.5",
+            "abc",
+            "0x1",
+            "--1",
+            "+",
+            "1 2",
+            "１",
+            "1_0",
+            &"1".repeat(MAX_DIGITS + 1),
+        ] {
+            let exit = parse_result(raw.as_bytes()).unwrap();
+            assert_eq!(exit.code, "1", "{raw:?}");
+            assert!(exit.garbage.is_some(), "{raw:?}");
+        }
+        let exit = parse_result(&[0xff, 0xfe, b'0']).unwrap();
+        assert_eq!(exit.code, "1");
+    }
+
+    #[test]
+    fn verdict_is_success_only_for_zero() {
+        let v = |raw: &str| parse_result(raw.as_bytes()).unwrap().verdict();
+        assert_eq!(v("0"), Verdict::Success);
+        assert_eq!(v("+0"), Verdict::Success);
+        for raw in ["1", "2", "-1", "137", "garbage", "0.0"] {
+            assert_eq!(v(raw), Verdict::Failed, "{raw}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! selfdeploy: a persisted finite-state machine that deploys a service which
+//! cannot restart itself, with a human approval in the loop.
+
+pub mod atomic;
+pub mod config;
+pub mod demo;
+pub mod effect;
+pub mod engine;
+pub mod exec;
+pub mod hook_result;
+pub mod machine;
+pub mod markers;
+pub mod names;
+pub mod store;

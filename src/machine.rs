@@ -1,0 +1,555 @@
+//! The self-deploy machine (contract section 9), on `statig`. Pure: it reads
+//! facts gathered by the engine and returns a decision (outcome, reason,
+//! effects as data); it performs no I/O and reads no clock.
+//!
+//! The machine is restored in the state derived from disk for every step.
+//! It has no entry or exit actions, so restoring it has no side effects.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use statig::prelude::*;
+
+use crate::config::{Settings, Transport};
+use crate::effect::Effect;
+use crate::exec::{deploy_log, remote};
+use crate::hook_result::{HookExit, Verdict};
+use crate::markers::{self, ApproveRecord, Dispatch, FinalizedRecord, InitiatedRecord, Marker};
+use crate::names::{RepoName, WorkItem};
+
+/// The states, by the names operators and the stage engine see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Idle,
+    ApproveRequested,
+    Initiated,
+    FinalizedSuccess,
+    FinalizedFailed,
+}
+
+impl StateName {
+    pub const ALL: [StateName; 5] = [
+        StateName::Idle,
+        StateName::ApproveRequested,
+        StateName::Initiated,
+        StateName::FinalizedSuccess,
+        StateName::FinalizedFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Idle => "idle",
+            StateName::ApproveRequested => "approve_requested",
+            StateName::Initiated => "initiated",
+            StateName::FinalizedSuccess => "finalized_success",
+            StateName::FinalizedFailed => "finalized_failed",
+        }
+    }
+}
+
+impl fmt::Display for StateName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Events: the five the stage engine delivers, and the two results of a
+/// dispatch that the executor feeds back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    RequestApprove,
+    Approved,
+    Poll,
+    MergeVerified,
+    Reset,
+    DispatchSucceeded,
+    DispatchFailed(String),
+}
+
+/// The events a caller may deliver, by their command-line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventName {
+    RequestApprove,
+    Approved,
+    Poll,
+    MergeVerified,
+    Reset,
+}
+
+impl EventName {
+    pub const ALL: [EventName; 5] = [
+        EventName::RequestApprove,
+        EventName::Approved,
+        EventName::Poll,
+        EventName::MergeVerified,
+        EventName::Reset,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::RequestApprove => "request-approve",
+            EventName::Approved => "approved",
+            EventName::Poll => "poll",
+            EventName::MergeVerified => "merge-verified",
+            EventName::Reset => "reset",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<EventName> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == raw)
+    }
+
+    pub fn event(self) -> Event {
+        match self {
+            EventName::RequestApprove => Event::RequestApprove,
+            EventName::Approved => Event::Approved,
+            EventName::Poll => Event::Poll,
+            EventName::MergeVerified => Event::MergeVerified,
+            EventName::Reset => Event::Reset,
+        }
+    }
+}
+
+impl fmt::Display for EventName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What became of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Transitioned,
+    Unchanged,
+    Deferred,
+    Refused,
+    Illegal,
+    DispatchFailed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Transitioned => "transitioned",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Deferred => "deferred",
+            Outcome::Refused => "refused",
+            Outcome::Illegal => "illegal",
+            Outcome::DispatchFailed => "dispatch_failed",
+        }
+    }
+
+    /// Exit status of `selfdeploy event` (contract section 10).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Transitioned | Outcome::Unchanged | Outcome::Deferred => 0,
+            Outcome::Refused | Outcome::Illegal | Outcome::DispatchFailed => 3,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The validated revision for the freshness guard, as the engine found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revision {
+    /// The freshness check is not active: EXPECTED_REVISION is omitted.
+    Inactive,
+    Known(String),
+    /// Active, but the SHA could not be determined (why).
+    Unknown(String),
+}
+
+/// Everything the machine may look at, gathered by the engine before a step.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    pub settings: &'a Settings,
+    pub repo: &'a RepoName,
+    pub work_item: &'a WorkItem,
+    pub now: &'a str,
+    pub actor: &'a str,
+    pub force: bool,
+    pub merged: Option<bool>,
+    pub branch: Option<&'a str>,
+    pub worktree: &'a Path,
+    pub revision: Revision,
+    /// Whether the transport's program (ssh or bash) was found, and if not why.
+    pub transport_program: Result<(), String>,
+    /// The hook's result, when `result` is present.
+    pub result: Option<HookExit>,
+    /// Who approved, read back from `initiated`, for the deploy log.
+    pub approved_by: Option<&'a str>,
+}
+
+/// The guards of a dispatch, in the order they are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    Applies,
+    StagingPort,
+    Freshness,
+    TransportProgram,
+}
+
+impl Guard {
+    pub const DISPATCH: [Guard; 4] = [
+        Guard::Applies,
+        Guard::StagingPort,
+        Guard::Freshness,
+        Guard::TransportProgram,
+    ];
+
+    /// `Err(why)` when the guard says no.
+    pub fn check(self, f: &Facts<'_>) -> Result<(), String> {
+        match self {
+            Guard::Applies if !f.settings.applies(f.repo.as_str()) => Err(format!(
+                "not applicable: self-deploy is not enabled for repo {} (see SELF_DEPLOY_ENABLED, SELF_DEPLOY_REPOS)",
+                f.repo
+            )),
+            Guard::StagingPort if f.settings.staging_port == f.settings.target_port => {
+                Err(format!(
+                    "staging port guard: STAGING_PORT equals DEPLOY_PROD_TARGET_PORT ({}); fix the configuration",
+                    f.settings.target_port
+                ))
+            }
+            Guard::Freshness => match &f.revision {
+                Revision::Unknown(why) => Err(format!(
+                    "freshness guard: the validated revision is unknown ({why}); pass --revision SHA"
+                )),
+                _ => Ok(()),
+            },
+            Guard::TransportProgram => f.transport_program.clone(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What one step decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub to: StateName,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub effects: Vec<Effect>,
+}
+
+/// The statig context: the facts in, the decision being recorded out.
+pub struct Context<'f, 'a> {
+    facts: &'f Facts<'a>,
+    from: StateName,
+    outcome: Option<Outcome>,
+    reason: Option<String>,
+    effects: Vec<Effect>,
+}
+
+impl Context<'_, '_> {
+    fn decide(&mut self, outcome: Outcome, reason: Option<String>) {
+        self.outcome = Some(outcome);
+        self.reason = reason;
+    }
+
+    fn refuse(&mut self, why: String) -> statig::Outcome<State> {
+        self.decide(Outcome::Refused, Some(why));
+        Handled
+    }
+
+    fn unchanged(&mut self, why: &str) -> statig::Outcome<State> {
+        self.decide(Outcome::Unchanged, Some(why.to_owned()));
+        Handled
+    }
+
+    fn transition(&mut self, effects: Vec<Effect>, to: State) -> statig::Outcome<State> {
+        self.decide(Outcome::Transitioned, None);
+        self.effects.extend(effects);
+        Transition(to)
+    }
+
+    fn not_applicable(&self) -> Option<String> {
+        Guard::Applies.check(self.facts).err()
+    }
+
+    fn initiated_record(
+        &self,
+        dispatch: Dispatch,
+        argv: Vec<String>,
+        revision: Option<String>,
+    ) -> InitiatedRecord {
+        let f = self.facts;
+        InitiatedRecord {
+            approved_by: f.actor.to_owned(),
+            approved_at: f.now.to_owned(),
+            branch: f.branch.map(str::to_owned),
+            worktree: f.worktree.to_string_lossy().into_owned(),
+            revision,
+            transport: f.settings.transport,
+            dispatch,
+            argv,
+        }
+    }
+
+    /// The dispatch of an approved deploy: the launch, and the record that
+    /// `initiated` holds (written, durably, before the launch).
+    fn dispatch_plan(&self, dispatch: Dispatch) -> (Effect, Effect) {
+        let f = self.facts;
+        let revision = match &f.revision {
+            Revision::Known(sha) => Some(sha.clone()),
+            _ => None,
+        };
+        let command = remote::remote_command(f.settings, f.repo, f.work_item, revision.as_deref());
+        let argv = remote::dispatch_argv(f.settings, command);
+        let record = self.initiated_record(dispatch, argv.clone(), revision);
+        let launch = match f.settings.transport {
+            Transport::Ssh => Effect::Ssh { argv },
+            Transport::Local => Effect::Local { argv },
+        };
+        let write = Effect::WriteMarker {
+            marker: Marker::Initiated,
+            content: markers::encode(&record),
+        };
+        (write, launch)
+    }
+
+    fn finalize_plan(&self, exit: &HookExit) -> (Vec<Effect>, Verdict) {
+        let f = self.facts;
+        let verdict = exit.verdict();
+        let rel = deploy_log::relative_path(f.work_item);
+        let details = deploy_log::Details {
+            repo: f.repo.as_str(),
+            approved_by: f.approved_by,
+            revision: match &f.revision {
+                Revision::Known(sha) => Some(sha),
+                _ => None,
+            },
+            garbage: exit.garbage.as_deref(),
+        };
+        let record = FinalizedRecord {
+            deploy_status: verdict,
+            hook_exit_code: exit.code.clone(),
+            finalized_at: f.now.to_owned(),
+            finalized_by: f.actor.to_owned(),
+        };
+        let effects = vec![
+            Effect::WriteDeployLog {
+                worktree: f.worktree.to_path_buf(),
+                path: f.worktree.join(&rel),
+                content: deploy_log::render(f.work_item, &exit.code, verdict, &details),
+            },
+            Effect::GitPublish {
+                worktree: f.worktree.to_path_buf(),
+                path: rel,
+                message: format!("deploy(ORCH-036): finalize {verdict} for {}", f.work_item),
+                branch: f.branch.map(str::to_owned),
+            },
+            Effect::WriteMarker {
+                marker: Marker::Finalized,
+                content: markers::encode(&record),
+            },
+        ];
+        (effects, verdict)
+    }
+}
+
+#[derive(Default)]
+pub struct SelfDeploy;
+
+#[state_machine(initial = "State::idle()", state(derive(Debug, Clone, PartialEq, Eq)))]
+impl SelfDeploy {
+    #[state(superstate = "any")]
+    fn idle(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
+        match event {
+            Event::RequestApprove => {
+                if let Some(why) = context.not_applicable() {
+                    return context.refuse(why);
+                }
+                let record = ApproveRecord {
+                    requested_by: context.facts.actor.to_owned(),
+                    requested_at: context.facts.now.to_owned(),
+                };
+                let write = Effect::WriteMarker {
+                    marker: Marker::ApproveRequested,
+                    content: markers::encode(&record),
+                };
+                context.transition(vec![write], State::approve_requested())
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "any")]
+    fn approve_requested(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
+        match event {
+            Event::RequestApprove => match context.not_applicable() {
+                Some(why) => context.refuse(why),
+                None => context.unchanged("approval already requested"),
+            },
+            Event::Approved => {
+                for guard in Guard::DISPATCH {
+                    if let Err(why) = guard.check(context.facts) {
+                        return context.refuse(why);
+                    }
+                }
+                let (write, launch) = context.dispatch_plan(Dispatch::Pending);
+                context.transition(vec![write, launch], State::initiated())
+            }
+            Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "any")]
+    fn initiated(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
+        match event {
+            Event::Approved => match context.not_applicable() {
+                Some(why) => context.refuse(why),
+                None => context.unchanged("already initiated: a deploy is never dispatched twice"),
+            },
+            Event::Poll => match context.facts.result.clone() {
+                None => {
+                    context.decide(
+                        Outcome::Deferred,
+                        Some("no result from the host yet".into()),
+                    );
+                    Handled
+                }
+                Some(exit) => {
+                    let (effects, verdict) = context.finalize_plan(&exit);
+                    let to = match verdict {
+                        Verdict::Success => State::finalized_success(),
+                        Verdict::Failed => State::finalized_failed(),
+                    };
+                    context.transition(effects, to)
+                }
+            },
+            Event::Reset if context.facts.force => {
+                context.transition(vec![Effect::RemoveStateDir], State::idle())
+            }
+            Event::Reset => context.refuse(
+                "a deploy may be in flight; reset it with --force once the host is checked".into(),
+            ),
+            Event::DispatchSucceeded => {
+                let (write, _launch) = context.dispatch_plan(Dispatch::Confirmed);
+                context.effects.push(write);
+                context.decide(Outcome::Transitioned, None);
+                Handled
+            }
+            Event::DispatchFailed(why) => {
+                context.effects.push(Effect::RemoveMarker {
+                    marker: Marker::Initiated,
+                });
+                context.decide(Outcome::DispatchFailed, Some(why.clone()));
+                Transition(State::approve_requested())
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "finalized")]
+    fn finalized_success(event: &Event) -> statig::Outcome<State> {
+        let _ = event;
+        Super
+    }
+
+    #[state(superstate = "finalized")]
+    fn finalized_failed(event: &Event) -> statig::Outcome<State> {
+        let _ = event;
+        Super
+    }
+
+    #[superstate(superstate = "any")]
+    fn finalized(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
+        match event {
+            Event::Poll => context.unchanged("already finalized"),
+            Event::MergeVerified => {
+                let f = context.facts;
+                let Some(merged) = f.merged else {
+                    return context.refuse("merge-verified needs --merged true|false".into());
+                };
+                context.effects.push(Effect::StampMerged {
+                    path: f.worktree.join(deploy_log::relative_path(f.work_item)),
+                    merged,
+                });
+                context.unchanged("merged_to_main stamped")
+            }
+            Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
+            _ => Super,
+        }
+    }
+
+    /// Every event no state handled ends here.
+    #[superstate]
+    fn any(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
+        if matches!(event, Event::RequestApprove | Event::Approved)
+            && let Some(why) = context.not_applicable()
+        {
+            return context.refuse(why);
+        }
+        let why = format!(
+            "{} has no meaning in state {}",
+            event_label(event),
+            context.from
+        );
+        context.decide(Outcome::Illegal, Some(why));
+        Handled
+    }
+}
+
+fn event_label(event: &Event) -> &'static str {
+    match event {
+        Event::RequestApprove => "request-approve",
+        Event::Approved => "approved",
+        Event::Poll => "poll",
+        Event::MergeVerified => "merge-verified",
+        Event::Reset => "reset",
+        Event::DispatchSucceeded => "dispatch-succeeded",
+        Event::DispatchFailed(_) => "dispatch-failed",
+    }
+}
+
+fn to_statig(name: StateName) -> State {
+    match name {
+        StateName::Idle => State::idle(),
+        StateName::ApproveRequested => State::approve_requested(),
+        StateName::Initiated => State::initiated(),
+        StateName::FinalizedSuccess => State::finalized_success(),
+        StateName::FinalizedFailed => State::finalized_failed(),
+    }
+}
+
+fn from_statig(state: &State) -> StateName {
+    match state {
+        State::Idle { .. } => StateName::Idle,
+        State::ApproveRequested { .. } => StateName::ApproveRequested,
+        State::Initiated { .. } => StateName::Initiated,
+        State::FinalizedSuccess { .. } => StateName::FinalizedSuccess,
+        State::FinalizedFailed { .. } => StateName::FinalizedFailed,
+    }
+}
+
+/// One step: the machine restored in `from` handles `event` given `facts`.
+pub fn step(from: StateName, event: &Event, facts: &Facts<'_>) -> Decision {
+    let mut context = Context {
+        facts,
+        from,
+        outcome: None,
+        reason: None,
+        effects: Vec::new(),
+    };
+    let mut machine = SelfDeploy.uninitialized_state_machine();
+    *machine.state_mut() = to_statig(from);
+    let mut machine = machine.init_with_context(&mut context);
+    machine.handle_with_context(event, &mut context);
+    Decision {
+        to: from_statig(machine.state()),
+        outcome: context.outcome.unwrap_or(Outcome::Illegal),
+        reason: context.reason,
+        effects: context.effects,
+    }
+}

@@ -1,0 +1,56 @@
+//! The per-work-item lock: an exclusive flock on a file outside the state
+//! directory (a lock file inside a directory that reset removes and recreates
+//! excludes nobody: the next opener gets a new inode).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("work item is locked by another selfdeploy process (waited {0:?}); retry later")]
+    Busy(Duration),
+    #[error("cannot open lock file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Held for the whole event; released on drop.
+#[derive(Debug)]
+pub struct ItemLock {
+    _file: File,
+}
+
+impl ItemLock {
+    pub fn acquire(path: &Path, wait: Duration) -> Result<ItemLock, LockError> {
+        let io = |source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            atomic::create_dir_all(dir).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ItemLock { _file: file }),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => return Err(LockError::Busy(wait)),
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+    }
+}

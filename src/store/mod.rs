@@ -1,0 +1,132 @@
+//! The snapshot on disk: where a work item's files are, the state derived
+//! from them, the per-item lock and the history.
+//!
+//! ```text
+//! <REPOS_DIR>/.deploy-state-<repo>/<work_item>/   sentinels (contract layout)
+//! <REPOS_DIR>/.selfdeploy/locks/<repo>/<work_item>.lock
+//! <REPOS_DIR>/.selfdeploy/history/<repo>/<work_item>.jsonl
+//! ```
+//! The lock and the history live outside the state directory because reset
+//! removes that directory whole.
+
+mod history;
+mod lock;
+mod snapshot;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use history::{HistoryEntry, append_history, read_history};
+pub use lock::{ItemLock, LockError};
+pub use snapshot::{InitiatedMarker, Snapshot, StoreError};
+
+use crate::atomic;
+use crate::exec::remote;
+use crate::markers::Marker;
+use crate::names::{RepoName, WorkItem};
+
+/// The files of one work item.
+#[derive(Debug, Clone)]
+pub struct ItemPaths {
+    pub repo: RepoName,
+    pub work_item: WorkItem,
+    pub state_dir: PathBuf,
+    pub lock_file: PathBuf,
+    pub history_file: PathBuf,
+}
+
+impl ItemPaths {
+    pub fn new(repos_dir: &Path, repo: &RepoName, work_item: &WorkItem) -> ItemPaths {
+        let own = repos_dir.join(".selfdeploy");
+        ItemPaths {
+            repo: repo.clone(),
+            work_item: work_item.clone(),
+            state_dir: remote::state_dir_under(repos_dir, repo, work_item),
+            lock_file: own
+                .join("locks")
+                .join(repo.as_str())
+                .join(format!("{work_item}.lock")),
+            history_file: own
+                .join("history")
+                .join(repo.as_str())
+                .join(format!("{work_item}.jsonl")),
+        }
+    }
+
+    pub fn marker(&self, marker: Marker) -> PathBuf {
+        self.state_dir.join(marker.file_name())
+    }
+
+    pub fn result_file(&self) -> PathBuf {
+        self.state_dir.join(remote::RESULT_FILE)
+    }
+
+    pub fn write_marker(&self, marker: Marker, content: &str) -> io::Result<()> {
+        self.ensure_state_dir()?;
+        atomic::write(&self.marker(marker), content.as_bytes())
+    }
+
+    pub fn remove_marker(&self, marker: Marker) -> io::Result<()> {
+        atomic::remove(&self.marker(marker))
+    }
+
+    fn ensure_state_dir(&self) -> io::Result<()> {
+        if self.state_dir.exists() && !self.state_dir.is_dir() {
+            return Err(io::Error::other(format!(
+                "state directory {} is not a directory",
+                self.state_dir.display()
+            )));
+        }
+        atomic::create_dir_all(&self.state_dir)
+    }
+
+    /// Removes the state directory whole. It is first renamed to a name no
+    /// work item can have, so a crash midway never leaves a partial state
+    /// (a `result` without `initiated` would read as initiated).
+    pub fn remove_state_dir(&self) -> io::Result<()> {
+        let tomb = self.state_dir.with_file_name(format!(
+            "{}~removed.{}",
+            self.work_item,
+            std::process::id()
+        ));
+        match fs::rename(&self.state_dir, &tomb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        atomic::sync_dir(tomb.parent().unwrap_or(Path::new(".")))?;
+        fs::remove_dir_all(&tomb)
+    }
+}
+
+/// Every work item with a state directory under `repos_dir`, sorted.
+pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
+    let mut items = Vec::new();
+    let entries = match fs::read_dir(repos_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(items),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(repo) = name.to_str().and_then(|n| n.strip_prefix(".deploy-state-")) else {
+            continue;
+        };
+        let Ok(repo) = RepoName::new(repo) else {
+            continue;
+        };
+        if !entry.path().is_dir() {
+            continue;
+        }
+        for item in fs::read_dir(entry.path())? {
+            let item = item?;
+            if let Some(Ok(wi)) = item.file_name().to_str().map(WorkItem::new) {
+                items.push((repo.clone(), wi));
+            }
+        }
+    }
+    items.sort();
+    Ok(items)
+}
