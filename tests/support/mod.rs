@@ -1,6 +1,3 @@
-//! Shared helpers for integration tests.
-//!
-//! Use from a test crate with `mod support;` and then e.g.
-//! `use support::sshd::Sshd;`.
-
+#![allow(dead_code)]
+pub mod sandbox;
 pub mod sshd;

@@ -1,0 +1,406 @@
+//! Every row of the contract's transition table (section 9), against the pure
+//! machine: no files, no processes. Facts are built by hand.
+
+use std::path::Path;
+
+use selfdeploy::config::Settings;
+use selfdeploy::effect::Effect;
+use selfdeploy::hook_result::parse_result;
+use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
+use selfdeploy::markers::{Dispatch, InitiatedRecord, Marker, decode};
+use selfdeploy::names::{RepoName, WorkItem};
+
+use StateName::*;
+
+struct World {
+    settings: Settings,
+    repo: RepoName,
+    work_item: WorkItem,
+}
+
+impl World {
+    fn new(overrides: &[(&str, &str)]) -> World {
+        World {
+            settings: Settings::with_overrides(overrides).unwrap(),
+            repo: RepoName::new("orchestrator").unwrap(),
+            work_item: WorkItem::new("ORCH-9").unwrap(),
+        }
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            settings: &self.settings,
+            repo: &self.repo,
+            work_item: &self.work_item,
+            now: "2026-01-01T00:00:00Z",
+            actor: "alice",
+            force: false,
+            merged: Some(true),
+            branch: Some("deploy/ORCH-9"),
+            worktree: Path::new("/wt"),
+            revision: Revision::Known("abc123".into()),
+            transport_program: Ok(()),
+            result: None,
+            approved_by: Some("alice"),
+        }
+    }
+}
+
+fn kinds(effects: &[Effect]) -> Vec<&'static str> {
+    effects.iter().map(Effect::kind).collect()
+}
+
+const FINALIZED: [StateName; 2] = [FinalizedSuccess, FinalizedFailed];
+
+#[test]
+fn idle_request_approve_when_applicable() {
+    let w = World::new(&[]);
+    let d = step(Idle, &Event::RequestApprove, &w.facts());
+    assert_eq!((d.to, d.outcome), (ApproveRequested, Outcome::Transitioned));
+    assert_eq!(d.effects.len(), 1);
+    let Effect::WriteMarker { marker, content } = &d.effects[0] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(*marker, Marker::ApproveRequested);
+    assert!(content.contains("\"requested_by\":\"alice\""), "{content}");
+}
+
+#[test]
+fn approve_requested_request_approve_is_unchanged() {
+    let w = World::new(&[]);
+    let d = step(ApproveRequested, &Event::RequestApprove, &w.facts());
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (ApproveRequested, Outcome::Unchanged, 0)
+    );
+}
+
+#[test]
+fn approved_with_all_guards_passing_dispatches_after_a_durable_record() {
+    let w = World::new(&[]);
+    let d = step(ApproveRequested, &Event::Approved, &w.facts());
+    assert_eq!((d.to, d.outcome), (Initiated, Outcome::Transitioned));
+    assert_eq!(kinds(&d.effects), ["write_marker", "ssh"]);
+    let Effect::WriteMarker {
+        marker: Marker::Initiated,
+        content,
+    } = &d.effects[0]
+    else {
+        panic!()
+    };
+    let record: InitiatedRecord = decode(content.as_bytes()).unwrap();
+    assert_eq!(record.dispatch, Dispatch::Pending);
+    assert_eq!(record.branch.as_deref(), Some("deploy/ORCH-9"));
+    assert_eq!(record.worktree, "/wt");
+    assert_eq!(record.revision.as_deref(), Some("abc123"));
+    let Effect::Ssh { argv } = &d.effects[1] else {
+        panic!()
+    };
+    assert_eq!(
+        argv[..4],
+        [
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "deploy@host.docker.internal"
+        ]
+    );
+    assert!(
+        argv[4].contains(" EXPECTED_REVISION=abc123 bash "),
+        "{}",
+        argv[4]
+    );
+    assert_eq!(record.argv, *argv);
+
+    // The executor reports the launch: the record is rewritten as confirmed.
+    let d = step(Initiated, &Event::DispatchSucceeded, &w.facts());
+    assert_eq!((d.to, d.outcome), (Initiated, Outcome::Transitioned));
+    let Effect::WriteMarker {
+        marker: Marker::Initiated,
+        content,
+    } = &d.effects[0]
+    else {
+        panic!()
+    };
+    let confirmed: InitiatedRecord = decode(content.as_bytes()).unwrap();
+    assert_eq!(
+        confirmed,
+        InitiatedRecord {
+            dispatch: Dispatch::Confirmed,
+            ..record
+        }
+    );
+}
+
+#[test]
+fn approved_without_freshness_omits_expected_revision() {
+    let w = World::new(&[("IMAGE_FRESHNESS_ENABLED", "false")]);
+    let mut facts = w.facts();
+    facts.revision = Revision::Inactive;
+    let d = step(ApproveRequested, &Event::Approved, &facts);
+    let Effect::Ssh { argv } = &d.effects[1] else {
+        panic!()
+    };
+    assert!(!argv[4].contains("EXPECTED_REVISION"), "{}", argv[4]);
+}
+
+#[test]
+fn approved_is_refused_by_each_failing_guard_with_no_effects() {
+    let not_applicable = World::new(&[("SELF_DEPLOY_ENABLED", "false")]);
+    let same_ports = World::new(&[("STAGING_PORT", "8500")]);
+    let plain = World::new(&[]);
+    let cases: Vec<(Facts, &str)> = vec![
+        (not_applicable.facts(), "not applicable"),
+        (same_ports.facts(), "staging port guard"),
+        (
+            Facts {
+                revision: Revision::Unknown("no commit".into()),
+                ..plain.facts()
+            },
+            "freshness guard",
+        ),
+        (
+            Facts {
+                transport_program: Err("no ssh binary: ssh not found on PATH".into()),
+                ..plain.facts()
+            },
+            "no ssh binary",
+        ),
+    ];
+    for (facts, expected) in cases {
+        let d = step(ApproveRequested, &Event::Approved, &facts);
+        assert_eq!(
+            (d.to, d.outcome),
+            (ApproveRequested, Outcome::Refused),
+            "{expected}"
+        );
+        assert!(d.effects.is_empty(), "{expected}: {d:?}");
+        assert!(
+            d.reason.as_deref().unwrap().contains(expected),
+            "{:?}",
+            d.reason
+        );
+    }
+}
+
+#[test]
+fn failed_dispatch_removes_initiated_and_waits_for_a_new_approval() {
+    let w = World::new(&[]);
+    let d = step(
+        Initiated,
+        &Event::DispatchFailed("ssh failed: exit status 255".into()),
+        &w.facts(),
+    );
+    assert_eq!(
+        (d.to, d.outcome),
+        (ApproveRequested, Outcome::DispatchFailed)
+    );
+    assert_eq!(
+        d.effects,
+        [Effect::RemoveMarker {
+            marker: Marker::Initiated
+        }]
+    );
+    assert_eq!(d.reason.as_deref(), Some("ssh failed: exit status 255"));
+}
+
+#[test]
+fn initiated_approved_never_dispatches_twice() {
+    let w = World::new(&[]);
+    let d = step(Initiated, &Event::Approved, &w.facts());
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Unchanged, 0)
+    );
+}
+
+#[test]
+fn initiated_poll_defers_until_a_result_exists() {
+    let w = World::new(&[]);
+    let d = step(Initiated, &Event::Poll, &w.facts());
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Deferred, 0)
+    );
+}
+
+#[test]
+fn initiated_poll_with_a_result_finalizes_by_exit_code() {
+    let w = World::new(&[]);
+    for (raw, to, code) in [
+        ("0", FinalizedSuccess, "0"),
+        ("+0", FinalizedSuccess, "0"),
+        ("1", FinalizedFailed, "1"),
+        ("2", FinalizedFailed, "2"),
+        ("137", FinalizedFailed, "137"),
+        ("garbage", FinalizedFailed, "1"),
+    ] {
+        let facts = Facts {
+            result: parse_result(raw.as_bytes()),
+            ..w.facts()
+        };
+        let d = step(Initiated, &Event::Poll, &facts);
+        assert_eq!((d.to, d.outcome), (to, Outcome::Transitioned), "{raw}");
+        assert_eq!(
+            kinds(&d.effects),
+            ["write_deploy_log", "git_publish", "write_marker"]
+        );
+        let Effect::WriteDeployLog { path, content, .. } = &d.effects[0] else {
+            panic!()
+        };
+        assert_eq!(
+            path,
+            Path::new("/wt/docs/work-items/ORCH-9/14-deploy-log.md")
+        );
+        assert!(
+            content.contains(&format!("\nhook_exit_code: {code}\n")),
+            "{content}"
+        );
+        let Effect::GitPublish {
+            message, branch, ..
+        } = &d.effects[1]
+        else {
+            panic!()
+        };
+        let status = if to == FinalizedSuccess {
+            "SUCCESS"
+        } else {
+            "FAILED"
+        };
+        assert_eq!(
+            message,
+            &format!("deploy(ORCH-036): finalize {status} for ORCH-9")
+        );
+        assert_eq!(branch.as_deref(), Some("deploy/ORCH-9"));
+        assert!(matches!(
+            &d.effects[2],
+            Effect::WriteMarker {
+                marker: Marker::Finalized,
+                ..
+            }
+        ));
+    }
+}
+
+#[test]
+fn finalized_poll_is_unchanged_and_merge_verified_stamps() {
+    let w = World::new(&[]);
+    for state in FINALIZED {
+        let d = step(state, &Event::Poll, &w.facts());
+        assert_eq!(
+            (d.to, d.outcome, d.effects.len()),
+            (state, Outcome::Unchanged, 0)
+        );
+        let d = step(state, &Event::MergeVerified, &w.facts());
+        assert_eq!((d.to, d.outcome), (state, Outcome::Unchanged));
+        assert_eq!(
+            d.effects,
+            [Effect::StampMerged {
+                path: Path::new("/wt/docs/work-items/ORCH-9/14-deploy-log.md").to_path_buf(),
+                merged: true
+            }]
+        );
+    }
+}
+
+#[test]
+fn reset_from_approve_requested_and_finalized_removes_the_state_directory() {
+    let w = World::new(&[]);
+    for state in [ApproveRequested, FinalizedSuccess, FinalizedFailed] {
+        let d = step(state, &Event::Reset, &w.facts());
+        assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
+        assert_eq!(d.effects, [Effect::RemoveStateDir]);
+    }
+}
+
+#[test]
+fn reset_of_initiated_needs_force() {
+    let w = World::new(&[]);
+    let d = step(Initiated, &Event::Reset, &w.facts());
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Refused, 0)
+    );
+    assert!(d.reason.unwrap().contains("--force"));
+    let d = step(
+        Initiated,
+        &Event::Reset,
+        &Facts {
+            force: true,
+            ..w.facts()
+        },
+    );
+    assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
+    assert_eq!(d.effects, [Effect::RemoveStateDir]);
+}
+
+/// The pairs the table lists; every other pair is illegal.
+fn listed(state: StateName, event: EventName) -> bool {
+    use EventName as E;
+    matches!(
+        (state, event),
+        (Idle, E::RequestApprove)
+            | (ApproveRequested, E::RequestApprove | E::Approved | E::Reset)
+            | (Initiated, E::Approved | E::Poll | E::Reset)
+            | (
+                FinalizedSuccess | FinalizedFailed,
+                E::Poll | E::MergeVerified | E::Reset
+            )
+    )
+}
+
+#[test]
+fn every_other_pair_is_illegal_and_does_nothing() {
+    let w = World::new(&[]);
+    let mut illegal = 0;
+    for state in StateName::ALL {
+        for event in EventName::ALL {
+            if listed(state, event) {
+                continue;
+            }
+            let d = step(state, &event.event(), &w.facts());
+            assert_eq!(
+                (d.to, d.outcome),
+                (state, Outcome::Illegal),
+                "{state} {event}"
+            );
+            assert!(d.effects.is_empty());
+            assert!(d.reason.unwrap().contains(event.as_str()));
+            illegal += 1;
+        }
+    }
+    assert_eq!(illegal, 25 - 13);
+}
+
+#[test]
+fn when_not_applicable_nothing_new_starts_but_existing_state_is_served() {
+    let w = World::new(&[("SELF_DEPLOY_ENABLED", "false")]);
+    for state in StateName::ALL {
+        for event in [Event::RequestApprove, Event::Approved] {
+            let d = step(state, &event, &w.facts());
+            assert_eq!(
+                (d.to, d.outcome),
+                (state, Outcome::Refused),
+                "{state} {event:?}"
+            );
+            assert!(d.effects.is_empty());
+        }
+    }
+    let facts = Facts {
+        result: parse_result(b"0"),
+        ..w.facts()
+    };
+    let d = step(Initiated, &Event::Poll, &facts);
+    assert_eq!((d.to, d.outcome), (FinalizedSuccess, Outcome::Transitioned));
+    let d = step(FinalizedFailed, &Event::MergeVerified, &w.facts());
+    assert_eq!(d.outcome, Outcome::Unchanged);
+    let d = step(ApproveRequested, &Event::Reset, &w.facts());
+    assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
+}
+
+#[test]
+fn repos_list_decides_applicability() {
+    let w = World::new(&[("SELF_DEPLOY_REPOS", "other")]);
+    let d = step(Idle, &Event::RequestApprove, &w.facts());
+    assert_eq!(d.outcome, Outcome::Refused);
+}

@@ -1,0 +1,234 @@
+//! A throwaway installation for end-to-end tests of the `selfdeploy` binary:
+//! a state directory, a host checkout with a hook, a git worktree with a bare
+//! remote, and the settings pointing at them (passed as environment, so the
+//! binary is tested exactly as a stage engine runs it).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const REPO: &str = "orchestrator";
+pub const BRANCH: &str = "deploy/ORCH-7";
+
+/// A hook that exits with the code in `hook-exit` (0 when missing) after
+/// appending one line per run to `runs`, so tests can count dispatches.
+pub const COUNTING_HOOK: &str = r#"#!/usr/bin/env bash
+set -u
+[ "${1:-}" = "--deploy" ] || exit 64
+echo "run $$ expected=${EXPECTED_REVISION:-none}" >> runs
+echo "hook: deploying $SOURCE_IMAGE as $TARGET_IMAGE"
+while [ -e hold ]; do sleep 0.05; done
+exit "$(cat hook-exit 2>/dev/null || echo 0)"
+"#;
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub env: BTreeMap<String, OsString>,
+}
+
+impl Sandbox {
+    /// Local transport, freshness on, the counting hook.
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        for sub in ["state", "host/app", "home"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        fs::write(root.join("host/app/hook.sh"), COUNTING_HOOK).unwrap();
+        let mut sb = Sandbox {
+            dir,
+            env: BTreeMap::new(),
+        };
+        let s = |p: PathBuf| p.into_os_string();
+        sb.set("REPOS_DIR", s(root.join("state")));
+        sb.set("HOST_REPOS_DIR", s(root.join("state")));
+        sb.set("SELF_DEPLOY_TRANSPORT", "local".into());
+        sb.set("DEPLOY_HOST_REPO_PATH", s(root.join("host/app")));
+        sb.set("DEPLOY_HOOK_SCRIPT", "hook.sh".into());
+        sb.set("DEPLOY_PROD_PREV_IMAGE_FILE", s(root.join("host/prev")));
+        sb.set("AGENT_HOME_DIR", s(root.join("home")));
+        sb.set("GIT_EMAIL_DOMAIN", "example.test".into());
+        sb.init_git();
+        sb
+    }
+
+    pub fn set(&mut self, key: &str, value: OsString) {
+        self.env.insert(key.to_owned(), value);
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn state_root(&self) -> PathBuf {
+        self.root().join("state")
+    }
+    pub fn host_repo(&self) -> PathBuf {
+        self.root().join("host/app")
+    }
+    pub fn worktree(&self) -> PathBuf {
+        self.root().join("worktree")
+    }
+    pub fn remote(&self) -> PathBuf {
+        self.root().join("remote.git")
+    }
+    /// The state directory of a work item of the default repo.
+    pub fn item_dir(&self, work_item: &str) -> PathBuf {
+        self.state_root()
+            .join(format!(".deploy-state-{REPO}"))
+            .join(work_item)
+    }
+    pub fn deploy_log(&self, work_item: &str) -> PathBuf {
+        self.worktree()
+            .join(format!("docs/work-items/{work_item}/14-deploy-log.md"))
+    }
+    /// How many times the hook ran.
+    pub fn hook_runs(&self) -> usize {
+        fs::read_to_string(self.host_repo().join("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn init_git(&self) {
+        let remote = self.remote();
+        let wt = self.worktree();
+        git(
+            self.root(),
+            &["init", "-q", "--bare", remote.to_str().unwrap()],
+        );
+        git(
+            self.root(),
+            &[
+                "clone",
+                "-q",
+                remote.to_str().unwrap(),
+                wt.to_str().unwrap(),
+            ],
+        );
+        git(&wt, &["checkout", "-q", "-b", BRANCH]);
+        fs::write(wt.join("change.txt"), "the change\n").unwrap();
+        git(&wt, &["add", "change.txt"]);
+        git(&wt, &["commit", "-q", "-m", "the change"]);
+        git(&wt, &["push", "-q", "origin", BRANCH]);
+    }
+
+    pub fn tip(&self) -> String {
+        git(&self.worktree(), &["rev-parse", "HEAD"])
+            .trim()
+            .to_owned()
+    }
+
+    /// A `selfdeploy` command with the sandbox's settings and nothing else
+    /// from the caller's environment that could change its behaviour.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfdeploy"));
+        cmd.current_dir(self.root());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run selfdeploy")
+    }
+
+    /// `selfdeploy event <event> --repo orchestrator --work-item W --json ...`
+    pub fn event(&self, event: &str, work_item: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "event",
+            event,
+            "--repo",
+            REPO,
+            "--work-item",
+            work_item,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// Like `event`, parsing the one JSON line of stdout.
+    pub fn event_json(
+        &self,
+        event: &str,
+        work_item: &str,
+        extra: &[&str],
+    ) -> (i32, serde_json::Value) {
+        let out = self.event(event, work_item, extra);
+        (out.status.code().unwrap_or(-1), parse_json(&out))
+    }
+
+    /// Polls until the item leaves `initiated` (bounded).
+    pub fn poll_until_final(&self, work_item: &str, extra: &[&str]) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, report) = self.event_json("poll", work_item, extra);
+            if report["outcome"] != "deferred" {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "no result within 30 s: {report}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every file under the state root, with its bytes: to check that a
+    /// command changed nothing.
+    pub fn disk(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut all = BTreeMap::new();
+        walk(&self.state_root(), &mut all);
+        walk(&self.worktree().join("docs"), &mut all);
+        all
+    }
+}
+
+fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.insert(path.clone(), Vec::new());
+            walk(&path, out);
+        } else {
+            out.insert(path.clone(), fs::read(&path).unwrap_or_default());
+        }
+    }
+}
+
+pub fn parse_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().next().unwrap_or_else(|| {
+        panic!(
+            "no JSON on stdout (exit {:?}); stderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+}
+
+/// Runs git with a fixed identity; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.test")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.test")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
