@@ -1,0 +1,515 @@
+//! Whole deploys over a real ssh: the binary dispatches through `ssh` found on
+//! `PATH` (the harness wrapper, which reaches a loopback OpenSSH server), the
+//! detached hook runs on the "host" and writes `result`, and the finalizer
+//! writes and pushes the deploy log. Also the ways a dispatch fails: ssh exits
+//! non-zero, ssh hangs, ssh is missing.
+
+mod support;
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{sandbox::*, sshd::Sshd};
+
+const SSH_HOST: &str = "deploy-host.test";
+const SOURCE_IMAGE: &str = "orch:staging-e2e";
+const TARGET_SERVICE: &str = "orch-e2e";
+const TARGET_PORT: &str = "8500";
+const TARGET_IMAGE: &str = "orch:prod-e2e";
+const PROFILE: &str = "prod";
+
+/// A sandbox that dispatches over ssh to `deploy-host.test` as the sshd user.
+/// Every value that goes into the remote command is set explicitly, so the
+/// expected command does not depend on the caller's environment.
+fn ssh_sandbox(user: &str, path: OsString) -> Sandbox {
+    let mut sb = Sandbox::new();
+    for (key, value) in [
+        ("SELF_DEPLOY_ENABLED", "true"),
+        ("SELF_DEPLOY_REPOS", ""),
+        ("SELF_DEPLOY_TRANSPORT", "ssh"),
+        ("DEPLOY_SSH_HOST", SSH_HOST),
+        ("DEPLOY_SSH_USER", user),
+        ("DEPLOY_PROD_SOURCE_IMAGE", SOURCE_IMAGE),
+        ("DEPLOY_PROD_TARGET_SERVICE", TARGET_SERVICE),
+        ("DEPLOY_PROD_TARGET_PORT", TARGET_PORT),
+        ("DEPLOY_PROD_TARGET_IMAGE", TARGET_IMAGE),
+        ("DEPLOY_PROD_COMPOSE_PROFILE", PROFILE),
+        ("STAGING_PORT", "8501"),
+        ("IMAGE_FRESHNESS_ENABLED", "true"),
+        ("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30"),
+    ] {
+        sb.set(key, value.into());
+    }
+    sb.set("PATH", path);
+    sb
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// The hand-built expectation below writes paths unquoted: true only when
+/// they hold nothing but the characters `shlex.quote` leaves alone.
+fn assert_shell_safe(s: &str) {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    assert!(
+        !s.is_empty() && s.chars().all(safe),
+        "test assumes a shell-safe path, got {s:?} (set TMPDIR to a plain path)"
+    );
+}
+
+/// The remote command of contract section 6 for this sandbox, written out by
+/// hand: every value is shell-safe, so only `inner` is quoted (it has spaces
+/// and no `'`).
+fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str) -> String {
+    let host_repo = sb.host_repo();
+    let host_repo = path_str(&host_repo);
+    let prev = sb.root().join("host/prev");
+    let prev = path_str(&prev);
+    let state = sb.item_dir(work_item);
+    let state = path_str(&state);
+    for s in [host_repo, prev, state] {
+        assert_shell_safe(s);
+    }
+    format!(
+        "setsid bash -c 'cd {host_repo} && REPO={host_repo} SOURCE_IMAGE={SOURCE_IMAGE} \
+         TARGET_SERVICE={TARGET_SERVICE} TARGET_PORT={TARGET_PORT} TARGET_IMAGE={TARGET_IMAGE} \
+         COMPOSE_PROFILE={PROFILE} PREV_IMAGE_FILE={prev} EXPECTED_REVISION={sha} \
+         bash hook.sh --deploy; echo $? > {state}/result' \
+         >> {state}/hook.log 2>&1 </dev/null &"
+    )
+}
+
+fn approve(sb: &Sandbox, work_item: &str) -> (i32, Value) {
+    let wt = sb.worktree();
+    sb.event_json(
+        "approved",
+        work_item,
+        &[
+            "--branch",
+            BRANCH,
+            "--worktree",
+            path_str(&wt),
+            "--actor",
+            "alice",
+        ],
+    )
+}
+
+fn request_approve(sb: &Sandbox, work_item: &str) {
+    let (code, r) = sb.event_json("request-approve", work_item, &[]);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (0, Some("transitioned"), Some("approve_requested")),
+        "{r}"
+    );
+}
+
+fn status(sb: &Sandbox, work_item: &str) -> Value {
+    let out = sb.run(&["status", "--repo", REPO, "--work-item", work_item, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    parse_json(&out)
+}
+
+fn effect_kinds(report: &Value) -> Vec<String> {
+    report["effects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no effects list: {report}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn ssh_effect(report: &Value) -> &Value {
+    let ssh: Vec<&Value> = report["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "ssh")
+        .collect();
+    assert_eq!(ssh.len(), 1, "exactly one ssh effect: {report}");
+    ssh[0]
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    fs::write(&path, body).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `dir` then the current PATH.
+fn path_with_first(dir: &Path) -> OsString {
+    let mut path = dir.as_os_str().to_owned();
+    if let Some(current) = std::env::var_os("PATH").filter(|p| !p.is_empty()) {
+        path.push(":");
+        path.push(current);
+    }
+    path
+}
+
+fn git_log_line(sb: &Sandbox) -> String {
+    git(
+        &sb.remote(),
+        &["log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", BRANCH],
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Whether a process is still running (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Removes the hold file when dropped, so a failing test never leaves the
+/// detached hook waiting.
+struct Hold(PathBuf);
+
+impl Hold {
+    fn new(sb: &Sandbox) -> Hold {
+        let path = sb.host_repo().join("hold");
+        fs::write(&path, "").unwrap();
+        Hold(path)
+    }
+    fn release(&self) {
+        fs::remove_file(&self.0).unwrap();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn deploy_over_ssh_succeeds_and_is_finalized() {
+    let started = Instant::now();
+    let sshd = Sshd::start();
+    let user = sshd.user();
+    let sb = ssh_sandbox(&user, sshd.path_with_wrapper());
+    let wi = "ORCH-101";
+    let tip = sb.tip();
+
+    request_approve(&sb, wi);
+    let hold = Hold::new(&sb);
+    let (code, r) = approve(&sb, wi);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (0, Some("transitioned"), Some("initiated")),
+        "{r}"
+    );
+    assert_eq!(effect_kinds(&r), ["write_marker", "ssh", "write_marker"]);
+
+    // The argv of contract section 6, byte for byte.
+    let remote = expected_remote(&sb, wi, &tip);
+    let ssh = ssh_effect(&r);
+    let got_remote = ssh["argv"][4].as_str().unwrap();
+    assert!(
+        got_remote.starts_with(&format!("setsid bash -c 'cd {} ", sb.host_repo().display())),
+        "{got_remote}"
+    );
+    assert!(got_remote.ends_with(" 2>&1 </dev/null &"), "{got_remote}");
+    assert!(
+        got_remote.contains(&format!(" EXPECTED_REVISION={tip} ")),
+        "{got_remote}"
+    );
+    assert_eq!(got_remote, remote);
+    assert_eq!(
+        ssh,
+        &json!({
+            "kind": "ssh",
+            "argv": ["ssh", "-o", "StrictHostKeyChecking=no", format!("{user}@{SSH_HOST}"), remote],
+        })
+    );
+
+    // The hook really started on the host, and is held there.
+    assert!(
+        wait_until(Duration::from_secs(10), || sb.hook_runs() == 1),
+        "the hook did not start over ssh; hook.log: {:?}",
+        fs::read_to_string(sb.item_dir(wi).join("hook.log")).unwrap_or_default()
+    );
+    let (code, r) = sb.event_json("poll", wi, &[]);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (0, Some("deferred"), Some("initiated")),
+        "{r}"
+    );
+    let st = status(&sb, wi);
+    assert_eq!(st["state"], "initiated", "{st}");
+    assert_eq!(st["dispatch"], "confirmed", "{st}");
+    let files = st["files"].as_array().unwrap();
+    assert!(files.contains(&json!("initiated")), "{st}");
+    assert!(!files.contains(&json!("result")), "{st}");
+
+    hold.release();
+    let r = sb.poll_until_final(wi, &[]);
+    assert_eq!(
+        (r["outcome"].as_str(), r["to"].as_str()),
+        (Some("transitioned"), Some("finalized_success")),
+        "{r}"
+    );
+    assert_eq!(sb.hook_runs(), 1, "dispatched exactly once");
+    let runs = fs::read_to_string(sb.host_repo().join("runs")).unwrap();
+    assert!(
+        runs.trim_end().ends_with(&format!("expected={tip}")),
+        "EXPECTED_REVISION reached the hook: {runs:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(sb.item_dir(wi).join("result")).unwrap(),
+        "0\n"
+    );
+
+    let log = fs::read(sb.deploy_log(wi)).unwrap();
+    let frontmatter = format!(
+        "---\ndeploy_status: SUCCESS\nwork_item: {wi}\nhook_exit_code: 0\n\
+         deployed_by: deploy-finalizer\n---\n\n"
+    );
+    assert!(
+        log.starts_with(frontmatter.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    assert_eq!(
+        fs::read_to_string(sb.item_dir(wi).join("hook.log")).unwrap(),
+        format!("hook: deploying {SOURCE_IMAGE} as {TARGET_IMAGE}\n")
+    );
+    assert_eq!(
+        git_log_line(&sb),
+        format!(
+            "deploy-finalizer <deploy-finalizer@example.test>|\
+             deploy-finalizer <deploy-finalizer@example.test>|\
+             deploy(ORCH-036): finalize SUCCESS for {wi}"
+        )
+    );
+    eprintln!("ssh deploy (success): {:?}", started.elapsed());
+}
+
+#[test]
+fn hook_failure_over_ssh_is_finalized_failed() {
+    let started = Instant::now();
+    let sshd = Sshd::start();
+    let sb = ssh_sandbox(&sshd.user(), sshd.path_with_wrapper());
+    let wi = "ORCH-102";
+    fs::write(sb.host_repo().join("hook-exit"), "1").unwrap();
+
+    request_approve(&sb, wi);
+    let (code, r) = approve(&sb, wi);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (0, Some("transitioned"), Some("initiated")),
+        "{r}"
+    );
+    let r = sb.poll_until_final(wi, &[]);
+    assert_eq!(
+        (r["outcome"].as_str(), r["to"].as_str()),
+        (Some("transitioned"), Some("finalized_failed")),
+        "{r}"
+    );
+    assert_eq!(sb.hook_runs(), 1);
+    assert_eq!(
+        fs::read_to_string(sb.item_dir(wi).join("result")).unwrap(),
+        "1\n"
+    );
+    let log = fs::read(sb.deploy_log(wi)).unwrap();
+    let frontmatter = format!(
+        "---\ndeploy_status: FAILED\nwork_item: {wi}\nhook_exit_code: 1\n\
+         deployed_by: deploy-finalizer\n---\n\n"
+    );
+    assert!(
+        log.starts_with(frontmatter.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    assert_eq!(
+        git_log_line(&sb),
+        format!(
+            "deploy-finalizer <deploy-finalizer@example.test>|\
+             deploy-finalizer <deploy-finalizer@example.test>|\
+             deploy(ORCH-036): finalize FAILED for {wi}"
+        )
+    );
+    let st = status(&sb, wi);
+    assert_eq!(st["state"], "finalized_failed", "{st}");
+    eprintln!("ssh deploy (hook exit 1): {:?}", started.elapsed());
+}
+
+#[test]
+fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
+    let started = Instant::now();
+    let sshd = Sshd::start();
+    let fake = tempfile::tempdir().unwrap();
+    let called = fake.path().join("called");
+    write_script(
+        &fake.path().join("bin"),
+        "ssh",
+        &format!(
+            "#!/bin/sh\necho called >> '{}'\necho 'ssh: connect to host: Connection refused' >&2\nexit 255\n",
+            called.display()
+        ),
+    );
+    let mut sb = ssh_sandbox(&sshd.user(), path_with_first(&fake.path().join("bin")));
+    let wi = "ORCH-103";
+
+    request_approve(&sb, wi);
+    let (code, r) = approve(&sb, wi);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (3, Some("dispatch_failed"), Some("approve_requested")),
+        "{r}"
+    );
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("255"), "reason names the ssh exit: {r}");
+    assert_eq!(
+        fs::read_to_string(&called).unwrap(),
+        "called\n",
+        "the fake ssh ran once"
+    );
+    assert!(effect_kinds(&r).contains(&"ssh".to_owned()), "{r}");
+    assert!(!sb.item_dir(wi).join("initiated").exists());
+    assert!(sb.item_dir(wi).join("approve-requested").exists());
+    assert!(!sb.item_dir(wi).join("result").exists());
+    assert_eq!(status(&sb, wi)["state"], "approve_requested");
+    assert_eq!(sb.hook_runs(), 0, "the hook never ran");
+
+    // A human approves again, now with a working ssh.
+    sb.set("PATH", sshd.path_with_wrapper());
+    let (code, r) = approve(&sb, wi);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (0, Some("transitioned"), Some("initiated")),
+        "{r}"
+    );
+    let r = sb.poll_until_final(wi, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
+    eprintln!("ssh exit 255, then approved again: {:?}", started.elapsed());
+}
+
+#[test]
+fn hanging_ssh_times_out_as_dispatch_failed() {
+    let fake = tempfile::tempdir().unwrap();
+    let pids = fake.path().join("pids");
+    // The script and both of its children write their pids, then sleep.
+    write_script(
+        &fake.path().join("bin"),
+        "ssh",
+        &format!(
+            "#!/bin/sh\necho $$ >> '{pids}'\nsleep 30 &\necho $! >> '{pids}'\n\
+             sh -c 'echo $$ >> \"$1\"; exec sleep 30' child '{pids}' &\nsleep 30\n",
+            pids = pids.display()
+        ),
+    );
+    // No server: the fake ssh never connects anywhere.
+    let mut sb = ssh_sandbox("deploy", path_with_first(&fake.path().join("bin")));
+    sb.set("SELF_DEPLOY_SSH_TIMEOUT_SECS", "1".into());
+    let wi = "ORCH-104";
+
+    request_approve(&sb, wi);
+    let started = Instant::now();
+    let (code, r) = approve(&sb, wi);
+    let took = started.elapsed();
+    eprintln!("hanging ssh: approved returned after {took:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {r}");
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (3, Some("dispatch_failed"), Some("approve_requested")),
+        "{r}"
+    );
+    let reason = r["reason"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        reason.contains("timeout") || reason.contains("timed out") || reason.contains("within 1s"),
+        "reason mentions the timeout: {r}"
+    );
+    assert!(!sb.item_dir(wi).join("initiated").exists());
+    assert_eq!(status(&sb, wi)["state"], "approve_requested");
+
+    // The script and every process it spawned were killed.
+    let pids: Vec<u32> = fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))),
+        "left running: {:?}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn missing_ssh_binary_is_refused_and_writes_nothing() {
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["bash", "git", "setsid"] {
+        let out = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(out.status.success() && !real.is_empty(), "{tool} not found");
+        std::os::unix::fs::symlink(&real, bin.path().join(tool)).unwrap();
+    }
+    let sb = ssh_sandbox("deploy", bin.path().as_os_str().to_owned());
+    let wi = "ORCH-105";
+
+    request_approve(&sb, wi);
+    let own = sb.state_root().join(".selfdeploy");
+    let disk = || {
+        let mut all = sb.disk();
+        all.retain(|path, _| !path.starts_with(&own));
+        all
+    };
+    let before = disk();
+    let (code, r) = approve(&sb, wi);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (3, Some("refused"), Some("approve_requested")),
+        "{r}"
+    );
+    let reason = r["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("ssh"), "reason names ssh: {r}");
+    assert_eq!(effect_kinds(&r), Vec::<String>::new(), "{r}");
+    assert_eq!(disk(), before, "a refused approval writes nothing");
+    assert_eq!(sb.hook_runs(), 0);
+
+    // The refusal is in the history.
+    let hist = sb.run(&["history", "--repo", REPO, "--work-item", wi, "--json"]);
+    let last: Value = String::from_utf8_lossy(&hist.stdout)
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap_or_else(|| panic!("no history: {hist:?}"));
+    assert_eq!(
+        (last["event"].as_str(), last["outcome"].as_str()),
+        (Some("approved"), Some("refused")),
+        "{last}"
+    );
+}
