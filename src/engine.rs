@@ -92,6 +92,17 @@ pub fn handle(
     let snapshot = Snapshot::load(&paths)?;
     let now = clock.now();
     let result = run(settings, req, &paths, &snapshot, executor, &now);
+    match &result {
+        Ok(r) => tracing::info!(
+            repo = %req.repo, work_item = %req.work_item, event = %req.event,
+            from = %r.from, to = %r.to, outcome = %r.outcome, reason = r.reason.as_deref(),
+            dry_run = req.dry_run, "event handled"
+        ),
+        Err(e) => tracing::warn!(
+            repo = %req.repo, work_item = %req.work_item, event = %req.event, error = %e,
+            "event failed"
+        ),
+    }
     if !req.dry_run {
         let entry = match &result {
             Ok(report) => HistoryEntry {
