@@ -43,7 +43,7 @@ fn first_line(s: &str) -> Option<String> {
 pub enum RunError {
     #[error("{0} not found on PATH")]
     NotFound(String),
-    #[error("{program} did not finish within {timeout:?} and was killed")]
+    #[error("{program} timed out after {timeout:?} and was killed")]
     Timeout { program: String, timeout: Duration },
     #[error("cannot run {program}: {source}")]
     Io {
