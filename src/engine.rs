@@ -54,6 +54,8 @@ pub struct Report {
     pub to: StateName,
     pub outcome: Outcome,
     pub reason: Option<String>,
+    /// The conditions that chose the row of the table that applied.
+    pub condition: String,
     pub effects: Vec<Effect>,
     /// What best-effort steps reported (git, the stamp).
     pub notes: Vec<String>,
@@ -187,51 +189,98 @@ fn run(
         approved_by: record.map(|r| r.approved_by.as_str()),
     };
 
-    let first = machine::step(snapshot.state, &req.event.event(), &facts);
-    let mut report = Report {
+    let mut perform = |effect: &Effect| executor.perform(paths, effect);
+    let driven = drive(snapshot.state, &req.event.event(), &facts, &mut perform)
+        .map_err(EngineError::Effect)?;
+    let condition = driven.condition();
+    Ok(Report {
         repo: req.repo.clone(),
         work_item: req.work_item.clone(),
         event: req.event,
         from: snapshot.state,
+        to: driven.to,
+        outcome: driven.outcome,
+        reason: driven.reason,
+        condition,
+        effects: driven.effects,
+        notes: driven.notes,
+        dry_run: req.dry_run,
+    })
+}
+
+/// What one event came to once its effects were performed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Driven {
+    pub to: StateName,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub conditions: Vec<&'static str>,
+    pub effects: Vec<Effect>,
+    pub notes: Vec<String>,
+}
+
+impl Driven {
+    /// The conditions that chose the row, as the reviewed table spells them.
+    pub fn condition(&self) -> String {
+        if self.conditions.is_empty() {
+            "always".to_owned()
+        } else {
+            self.conditions.join(", ")
+        }
+    }
+}
+
+/// Runs one event through the machine, performing each effect in order and
+/// feeding dispatch results back in as events. Stops at the first effect that
+/// fails. Shared by the engine, replays and the table derivation.
+pub fn drive(
+    from: StateName,
+    event: &Event,
+    facts: &Facts<'_>,
+    perform: &mut dyn FnMut(&Effect) -> Result<Performed, exec::ExecError>,
+) -> Result<Driven, exec::ExecError> {
+    let first = machine::step(from, event, facts);
+    let mut driven = Driven {
         to: first.to,
         outcome: first.outcome,
         reason: first.reason.clone(),
+        conditions: Vec::new(),
         effects: Vec::new(),
         notes: Vec::new(),
-        dry_run: req.dry_run,
     };
     let mut pending = vec![first];
     while let Some(decision) = pending.pop() {
         let Decision {
+            conditions,
             to,
             outcome,
             reason,
             effects,
         } = decision;
-        report.to = to;
-        report.outcome = outcome;
+        driven.to = to;
+        driven.outcome = outcome;
+        driven.conditions.extend(conditions);
         if reason.is_some() || outcome != Outcome::Transitioned {
-            report.reason = reason;
+            driven.reason = reason;
         }
         for effect in effects {
-            report.effects.push(effect.clone());
-            let performed = executor
-                .perform(paths, &effect)
-                .map_err(EngineError::Effect)?;
+            tracing::debug!(effect = effect.kind(), "performing");
+            let performed = perform(&effect)?;
+            driven.effects.push(effect);
             match performed {
                 Performed::Done => {}
-                Performed::Notes(notes) => report.notes.extend(notes),
+                Performed::Notes(notes) => driven.notes.extend(notes),
                 Performed::Dispatched(result) => {
                     let feedback = match result {
                         Ok(()) => Event::DispatchSucceeded,
                         Err(why) => Event::DispatchFailed(why),
                     };
-                    pending.push(machine::step(to, &feedback, &facts));
+                    pending.push(machine::step(to, &feedback, facts));
                 }
             }
         }
     }
-    Ok(report)
+    Ok(driven)
 }
 
 /// The validated revision, when the freshness check is active: the caller's,

@@ -12,3 +12,4 @@ pub mod machine;
 pub mod markers;
 pub mod names;
 pub mod store;
+pub mod table;

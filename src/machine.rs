@@ -207,6 +207,16 @@ impl Guard {
         Guard::TransportProgram,
     ];
 
+    /// The condition, in the reviewed table, under which this guard says no.
+    pub fn failure(self) -> &'static str {
+        match self {
+            Guard::Applies => "not applicable",
+            Guard::StagingPort => "staging port = prod port",
+            Guard::Freshness => "revision unknown",
+            Guard::TransportProgram => "no transport program",
+        }
+    }
+
     /// `Err(why)` when the guard says no.
     pub fn check(self, f: &Facts<'_>) -> Result<(), String> {
         match self {
@@ -235,6 +245,8 @@ impl Guard {
 /// What one step decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// The conditions that chose this row of the table, in the order checked.
+    pub conditions: Vec<&'static str>,
     pub to: StateName,
     pub outcome: Outcome,
     pub reason: Option<String>,
@@ -248,9 +260,16 @@ pub struct Context<'f, 'a> {
     outcome: Option<Outcome>,
     reason: Option<String>,
     effects: Vec<Effect>,
+    conditions: Vec<&'static str>,
 }
 
 impl Context<'_, '_> {
+    /// Records the condition that chose the branch being taken.
+    fn when(&mut self, condition: &'static str) -> &mut Self {
+        self.conditions.push(condition);
+        self
+    }
+
     fn decide(&mut self, outcome: Outcome, reason: Option<String>) {
         self.outcome = Some(outcome);
         self.reason = reason;
@@ -272,8 +291,15 @@ impl Context<'_, '_> {
         Transition(to)
     }
 
-    fn not_applicable(&self) -> Option<String> {
-        Guard::Applies.check(self.facts).err()
+    /// `Some(why)` when the repo is not enabled; records the condition either way.
+    fn not_applicable(&mut self) -> Option<String> {
+        let verdict = Guard::Applies.check(self.facts).err();
+        self.when(if verdict.is_some() {
+            Guard::Applies.failure()
+        } else {
+            "applicable"
+        });
+        verdict
     }
 
     fn initiated_record(
@@ -393,11 +419,13 @@ impl SelfDeploy {
             Event::Approved => {
                 for guard in Guard::DISPATCH {
                     if let Err(why) = guard.check(context.facts) {
-                        return context.refuse(why);
+                        return context.when(guard.failure()).refuse(why);
                     }
                 }
                 let (write, launch) = context.dispatch_plan(Dispatch::Pending);
-                context.transition(vec![write, launch], State::initiated())
+                context
+                    .when("guards pass")
+                    .transition(vec![write, launch], State::initiated())
             }
             Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
             _ => Super,
@@ -413,7 +441,7 @@ impl SelfDeploy {
             },
             Event::Poll => match context.facts.result.clone() {
                 None => {
-                    context.decide(
+                    context.when("no result").decide(
                         Outcome::Deferred,
                         Some("no result from the host yet".into()),
                     );
@@ -421,6 +449,10 @@ impl SelfDeploy {
                 }
                 Some(exit) => {
                     let (effects, verdict) = context.finalize_plan(&exit);
+                    context.when(match verdict {
+                        Verdict::Success => "result 0",
+                        Verdict::Failed => "result not 0",
+                    });
                     let to = match verdict {
                         Verdict::Success => State::finalized_success(),
                         Verdict::Failed => State::finalized_failed(),
@@ -428,22 +460,25 @@ impl SelfDeploy {
                     context.transition(effects, to)
                 }
             },
-            Event::Reset if context.facts.force => {
-                context.transition(vec![Effect::RemoveStateDir], State::idle())
-            }
-            Event::Reset => context.refuse(
+            Event::Reset if context.facts.force => context
+                .when("forced")
+                .transition(vec![Effect::RemoveStateDir], State::idle()),
+            Event::Reset => context.when("not forced").refuse(
                 "a deploy may be in flight; reset it with --force once the host is checked".into(),
             ),
             Event::DispatchSucceeded => {
                 let (write, _launch) = context.dispatch_plan(Dispatch::Confirmed);
-                context.effects.push(write);
+                context.when("dispatched").effects.push(write);
                 context.decide(Outcome::Transitioned, None);
                 Handled
             }
             Event::DispatchFailed(why) => {
-                context.effects.push(Effect::RemoveMarker {
-                    marker: Marker::Initiated,
-                });
+                context
+                    .when("dispatch failed")
+                    .effects
+                    .push(Effect::RemoveMarker {
+                        marker: Marker::Initiated,
+                    });
                 context.decide(Outcome::DispatchFailed, Some(why.clone()));
                 Transition(State::approve_requested())
             }
@@ -470,7 +505,9 @@ impl SelfDeploy {
             Event::MergeVerified => {
                 let f = context.facts;
                 let Some(merged) = f.merged else {
-                    return context.refuse("merge-verified needs --merged true|false".into());
+                    return context
+                        .when("no merged value")
+                        .refuse("merge-verified needs --merged true|false".into());
                 };
                 context.effects.push(Effect::StampMerged {
                     path: f.worktree.join(deploy_log::relative_path(f.work_item)),
@@ -491,6 +528,8 @@ impl SelfDeploy {
         {
             return context.refuse(why);
         }
+        // States that handled the event themselves returned before here; the
+        // applicability check above is the only condition an illegal pair has.
         let why = format!(
             "{} has no meaning in state {}",
             event_label(event),
@@ -541,12 +580,14 @@ pub fn step(from: StateName, event: &Event, facts: &Facts<'_>) -> Decision {
         outcome: None,
         reason: None,
         effects: Vec::new(),
+        conditions: Vec::new(),
     };
     let mut machine = SelfDeploy.uninitialized_state_machine();
     *machine.state_mut() = to_statig(from);
     let mut machine = machine.init_with_context(&mut context);
     machine.handle_with_context(event, &mut context);
     Decision {
+        conditions: context.conditions,
         to: from_statig(machine.state()),
         outcome: context.outcome.unwrap_or(Outcome::Illegal),
         reason: context.reason,

@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod event;
 mod history;
+mod machine;
 mod status;
 
 use std::path::PathBuf;
@@ -44,6 +45,8 @@ enum Command {
     Config(config::Args),
     /// Run a whole deploy in a throwaway sandbox on this machine.
     Demo(demo::Args),
+    /// Print the machine's transition table (or diagram).
+    Machine(machine::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::History(args) => history::run(&settings()?, args),
         Command::Config(args) => config::run(&settings()?, args),
         Command::Demo(args) => demo::run(args),
+        Command::Machine(args) => machine::run(args),
     }
 }
 

@@ -1,0 +1,36 @@
+//! `selfdeploy machine`: the transition table, as a table, data or diagram.
+
+use selfdeploy::table;
+
+use super::EXIT_OK;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Ron,
+    Dot,
+    Mermaid,
+    /// docs/MACHINE.md
+    Markdown,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let rows = table::derive();
+    let text = match args.format {
+        Format::Table => table::to_table(&rows),
+        Format::Json => table::to_json(&rows) + "\n",
+        Format::Ron => table::to_ron(&rows),
+        Format::Dot => table::to_dot(&rows),
+        Format::Mermaid => table::to_mermaid(&rows),
+        Format::Markdown => table::to_markdown(&rows),
+    };
+    print!("{text}");
+    Ok(EXIT_OK)
+}

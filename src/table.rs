@@ -1,0 +1,322 @@
+//! The machine's transition table, derived by driving every (state, event)
+//! pair under every condition through the real machine, and rendered for
+//! reviewers and operators. `machines/self_deploy.ron` is the reviewed copy;
+//! a test fails when the two differ.
+//!
+//! statig cannot list its own transitions, so this is the way to see them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Settings;
+use crate::effect::Effect;
+use crate::engine;
+use crate::exec::{ExecError, Performed};
+use crate::hook_result::parse_result;
+use crate::machine::{EventName, Facts, Revision, StateName};
+use crate::names::{RepoName, WorkItem};
+
+/// One row: in state `from`, event `event` under `condition` leads to `to`
+/// with `outcome`, performing effects of these kinds in this order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    pub from: String,
+    pub event: String,
+    pub condition: String,
+    pub to: String,
+    pub outcome: String,
+    pub effects: Vec<String>,
+}
+
+/// One way the world can be when an event arrives: a deviation from the
+/// everything-passes baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Baseline,
+    NotApplicable,
+    StagingPortEqual,
+    RevisionUnknown,
+    NoTransportProgram,
+    DispatchFails,
+    ResultZero,
+    ResultNonZero,
+    Forced,
+    NoMergedValue,
+}
+
+const SCENARIOS: [Scenario; 10] = [
+    Scenario::Baseline,
+    Scenario::NotApplicable,
+    Scenario::StagingPortEqual,
+    Scenario::RevisionUnknown,
+    Scenario::NoTransportProgram,
+    Scenario::DispatchFails,
+    Scenario::ResultZero,
+    Scenario::ResultNonZero,
+    Scenario::Forced,
+    Scenario::NoMergedValue,
+];
+
+/// The whole table, by state and event, conditions in the order the
+/// scenarios meet them (everything passing first).
+pub fn derive() -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    for scenario in SCENARIOS {
+        let settings = Settings::with_overrides(match scenario {
+            Scenario::NotApplicable => &[("SELF_DEPLOY_ENABLED", "false")],
+            Scenario::StagingPortEqual => &[
+                ("STAGING_PORT", "8500"),
+                ("DEPLOY_PROD_TARGET_PORT", "8500"),
+            ],
+            _ => &[],
+        })
+        .expect("scenario settings parse");
+        let repo = RepoName::new(crate::config::SELF_HOSTING_REPO).expect("valid");
+        let work_item = WorkItem::new("W-1").expect("valid");
+        let facts = Facts {
+            settings: &settings,
+            repo: &repo,
+            work_item: &work_item,
+            now: "1970-01-01T00:00:00Z",
+            actor: "table",
+            force: scenario == Scenario::Forced,
+            merged: (scenario != Scenario::NoMergedValue).then_some(true),
+            branch: Some("b"),
+            worktree: Path::new("/worktree"),
+            revision: match scenario {
+                Scenario::RevisionUnknown => Revision::Unknown("no commit".into()),
+                _ => Revision::Known("0000000".into()),
+            },
+            transport_program: match scenario {
+                Scenario::NoTransportProgram => Err("no ssh binary".into()),
+                _ => Ok(()),
+            },
+            result: match scenario {
+                Scenario::ResultZero => parse_result(b"0"),
+                Scenario::ResultNonZero => parse_result(b"1"),
+                _ => None,
+            },
+            approved_by: Some("table"),
+        };
+        for from in StateName::ALL {
+            for event in EventName::ALL {
+                let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
+                    Ok(match effect {
+                        Effect::Ssh { .. } | Effect::Local { .. }
+                            if scenario == Scenario::DispatchFails =>
+                        {
+                            Performed::Dispatched(Err("ssh failed".into()))
+                        }
+                        Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+                        _ => Performed::Done,
+                    })
+                };
+                let driven = engine::drive(from, &event.event(), &facts, &mut perform)
+                    .expect("the table's executor never fails");
+                let row = Row {
+                    from: from.to_string(),
+                    event: event.to_string(),
+                    condition: driven.condition(),
+                    to: driven.to.to_string(),
+                    outcome: driven.outcome.to_string(),
+                    effects: driven.effects.iter().map(|e| e.kind().to_owned()).collect(),
+                };
+                if !rows.contains(&row) {
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    let order = |r: &Row| {
+        (
+            StateName::ALL.iter().position(|s| s.as_str() == r.from),
+            EventName::ALL.iter().position(|e| e.as_str() == r.event),
+        )
+    };
+    rows.sort_by_key(order);
+    rows
+}
+
+/// Parses the reviewed table; errors carry the line and column.
+pub fn parse_ron(text: &str) -> Result<Vec<Row>, String> {
+    ron::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Rows present on only one side, for a readable difference.
+pub fn diff(reviewed: &[Row], derived: &[Row]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for row in reviewed.iter().filter(|r| !derived.contains(r)) {
+        lines.push(format!("- reviewed only: {}", one_line(row)));
+    }
+    for row in derived.iter().filter(|r| !reviewed.contains(r)) {
+        lines.push(format!("+ code only:     {}", one_line(row)));
+    }
+    lines
+}
+
+fn one_line(r: &Row) -> String {
+    format!(
+        "{} --{} [{}]--> {} ({}) effects: {}",
+        r.from,
+        r.event,
+        r.condition,
+        r.to,
+        r.outcome,
+        effects_text(r)
+    )
+}
+
+fn effects_text(r: &Row) -> String {
+    if r.effects.is_empty() {
+        "-".to_owned()
+    } else {
+        r.effects.join(", ")
+    }
+}
+
+/// The reviewed file's text for these rows.
+pub fn to_ron(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "// The self-deploy machine's complete transition table, reviewed like code.\n\
+         // A test derives the same table from the running machine and fails on any\n\
+         // difference. Regenerate: cargo run -q -- machine --format ron > machines/self_deploy.ron\n[\n",
+    );
+    for r in rows {
+        let effects: Vec<String> = r.effects.iter().map(|e| format!("{e:?}")).collect();
+        let _ = writeln!(
+            out,
+            "    (from: {:?}, event: {:?}, condition: {:?}, to: {:?}, outcome: {:?}, effects: [{}]),",
+            r.from,
+            r.event,
+            r.condition,
+            r.to,
+            r.outcome,
+            effects.join(", ")
+        );
+    }
+    out.push_str("]\n");
+    out
+}
+
+pub fn to_json(rows: &[Row]) -> String {
+    serde_json::to_string(rows).expect("rows serialize")
+}
+
+pub fn to_table(rows: &[Row]) -> String {
+    let header = ["FROM", "EVENT", "CONDITION", "TO", "OUTCOME", "EFFECTS"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.from.clone(),
+                r.event.clone(),
+                r.condition.clone(),
+                r.to.clone(),
+                r.outcome.clone(),
+                effects_text(r),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        let mut text = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let _ = write!(text, "{c:<w$}  ", w = widths[i]);
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &cells {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+    }
+    out
+}
+
+/// Rows drawn in diagrams: illegal pairs are left to the table.
+fn drawn(rows: &[Row]) -> impl Iterator<Item = &Row> {
+    rows.iter().filter(|r| r.outcome != "illegal")
+}
+
+pub fn to_dot(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "digraph self_deploy {\n    rankdir=LR;\n    node [shape=box, style=rounded];\n",
+    );
+    out.push_str("    start [shape=point];\n    start -> idle;\n");
+    for s in StateName::ALL {
+        // Events that leave a state where it is are listed on one loop, one per line.
+        let stays: Vec<String> = drawn(rows)
+            .filter(|r| r.from == s.as_str() && r.to == r.from)
+            .map(|r| format!("{} [{}]: {}\\l", r.event, r.condition, r.outcome))
+            .collect();
+        let _ = writeln!(out, "    {s};");
+        if !stays.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {s} -> {s} [label=\"{}\", style=dashed, fontsize=10];",
+                stays.concat()
+            );
+        }
+    }
+    for r in drawn(rows).filter(|r| r.from != r.to) {
+        let _ = writeln!(
+            out,
+            "    {} -> {} [label=\"{}\\n[{}]\"];",
+            r.from, r.to, r.event, r.condition
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
+pub fn to_mermaid(rows: &[Row]) -> String {
+    let mut out = String::from("stateDiagram-v2\n    [*] --> idle\n");
+    for r in drawn(rows) {
+        let _ = writeln!(
+            out,
+            "    {} --> {}: {} ({}) {}",
+            r.from,
+            r.to,
+            r.event,
+            r.condition.replace(':', " "),
+            r.outcome
+        );
+    }
+    out
+}
+
+/// `docs/MACHINE.md`.
+pub fn to_markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "# The self-deploy machine\n\n\
+         Generated from the running machine; do not edit. Regenerate with\n\
+         `cargo run -q -- machine --format markdown > docs/MACHINE.md`\n\
+         (a test fails when this file is stale). The reviewed table is\n\
+         `machines/self_deploy.ron`.\n\n\
+         ## Diagram\n\nIllegal pairs are left out; the table below lists them.\n\n```mermaid\n",
+    );
+    out.push_str(&to_mermaid(rows));
+    out.push_str("```\n\n## Table\n\n| from | event | condition | to | outcome | effects |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.from,
+            r.event,
+            r.condition,
+            r.to,
+            r.outcome,
+            effects_text(r)
+        );
+    }
+    out
+}
