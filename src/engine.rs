@@ -11,7 +11,9 @@ use serde::Serialize;
 use crate::config::{Settings, Transport};
 use crate::effect::Effect;
 use crate::exec::{self, Executor, Performed};
-use crate::machine::{self, Decision, Event, EventName, Facts, Outcome, Revision, StateName};
+use crate::machine::{
+    self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
+};
 use crate::names::{RepoName, WorkItem};
 use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Snapshot};
 
@@ -146,48 +148,10 @@ fn run(
     executor: &mut dyn Executor,
     now: &str,
 ) -> Result<Report, EngineError> {
-    let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
-    let branch = req
-        .branch
-        .clone()
-        .or_else(|| record.and_then(|r| r.branch.clone()));
-    let worktree = req
-        .worktree
-        .clone()
-        .or_else(|| record.map(|r| PathBuf::from(&r.worktree)))
-        .unwrap_or_else(|| {
-            settings.default_worktree(req.repo.as_str(), req.work_item.as_str(), branch.as_deref())
-        });
     let dispatching =
         req.event == EventName::Approved && snapshot.state == StateName::ApproveRequested;
-    let revision = if dispatching {
-        dispatch_revision(settings, req, &worktree, branch.as_deref())
-    } else {
-        match record.and_then(|r| r.revision.clone()) {
-            Some(sha) => Revision::Known(sha),
-            None => Revision::Inactive,
-        }
-    };
-    let transport_program = if dispatching {
-        transport_program(settings)
-    } else {
-        Ok(())
-    };
-    let facts = Facts {
-        settings,
-        repo: &req.repo,
-        work_item: &req.work_item,
-        now,
-        actor: &req.actor,
-        force: req.force,
-        merged: req.merged,
-        branch: branch.as_deref(),
-        worktree: &worktree,
-        revision,
-        transport_program,
-        result: snapshot.result.clone(),
-        approved_by: record.map(|r| r.approved_by.as_str()),
-    };
+    let probed = probe(settings, req, snapshot, dispatching);
+    let facts = probed.facts(settings, req, snapshot, now);
 
     let mut perform = |effect: &Effect| executor.perform(paths, effect);
     let driven = drive(snapshot.state, &req.event.event(), &facts, &mut perform)
@@ -281,6 +245,152 @@ pub fn drive(
         }
     }
     Ok(driven)
+}
+
+/// What the engine looks up outside the state directory before a step.
+struct Probed {
+    branch: Option<String>,
+    worktree: PathBuf,
+    revision: Revision,
+    transport_program: Result<(), String>,
+}
+
+/// Arguments win over what `initiated` recorded, which wins over the
+/// settings. The revision and the transport program are looked up only when
+/// a dispatch may follow (or `all`, for `explain`).
+fn probe(settings: &Settings, req: &Request, snapshot: &Snapshot, all: bool) -> Probed {
+    let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
+    let branch = req
+        .branch
+        .clone()
+        .or_else(|| record.and_then(|r| r.branch.clone()));
+    let worktree = req
+        .worktree
+        .clone()
+        .or_else(|| record.map(|r| PathBuf::from(&r.worktree)))
+        .unwrap_or_else(|| {
+            settings.default_worktree(req.repo.as_str(), req.work_item.as_str(), branch.as_deref())
+        });
+    let revision = if all {
+        dispatch_revision(settings, req, &worktree, branch.as_deref())
+    } else {
+        match record.and_then(|r| r.revision.clone()) {
+            Some(sha) => Revision::Known(sha),
+            None => Revision::Inactive,
+        }
+    };
+    let transport_program = if all {
+        transport_program(settings)
+    } else {
+        Ok(())
+    };
+    Probed {
+        branch,
+        worktree,
+        revision,
+        transport_program,
+    }
+}
+
+impl Probed {
+    fn facts<'a>(
+        &'a self,
+        settings: &'a Settings,
+        req: &'a Request,
+        snapshot: &'a Snapshot,
+        now: &'a str,
+    ) -> Facts<'a> {
+        let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
+        Facts {
+            settings,
+            repo: &req.repo,
+            work_item: &req.work_item,
+            now,
+            actor: &req.actor,
+            force: req.force,
+            merged: req.merged,
+            branch: self.branch.as_deref(),
+            worktree: &self.worktree,
+            revision: self.revision.clone(),
+            transport_program: self.transport_program.clone(),
+            result: snapshot.result.clone(),
+            approved_by: record.map(|r| r.approved_by.as_str()),
+        }
+    }
+}
+
+/// `selfdeploy explain`: the state on disk, every dispatch guard's value, and
+/// what the event would do (a dry run: nothing is written).
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub snapshot: Snapshot,
+    pub guards: Vec<GuardValue>,
+    pub report: Report,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardValue {
+    pub guard: Guard,
+    pub passes: bool,
+    pub detail: String,
+}
+
+pub fn explain(
+    settings: &Settings,
+    req: &Request,
+    clock: &dyn Clock,
+) -> Result<Explanation, EngineError> {
+    let req = Request {
+        dry_run: true,
+        ..req.clone()
+    };
+    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
+    let snapshot = Snapshot::load(&paths)?;
+    let probed = probe(settings, &req, &snapshot, true);
+    let now = clock.now();
+    let facts = probed.facts(settings, &req, &snapshot, &now);
+    let guards = Guard::DISPATCH
+        .into_iter()
+        .map(|guard| {
+            let verdict = guard.check(&facts);
+            GuardValue {
+                guard,
+                passes: verdict.is_ok(),
+                detail: match verdict {
+                    Err(why) => why,
+                    Ok(()) => guard_pass_detail(guard, &facts),
+                },
+            }
+        })
+        .collect();
+    let report = handle(
+        settings,
+        &req,
+        &mut exec::RecordingExecutor::default(),
+        clock,
+    )?;
+    Ok(Explanation {
+        snapshot,
+        guards,
+        report,
+    })
+}
+
+fn guard_pass_detail(guard: Guard, f: &Facts<'_>) -> String {
+    match guard {
+        Guard::Applies => format!("self-deploy is enabled for repo {}", f.repo),
+        Guard::StagingPort => format!(
+            "STAGING_PORT {} differs from DEPLOY_PROD_TARGET_PORT {}",
+            f.settings.staging_port, f.settings.target_port
+        ),
+        Guard::Freshness => match &f.revision {
+            Revision::Known(sha) => format!("validated revision {sha}"),
+            _ => "inactive: EXPECTED_REVISION is omitted".to_owned(),
+        },
+        Guard::TransportProgram => {
+            format!("{:?} transport program found", f.settings.transport).to_lowercase()
+        }
+    }
 }
 
 /// The validated revision, when the freshness check is active: the caller's,

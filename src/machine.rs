@@ -207,6 +207,15 @@ impl Guard {
         Guard::TransportProgram,
     ];
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Guard::Applies => "applies",
+            Guard::StagingPort => "staging_port",
+            Guard::Freshness => "freshness",
+            Guard::TransportProgram => "transport_program",
+        }
+    }
+
     /// The condition, in the reviewed table, under which this guard says no.
     pub fn failure(self) -> &'static str {
         match self {

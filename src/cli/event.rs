@@ -9,8 +9,9 @@ use selfdeploy::machine::EventName;
 
 use super::{EXIT_USAGE, item_names, print_json};
 
+/// The event and its arguments, shared with `explain`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct EventArgs {
     /// request-approve | approved | poll | merge-verified | reset
     #[arg(value_parser = parse_event)]
     event: EventName,
@@ -36,6 +37,12 @@ pub struct Args {
     /// Who delivers the event (recorded in markers and history).
     #[arg(long, value_name = "NAME")]
     actor: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: EventArgs,
     /// Perform nothing, write nothing; print what would happen.
     #[arg(long)]
     dry_run: bool,
@@ -59,23 +66,33 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
-pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
-    let (repo, work_item) = item_names(&args.repo, &args.work_item)?;
-    if args.event == EventName::MergeVerified && args.merged.is_none() {
-        eprintln!("selfdeploy: error: merge-verified needs --merged true|false");
-        return Ok(EXIT_USAGE);
+impl EventArgs {
+    /// The request, or `Err(exit status)` after printing why not.
+    pub fn request(self, dry_run: bool) -> anyhow::Result<Result<Request, u8>> {
+        let (repo, work_item) = item_names(&self.repo, &self.work_item)?;
+        if self.event == EventName::MergeVerified && self.merged.is_none() {
+            eprintln!("selfdeploy: error: merge-verified needs --merged true|false");
+            return Ok(Err(EXIT_USAGE));
+        }
+        Ok(Ok(Request {
+            repo,
+            work_item,
+            event: self.event,
+            branch: self.branch,
+            worktree: self.worktree,
+            revision: self.revision,
+            merged: self.merged,
+            force: self.force,
+            actor: self.actor.unwrap_or_else(default_actor),
+            dry_run,
+        }))
     }
-    let request = Request {
-        repo,
-        work_item,
-        event: args.event,
-        branch: args.branch,
-        worktree: args.worktree,
-        revision: args.revision,
-        merged: args.merged,
-        force: args.force,
-        actor: args.actor.unwrap_or_else(default_actor),
-        dry_run: args.dry_run,
+}
+
+pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
+    let request = match args.target.request(args.dry_run)? {
+        Ok(request) => request,
+        Err(code) => return Ok(code),
     };
     let report = if args.dry_run {
         engine::handle(
@@ -95,22 +112,27 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     if args.json {
         print_json(&report);
     } else {
-        let dry = if report.dry_run { " (dry run)" } else { "" };
-        println!(
-            "{}/{}: {}: {} -> {}: {}{dry}",
-            report.repo, report.work_item, report.event, report.from, report.to, report.outcome
-        );
-        if let Some(reason) = &report.reason {
-            println!("  reason: {reason}");
-        }
-        for effect in &report.effects {
-            println!("  effect: {}", selfdeploy::effect::describe(effect));
-        }
-        for note in &report.notes {
-            println!("  note: {note}");
-        }
+        print_report(&report);
     }
     Ok(report.outcome.exit_code() as u8)
+}
+
+pub fn print_report(report: &engine::Report) {
+    let dry = if report.dry_run { " (dry run)" } else { "" };
+    println!(
+        "{}/{}: {}: {} -> {}: {}{dry}",
+        report.repo, report.work_item, report.event, report.from, report.to, report.outcome
+    );
+    println!("  condition: {}", report.condition);
+    if let Some(reason) = &report.reason {
+        println!("  reason: {reason}");
+    }
+    for effect in &report.effects {
+        println!("  effect: {}", selfdeploy::effect::describe(effect));
+    }
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
 }
 
 fn default_actor() -> String {

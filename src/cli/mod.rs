@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod event;
+mod explain;
 mod history;
 mod machine;
 mod status;
@@ -37,6 +38,8 @@ pub struct Cli {
 enum Command {
     /// Deliver one event to a work item's machine.
     Event(event::Args),
+    /// Show why an event would be accepted or refused now; changes nothing.
+    Explain(explain::Args),
     /// Show the state of one work item, or of all of them.
     Status(status::Args),
     /// Show what happened to a work item.
@@ -53,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let settings = || Settings::load(cli.env_file.as_deref()).context("bad configuration");
     match cli.command {
         Command::Event(args) => event::run(&settings()?, args),
+        Command::Explain(args) => explain::run(&settings()?, args),
         Command::Status(args) => status::run(&settings()?, args),
         Command::History(args) => history::run(&settings()?, args),
         Command::Config(args) => config::run(&settings()?, args),
