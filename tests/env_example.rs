@@ -20,7 +20,11 @@ fn every_setting_is_listed_with_its_default() {
         let value = listed
             .get(spec.name)
             .unwrap_or_else(|| panic!("{} is missing from .env.example", spec.name));
-        assert_eq!(value, spec.default, "{}: .env.example differs from the code", spec.name);
+        assert_eq!(
+            value, spec.default,
+            "{}: .env.example differs from the code",
+            spec.name
+        );
     }
     for name in listed.keys() {
         assert!(
