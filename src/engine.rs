@@ -102,7 +102,8 @@ pub fn handle(
             from = %r.from, to = %r.to, outcome = %r.outcome, reason = r.reason.as_deref(),
             dry_run = req.dry_run, "event handled"
         ),
-        Err(e) => tracing::warn!(
+        // The caller reports the error itself; this is for RUST_LOG=info traces.
+        Err(e) => tracing::info!(
             repo = %req.repo, work_item = %req.work_item, event = %req.event, error = %e,
             "event failed"
         ),
@@ -150,7 +151,7 @@ fn run(
 ) -> Result<Report, EngineError> {
     let dispatching =
         req.event == EventName::Approved && snapshot.state == StateName::ApproveRequested;
-    let probed = probe(settings, req, snapshot, dispatching);
+    let probed = probe(settings, req, snapshot, dispatching, executor);
     let facts = probed.facts(settings, req, snapshot, now);
 
     let mut perform = |effect: &Effect| executor.perform(paths, effect);
@@ -258,7 +259,13 @@ struct Probed {
 /// Arguments win over what `initiated` recorded, which wins over the
 /// settings. The revision and the transport program are looked up only when
 /// a dispatch may follow (or `all`, for `explain`).
-fn probe(settings: &Settings, req: &Request, snapshot: &Snapshot, all: bool) -> Probed {
+fn probe(
+    settings: &Settings,
+    req: &Request,
+    snapshot: &Snapshot,
+    all: bool,
+    executor: &mut dyn Executor,
+) -> Probed {
     let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
     let branch = req
         .branch
@@ -272,7 +279,7 @@ fn probe(settings: &Settings, req: &Request, snapshot: &Snapshot, all: bool) -> 
             settings.default_worktree(req.repo.as_str(), req.work_item.as_str(), branch.as_deref())
         });
     let revision = if all {
-        dispatch_revision(settings, req, &worktree, branch.as_deref())
+        dispatch_revision(settings, req, &worktree, branch.as_deref(), executor)
     } else {
         match record.and_then(|r| r.revision.clone()) {
             Some(sha) => Revision::Known(sha),
@@ -280,7 +287,7 @@ fn probe(settings: &Settings, req: &Request, snapshot: &Snapshot, all: bool) -> 
         }
     };
     let transport_program = if all {
-        transport_program(settings)
+        transport_program(settings, executor)
     } else {
         Ok(())
     };
@@ -346,7 +353,8 @@ pub fn explain(
     };
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
     let snapshot = Snapshot::load(&paths)?;
-    let probed = probe(settings, &req, &snapshot, true);
+    let mut recorder = exec::RecordingExecutor::default();
+    let probed = probe(settings, &req, &snapshot, true, &mut recorder);
     let now = clock.now();
     let facts = probed.facts(settings, &req, &snapshot, &now);
     let guards = Guard::DISPATCH
@@ -400,6 +408,7 @@ fn dispatch_revision(
     req: &Request,
     worktree: &std::path::Path,
     branch: Option<&str>,
+    executor: &mut dyn Executor,
 ) -> Revision {
     if !settings.freshness_active(req.repo.as_str()) {
         return Revision::Inactive;
@@ -407,18 +416,18 @@ fn dispatch_revision(
     if let Some(sha) = req.revision.as_ref().filter(|s| !s.trim().is_empty()) {
         return Revision::Known(sha.trim().to_owned());
     }
-    match exec::git::branch_tip(settings, worktree, branch) {
+    match executor.branch_tip(settings, worktree, branch) {
         Ok(sha) => Revision::Known(sha),
         Err(why) => Revision::Unknown(why),
     }
 }
 
-fn transport_program(settings: &Settings) -> Result<(), String> {
+fn transport_program(settings: &Settings, executor: &mut dyn Executor) -> Result<(), String> {
     let program = match settings.transport {
         Transport::Ssh => "ssh",
         Transport::Local => "bash",
     };
-    exec::process::find(program)
-        .map(|_| ())
+    executor
+        .find_program(program)
         .map_err(|e| format!("no {program} binary: {e}; install it or fix PATH"))
 }

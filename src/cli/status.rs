@@ -8,7 +8,7 @@ use selfdeploy::markers::Dispatch;
 use selfdeploy::names::{RepoName, WorkItem};
 use selfdeploy::store::{self, ItemPaths, Snapshot};
 
-use super::{EXIT_OK, EXIT_USAGE, item_names, print_json};
+use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,7 +28,8 @@ pub struct Args {
 struct Row {
     repo: RepoName,
     work_item: WorkItem,
-    state: StateName,
+    /// `None` when the item's files could not be read (the note says why).
+    state: Option<StateName>,
     files: Vec<String>,
     /// pending (unconfirmed), confirmed, or unknown (not our marker).
     dispatch: Option<&'static str>,
@@ -63,7 +64,7 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot) -> Row {
     Row {
         repo,
         work_item,
-        state: snap.state,
+        state: Some(snap.state),
         files: snap.files,
         dispatch,
         result,
@@ -80,18 +81,36 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
+    let single = args.repo.is_some();
     let mut rows = Vec::new();
+    let mut failed = false;
     for (repo, wi) in items {
-        let snap = Snapshot::load(&ItemPaths::new(&settings.repos_dir, &repo, &wi))?;
-        rows.push(row(repo, wi, snap));
+        match Snapshot::load(&ItemPaths::new(&settings.repos_dir, &repo, &wi)) {
+            Ok(snap) => rows.push(row(repo, wi, snap)),
+            // One bad item must not hide the others from an operator.
+            Err(e) if !single => {
+                failed = true;
+                rows.push(Row {
+                    repo,
+                    work_item: wi,
+                    state: None,
+                    files: Vec::new(),
+                    dispatch: None,
+                    result: None,
+                    note: format!("error: {e}"),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    let done = if failed { EXIT_ERROR } else { EXIT_OK };
     if args.json {
         rows.iter().for_each(print_json);
-        return Ok(EXIT_OK);
+        return Ok(done);
     }
     if rows.is_empty() {
         println!("no work items under {}", settings.repos_dir.display());
-        return Ok(EXIT_OK);
+        return Ok(done);
     }
     let table: Vec<[String; 5]> = rows
         .iter()
@@ -99,12 +118,12 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             [
                 r.repo.to_string(),
                 r.work_item.to_string(),
-                r.state.to_string(),
+                r.state.map_or("unreadable".to_owned(), |s| s.to_string()),
                 r.files.join(","),
                 r.note.clone(),
             ]
         })
         .collect();
     super::history::print_table(&["REPO", "WORK ITEM", "STATE", "FILES", "NOTE"], &table);
-    Ok(EXIT_OK)
+    Ok(done)
 }

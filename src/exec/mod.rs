@@ -31,9 +31,27 @@ pub enum Performed {
 #[error("{0}")]
 pub struct ExecError(pub String);
 
-/// Performs effects for one work item.
+/// Performs effects for one work item, and answers the two questions the
+/// engine asks the outside world before a dispatch.
 pub trait Executor {
     fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError>;
+
+    /// Whether the transport's program is installed (`Err(why)` if not).
+    fn find_program(&mut self, program: &str) -> Result<(), String> {
+        process::find(program)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The commit at the tip of `branch` (or HEAD) in the worktree.
+    fn branch_tip(
+        &mut self,
+        settings: &Settings,
+        worktree: &std::path::Path,
+        branch: Option<&str>,
+    ) -> Result<String, String> {
+        git::branch_tip(settings, worktree, branch)
+    }
 }
 
 /// The real executor: files, ssh (or local bash) and git.

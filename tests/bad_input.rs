@@ -1,0 +1,606 @@
+//! Bad input of every kind: a clear one-line error (or the contract's
+//! outcome), the documented exit status, and nothing changed on disk.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+use support::sandbox::*;
+
+const ITEM: &str = "ORCH-7";
+
+type Disk = BTreeMap<PathBuf, Vec<u8>>;
+
+/// The one line of stderr, checked to be exactly one line starting with
+/// `selfdeploy: error:`.
+fn error_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one line on stderr (exit {:?}), got: {stderr:?}",
+        out.status.code()
+    );
+    assert!(
+        lines[0].starts_with("selfdeploy: error: "),
+        "stderr: {stderr:?}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    lines[0].to_owned()
+}
+
+/// The disk without the files under `state/.selfdeploy/<sub>` for each sub
+/// (and without the bare `state/.selfdeploy` directory that holds them).
+fn disk_except(sb: &Sandbox, subs: &[&str]) -> Disk {
+    let own = sb.state_root().join(".selfdeploy");
+    let skip: Vec<PathBuf> = subs.iter().map(|s| own.join(s)).collect();
+    sb.disk()
+        .into_iter()
+        .filter(|(p, _)| *p != own && !skip.iter().any(|s| p.starts_with(s)))
+        .collect()
+}
+
+/// The disk without the history and the locks, which a refused or illegal
+/// event may touch.
+fn disk_but_journal(sb: &Sandbox) -> Disk {
+    disk_except(sb, &["history", "locks"])
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+fn wt(sb: &Sandbox) -> String {
+    sb.worktree().to_str().unwrap().to_owned()
+}
+
+fn outcome(r: &Value) -> &str {
+    r["outcome"].as_str().unwrap_or("<none>")
+}
+
+/// Some state on disk, so that "nothing changed" has something to compare.
+fn sandbox_with_state() -> Sandbox {
+    let sb = Sandbox::new();
+    let (code, r) = sb.event_json("request-approve", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    sb
+}
+
+#[test]
+fn bad_names_are_rejected_before_anything_is_touched() {
+    let sb = sandbox_with_state();
+    let long = "a".repeat(129);
+    let bad = [
+        "a/b", "../x", "..", ".", "a b", "-x", "déploy", &long, "", "a\tb",
+    ];
+    let before = sb.disk();
+    for name in bad {
+        let repo_arg = format!("--repo={name}");
+        let item_arg = format!("--work-item={name}");
+        let cases: [Vec<&str>; 4] = [
+            vec!["event", "request-approve", &repo_arg, "--work-item", ITEM],
+            vec![
+                "event",
+                "request-approve",
+                "--repo",
+                REPO,
+                &item_arg,
+                "--json",
+            ],
+            vec!["event", "reset", "--repo", REPO, &item_arg, "--force"],
+            vec!["status", "--repo", REPO, &item_arg, "--json"],
+        ];
+        for args in cases {
+            let out = sb.run(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let line = error_line(&out);
+            assert!(
+                line.contains(&format!("{name:?}")),
+                "{args:?}: the error names the bad value: {line}"
+            );
+            let what = if args.contains(&repo_arg.as_str()) {
+                "repo name"
+            } else {
+                "work item"
+            };
+            assert!(line.contains(what), "{args:?}: {line}");
+        }
+    }
+    assert_eq!(before, sb.disk(), "nothing on disk changed");
+    assert!(!sb.state_root().join(".deploy-state-a").exists());
+}
+
+#[test]
+fn longest_name_is_accepted() {
+    let sb = Sandbox::new();
+    let name = "a".repeat(128);
+    let (code, r) = sb.event_json("request-approve", &name, &[]);
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    assert!(sb.item_dir(&name).join("approve-requested").is_file());
+}
+
+/// One work item initiated by the original engine (empty `initiated`) with
+/// the given `result`, then polled.
+fn poll_with_result(sb: &Sandbox, item: &str, result: &[u8]) -> (Output, Value) {
+    let dir = sb.item_dir(item);
+    write(&dir.join("initiated"), b"");
+    write(&dir.join("result"), result);
+    let out = sb.event("poll", item, &["--worktree", &wt(sb), "--branch", BRANCH]);
+    let r = parse_json(&out);
+    (out, r)
+}
+
+fn frontmatter(item: &str, status: &str, code: &str) -> String {
+    format!(
+        "---\ndeploy_status: {status}\nwork_item: {item}\nhook_exit_code: {code}\n\
+         deployed_by: deploy-finalizer\n---\n\n"
+    )
+}
+
+#[test]
+fn result_contents_map_per_the_contract() {
+    let sb = Sandbox::new();
+    let huge = vec![b'0'; 2 * 1024 * 1024];
+    // (work item, result bytes, expected (verdict, exit code): None = deferred)
+    type Case<'a> = (&'a str, &'a [u8], Option<(&'a str, &'a str)>);
+    let cases: [Case; 9] = [
+        ("R-garbage", b"abc\n", Some(("FAILED", "1"))),
+        ("R-fraction", b"1.5\n", Some(("FAILED", "1"))),
+        ("R-empty", b"", None),
+        ("R-blank", b" \n\t\r\n ", None),
+        ("R-huge", &huge, Some(("FAILED", "1"))),
+        (
+            "R-not-utf8",
+            &[0xff, 0xfe, b'0', b'\n'],
+            Some(("FAILED", "1")),
+        ),
+        ("R-plus-zero", b" +0 \n", Some(("SUCCESS", "0"))),
+        ("R-rollback", b"2\n", Some(("FAILED", "2"))),
+        ("R-negative", b"-1\n", Some(("FAILED", "-1"))),
+    ];
+    for (item, result, expected) in cases {
+        let (out, r) = poll_with_result(&sb, item, result);
+        assert_eq!(out.status.code(), Some(0), "{item}: {r}");
+        assert!(
+            out.stderr.is_empty(),
+            "{item}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let finalized = sb.item_dir(item).join("finalized");
+        match expected {
+            None => {
+                assert_eq!(outcome(&r), "deferred", "{item}: {r}");
+                assert_eq!(r["to"], "initiated", "{item}: {r}");
+                assert!(!finalized.exists(), "{item}");
+                assert!(!sb.deploy_log(item).exists(), "{item}");
+            }
+            Some((status, code)) => {
+                assert_eq!(outcome(&r), "transitioned", "{item}: {r}");
+                let to = format!("finalized_{}", status.to_lowercase());
+                assert_eq!(r["to"], to.as_str(), "{item}: {r}");
+                let log = fs::read_to_string(sb.deploy_log(item)).unwrap();
+                let head = frontmatter(item, status, code);
+                assert!(log.starts_with(&head), "{item}: {log}");
+                assert!(finalized.is_file(), "{item}");
+            }
+        }
+    }
+}
+
+#[test]
+fn result_that_is_a_directory_is_an_error_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let dir = sb.item_dir(ITEM);
+    write(&dir.join("initiated"), b"");
+    fs::create_dir_all(dir.join("result")).unwrap();
+    let before = disk_except(&sb, &["locks"]);
+    let out = sb.event("poll", ITEM, &["--worktree", &wt(&sb), "--branch", BRANCH]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(line.contains("result"), "{line}");
+    assert!(line.contains("directory"), "{line}");
+    assert_eq!(before, disk_except(&sb, &["locks"]));
+    assert!(!dir.join("finalized").exists());
+    assert!(!sb.deploy_log(ITEM).exists());
+}
+
+#[test]
+fn state_directory_that_is_a_file_is_an_error() {
+    let sb = Sandbox::new();
+    let path = sb.item_dir(ITEM);
+    write(&path, b"not a directory\n");
+    let before = disk_except(&sb, &["locks"]);
+    for event in ["request-approve", "approved", "poll", "reset"] {
+        let out = sb.event(event, ITEM, &["--worktree", &wt(&sb), "--branch", BRANCH]);
+        assert_eq!(out.status.code(), Some(1), "{event}");
+        let line = error_line(&out);
+        assert!(line.contains("not a directory"), "{event}: {line}");
+        assert!(line.contains(path.to_str().unwrap()), "{event}: {line}");
+    }
+    let out = sb.run(&["status", "--repo", REPO, "--work-item", ITEM, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(line.contains("not a directory"), "{line}");
+    assert_eq!(before, disk_except(&sb, &["locks"]));
+    assert_eq!(fs::read(&path).unwrap(), b"not a directory\n");
+    assert_eq!(sb.hook_runs(), 0);
+}
+
+#[test]
+fn missing_worktree_at_finalize_is_an_error_and_the_next_poll_retries() {
+    let sb = Sandbox::new();
+    let dir = sb.item_dir(ITEM);
+    write(&dir.join("initiated"), b"");
+    write(&dir.join("result"), b"0\n");
+    let missing = sb.root().join("nonexistent-dir-in-sandbox");
+    let missing = missing.to_str().unwrap();
+    let before = disk_but_journal(&sb);
+    let out = sb.event("poll", ITEM, &["--worktree", missing, "--branch", BRANCH]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.contains(missing),
+        "the error names the worktree: {line}"
+    );
+    assert_eq!(
+        before,
+        disk_but_journal(&sb),
+        "nothing but the journal changed"
+    );
+    assert!(!dir.join("finalized").exists());
+    assert!(!Path::new(missing).exists(), "the worktree is not invented");
+    let status = sb.run(&["status", "--repo", REPO, "--work-item", ITEM, "--json"]);
+    assert_eq!(parse_json(&status)["state"], "initiated");
+
+    let (code, r) = sb.event_json("poll", ITEM, &["--worktree", &wt(&sb), "--branch", BRANCH]);
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    assert_eq!(r["to"], "finalized_success");
+    assert!(dir.join("finalized").is_file());
+    let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
+    assert!(log.starts_with(&frontmatter(ITEM, "SUCCESS", "0")), "{log}");
+}
+
+#[test]
+fn bad_configuration_names_the_variable_and_value_and_writes_nothing() {
+    let sb = sandbox_with_state();
+    let before = sb.disk();
+    for (name, value) in [
+        ("DEPLOY_PROD_TARGET_PORT", "http"),
+        ("STAGING_PORT", "70000"),
+        ("IMAGE_FRESHNESS_ENABLED", "maybe"),
+    ] {
+        for (event, item) in [("request-approve", "ORCH-NEW"), ("approved", ITEM)] {
+            let out = sb
+                .cmd()
+                .env(name, value)
+                .args([
+                    "event",
+                    event,
+                    "--repo",
+                    REPO,
+                    "--work-item",
+                    item,
+                    "--json",
+                ])
+                .args(["--worktree", &wt(&sb), "--branch", BRANCH])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(1), "{name}={value} {event}");
+            let line = error_line(&out);
+            assert!(
+                line.contains(name) && line.contains(value),
+                "{name}={value}: {line}"
+            );
+        }
+        let out = sb
+            .cmd()
+            .env(name, value)
+            .args(["status", "--all", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "status with {name}={value}");
+        let line = error_line(&out);
+        assert!(line.contains(name) && line.contains(value), "{line}");
+    }
+    assert_eq!(before, sb.disk(), "nothing written");
+    assert_eq!(sb.hook_runs(), 0);
+}
+
+#[test]
+fn staging_port_equal_to_prod_port_refuses_the_dispatch() {
+    let mut sb = Sandbox::new();
+    sb.set("STAGING_PORT", "9000".into());
+    sb.set("DEPLOY_PROD_TARGET_PORT", "9000".into());
+    let (code, r) = sb.event_json("request-approve", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    let before = disk_but_journal(&sb);
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", &wt(&sb), "--branch", BRANCH],
+    );
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert_eq!(r["to"], "approve_requested");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("STAGING_PORT"), "{reason}");
+    assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+    assert_eq!(before, disk_but_journal(&sb));
+    assert!(!sb.item_dir(ITEM).join("initiated").exists());
+    assert_eq!(sb.hook_runs(), 0);
+
+    // With the default prod port: STAGING_PORT=8500 alone collides too.
+    let mut sb = Sandbox::new();
+    sb.set("STAGING_PORT", "8500".into());
+    sb.event_json("request-approve", ITEM, &[]);
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", &wt(&sb), "--revision", "abc"],
+    );
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert!(!sb.item_dir(ITEM).join("initiated").exists());
+    assert_eq!(sb.hook_runs(), 0);
+}
+
+#[test]
+fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
+    let sb = Sandbox::new();
+    sb.event_json("request-approve", ITEM, &[]);
+    let empty = sb.root().join("empty-worktree");
+    git(sb.root(), &["init", "-q", empty.to_str().unwrap()]);
+    let missing = sb.root().join("no-such-worktree");
+    let missing = missing.to_str().unwrap();
+    for worktree in [empty.to_str().unwrap(), missing] {
+        for branch in [&["--branch", BRANCH][..], &[]] {
+            let before = disk_but_journal(&sb);
+            let mut args = vec!["--worktree", worktree];
+            args.extend_from_slice(branch);
+            let (code, r) = sb.event_json("approved", ITEM, &args);
+            assert_eq!((code, outcome(&r)), (3, "refused"), "{args:?}: {r}");
+            let reason = r["reason"].as_str().unwrap();
+            assert!(reason.contains("freshness"), "{reason}");
+            assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+            assert_eq!(before, disk_but_journal(&sb), "{args:?}");
+        }
+    }
+    // A blank --revision is no revision.
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", missing, "--revision", " "],
+    );
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert!(!sb.item_dir(ITEM).join("initiated").exists());
+    assert_eq!(sb.hook_runs(), 0);
+
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", missing, "--revision", "abc"],
+    );
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    let launch = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "local")
+        .unwrap_or_else(|| panic!("a local launch: {r}"));
+    let command = launch["argv"][2].as_str().unwrap();
+    assert!(
+        command.contains(" EXPECTED_REVISION=abc bash hook.sh --deploy;"),
+        "{command}"
+    );
+    let r = sb.poll_until_final(ITEM, &["--worktree", &wt(&sb), "--branch", BRANCH]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
+    let runs = fs::read_to_string(sb.host_repo().join("runs")).unwrap();
+    assert!(runs.contains("expected=abc"), "{runs}");
+}
+
+#[test]
+fn unknown_event_is_a_usage_error() {
+    let sb = sandbox_with_state();
+    let before = sb.disk();
+    for args in [
+        &["event", "frobnicate", "--repo", REPO, "--work-item", ITEM][..],
+        &["event", "Approved", "--repo", REPO, "--work-item", ITEM],
+        &["event", "approved", "--repo", REPO],
+        &[
+            "event",
+            "merge-verified",
+            "--repo",
+            REPO,
+            "--work-item",
+            ITEM,
+            "--merged",
+            "maybe",
+        ],
+    ] {
+        let out = sb.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let line = error_line(&out);
+        assert!(line.len() > "selfdeploy: error: ".len() + 10, "{line}");
+    }
+    assert_eq!(before, sb.disk());
+}
+
+#[test]
+fn merge_verified_without_merged_is_a_usage_error() {
+    let sb = Sandbox::new();
+    sb.event_json("request-approve", ITEM, &[]);
+    sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", &wt(&sb), "--branch", BRANCH],
+    );
+    assert_eq!(sb.poll_until_final(ITEM, &[])["to"], "finalized_success");
+    let before = sb.disk();
+    let out = sb.event("merge-verified", ITEM, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = error_line(&out);
+    assert!(line.contains("--merged"), "{line}");
+    assert_eq!(before, sb.disk());
+}
+
+#[test]
+fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
+    let sb = sandbox_with_state();
+    let before = sb.disk();
+    let args = ["--worktree", &wt(&sb), "--branch", BRANCH, "--dry-run"];
+    let out = sb.event("approved", ITEM, &args);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = parse_json(&out);
+    assert_eq!(outcome(&r), "transitioned", "{r}");
+    assert_eq!(r["dry_run"], true, "{r}");
+    assert_eq!(r["to"], "initiated", "{r}");
+    let launch = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "local")
+        .unwrap_or_else(|| panic!("the launch is among the effects: {r}"))
+        .clone();
+    assert_eq!(launch["argv"][0], "bash");
+    assert_eq!(launch["argv"][1], "-c");
+    let command = launch["argv"][2].as_str().unwrap();
+    assert!(command.starts_with("setsid bash -c "), "{command}");
+    assert!(
+        command.contains(&format!("EXPECTED_REVISION={}", sb.tip())),
+        "{command}"
+    );
+    // The human form shows the argv too.
+    let human = sb.run(&[
+        "event",
+        "approved",
+        "--repo",
+        REPO,
+        "--work-item",
+        ITEM,
+        "--worktree",
+        &wt(&sb),
+        "--branch",
+        BRANCH,
+        "--dry-run",
+    ]);
+    assert_eq!(human.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("dry run"), "{text}");
+    assert!(
+        text.contains("effect: local bash -c setsid bash -c"),
+        "{text}"
+    );
+    // Dry runs of the other events write nothing either.
+    for event in ["request-approve", "poll", "reset"] {
+        let out = sb.event(event, ITEM, &["--dry-run"]);
+        assert!(matches!(out.status.code(), Some(0 | 3)), "{event}");
+        assert_eq!(parse_json(&out)["dry_run"], true);
+    }
+    let out = sb.event("request-approve", "ORCH-NEW", &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+
+    assert_eq!(
+        before,
+        sb.disk(),
+        "nothing written, history and locks included"
+    );
+    assert!(!sb.item_dir(ITEM).join("initiated").exists());
+    assert!(!sb.item_dir("ORCH-NEW").exists());
+    assert_eq!(sb.hook_runs(), 0);
+
+    // The dry run showed exactly the argv a real dispatch uses.
+    let (code, real) = sb.event_json("approved", ITEM, &args[..4]);
+    assert_eq!((code, outcome(&real)), (0, "transitioned"), "{real}");
+    let real_launch = real["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "local")
+        .unwrap()
+        .clone();
+    assert_eq!(real_launch, launch);
+    sb.poll_until_final(ITEM, &[]);
+}
+
+#[test]
+fn kill_switch_refuses_new_deploys_but_finalizes_one_in_flight() {
+    let mut sb = Sandbox::new();
+    // In flight before the switch is turned off: dispatched, result written.
+    sb.event_json("request-approve", ITEM, &[]);
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", &wt(&sb), "--branch", BRANCH],
+    );
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    sb.event_json("request-approve", "ORCH-8", &[]);
+    let result = sb.item_dir(ITEM).join("result");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_to_string(&result).map_or(true, |s| s.trim().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "no result in 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    sb.set("SELF_DEPLOY_ENABLED", "false".into());
+    let before = disk_but_journal(&sb);
+    let (code, r) = sb.event_json("request-approve", "ORCH-NEW", &[]);
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SELF_DEPLOY_ENABLED"),
+        "{r}"
+    );
+    let (code, r) = sb.event_json(
+        "approved",
+        "ORCH-8",
+        &["--worktree", &wt(&sb), "--branch", BRANCH],
+    );
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert_eq!(before, disk_but_journal(&sb));
+    assert!(!sb.item_dir("ORCH-NEW").exists());
+    assert_eq!(sb.hook_runs(), 1);
+
+    let (code, r) = sb.event_json("poll", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    assert_eq!(r["to"], "finalized_success");
+    assert!(sb.item_dir(ITEM).join("finalized").is_file());
+}
+
+#[test]
+fn status_all_shows_an_unreadable_item_and_still_lists_the_others() {
+    let sb = Sandbox::new();
+    let (code, _) = sb.event_json("request-approve", "GOOD-1", &[]);
+    assert_eq!(code, 0);
+    let bad = sb.item_dir("BAD-1");
+    fs::create_dir_all(bad.join("result")).unwrap();
+    let out = sb.run(&["status", "--all", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["work_item"], "BAD-1");
+    assert!(rows[0]["state"].is_null());
+    assert!(
+        rows[0]["note"].as_str().unwrap().contains("result"),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1]["state"], "approve_requested");
+}
