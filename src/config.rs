@@ -133,6 +133,8 @@ pub enum ConfigError {
     },
     #[error("cannot read env file {path}: {problem}")]
     EnvFile { path: PathBuf, problem: String },
+    #[error("{0} is not a setting; `selfdeploy config` lists them all")]
+    Unknown(String),
     #[error("setting {name} from {origin} is not valid UTF-8")]
     NotUtf8 { name: &'static str, origin: Source },
 }
@@ -205,7 +207,7 @@ impl Settings {
             let spec = REGISTRY
                 .iter()
                 .find(|s| s.name == *name)
-                .unwrap_or_else(|| panic!("{name} is not a registered setting"));
+                .ok_or_else(|| ConfigError::Unknown((*name).to_owned()))?;
             raw.push((spec.name, (*value).to_owned(), Source::Program));
         }
         Settings::resolve(raw)

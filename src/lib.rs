@@ -11,5 +11,6 @@ pub mod hook_result;
 pub mod machine;
 pub mod markers;
 pub mod names;
+pub mod replay;
 pub mod store;
 pub mod table;

@@ -9,6 +9,12 @@ use clap::Parser as _;
 mod cli;
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of stdout goes away (`selfdeploy ... | head`),
+    // as command-line tools do, instead of panicking on a failed print.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
         Err(err) if !err.use_stderr() => err.exit(),

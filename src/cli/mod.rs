@@ -6,6 +6,8 @@ mod event;
 mod explain;
 mod history;
 mod machine;
+mod replay;
+mod snapshot;
 mod status;
 
 use std::path::PathBuf;
@@ -50,6 +52,10 @@ enum Command {
     Demo(demo::Args),
     /// Print the machine's transition table (or diagram).
     Machine(machine::Args),
+    /// Replay recorded fixtures offline (no ssh, no git) and check them.
+    Replay(replay::Args),
+    /// Print one work item's live state as a fixture for `replay`.
+    Snapshot(snapshot::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -62,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(args) => config::run(&settings()?, args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Snapshot(args) => snapshot::run(&settings()?, args),
     }
 }
 

@@ -1,0 +1,150 @@
+//! The fixture format: a recorded situation and what must happen next.
+//!
+//! ```ron
+//! (
+//!     description: "the host finishes while no engine runs",
+//!     work_item: "ORCH-1",
+//!     clock: "2026-01-01T00:00:00Z",
+//!     files: {"initiated": ""},
+//!     steps: [
+//!         (act: HostWritesResult("0\n"), expect: (state: "initiated")),
+//!         (act: Event(event: "poll", worktree: Some("/wt")),
+//!          expect: (state: "finalized_success", outcome: Some("transitioned"),
+//!                   effects: Some(["write_deploy_log", "git_publish", "write_marker"]))),
+//!     ],
+//! )
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::HistoryEntry;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    #[serde(default)]
+    pub description: String,
+    /// Settings that differ from the production defaults.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default = "default_repo")]
+    pub repo: String,
+    pub work_item: String,
+    /// The time when the fixture starts (RFC 3339).
+    pub clock: String,
+    /// The files of the work item's state directory, by name.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    /// What the initial files must read as, before any step.
+    #[serde(default)]
+    pub initial: Option<Expect>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+}
+
+fn default_repo() -> String {
+    crate::config::SELF_HOSTING_REPO.to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub act: Act,
+    pub expect: Expect,
+}
+
+/// One step: an event, or something the world outside the engine does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Act {
+    /// The stage engine delivers an event.
+    Event(EventStep),
+    /// The host wrapper writes `result` with this content.
+    HostWritesResult(String),
+    /// The engine dies after performing `after` effects of this event.
+    Crash { after: usize, event: EventStep },
+    /// The clock moves on by this many seconds.
+    TimePasses(u64),
+    /// Another process holds the work item's lock during this event.
+    LockHeld(EventStep),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventStep {
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+    /// The dispatch fails with this error (ssh's exit, a timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_fails: Option<String>,
+    /// What `git rev-parse` finds in the worktree; none: no commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_tip: Option<String>,
+    /// The transport's program (ssh or bash) is not installed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_transport_program: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What must be true after a step. Fields left out are not checked, except
+/// that an event step must state its outcome and effects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects: Option<Vec<String>>,
+    /// The dispatch argv, when the step dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    /// A part of the error the event ended with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The names of the files in the state directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+}
+
+fn ron_options() -> ron::Options {
+    ron::Options::default()
+        .with_default_extension(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES)
+}
+
+/// Parses a fixture; the error names the line and column.
+pub fn parse(text: &str) -> Result<Fixture, String> {
+    ron_options().from_str(text).map_err(|e| e.to_string())
+}
+
+/// The fixture as RON text.
+pub fn to_ron(fixture: &Fixture) -> String {
+    let pretty = ron::ser::PrettyConfig::new()
+        .depth_limit(4)
+        .struct_names(false)
+        .extensions(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES);
+    let mut text = ron_options()
+        .to_string_pretty(fixture, pretty)
+        .expect("fixtures serialize");
+    text.push('\n');
+    text
+}

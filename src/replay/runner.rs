@@ -1,0 +1,370 @@
+//! Replaying a fixture offline: the same engine code, an injected clock, and
+//! an executor that writes the state directory (in a temporary directory)
+//! but records ssh, git and the deploy log instead of performing them.
+
+use std::cell::Cell;
+use std::fs;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::fixture::{Act, EventStep, Expect, Fixture};
+use crate::config::Settings;
+use crate::effect::Effect;
+use crate::engine::{self, Clock, Request};
+use crate::exec::{ExecError, Executor, HostExecutor, Performed};
+use crate::machine::EventName;
+use crate::names::{RepoName, WorkItem};
+use crate::store::{self, ItemLock, ItemPaths, Snapshot};
+use crate::table::Row;
+
+/// Where the replay's worktree seems to be, unless a fixture says otherwise:
+/// a fixed path, so effects print the same on every machine.
+const REPLAY_WORKTREE: &str = "/worktree/{repo}/{work_item}";
+
+/// The time as the fixture says, moved on only by `TimePasses`.
+pub struct FixedClock(Cell<SystemTime>);
+
+impl Clock for FixedClock {
+    fn now(&self) -> String {
+        humantime::format_rfc3339_seconds(self.0.get()).to_string()
+    }
+}
+
+/// The payload of a simulated crash: unwinding stops the engine where a
+/// killed process would stop, with no history line and no further effect.
+struct SimulatedCrash;
+
+struct ReplayExecutor<'a> {
+    files: HostExecutor<'a>,
+    step: &'a EventStep,
+    crash_after: Option<usize>,
+    performed: usize,
+}
+
+impl Executor for ReplayExecutor<'_> {
+    fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
+        if self.crash_after == Some(self.performed) {
+            panic::resume_unwind(Box::new(SimulatedCrash));
+        }
+        self.performed += 1;
+        match effect {
+            Effect::WriteMarker { .. } | Effect::RemoveMarker { .. } | Effect::RemoveStateDir => {
+                self.files.perform(paths, effect)
+            }
+            Effect::Ssh { .. } | Effect::Local { .. } => {
+                Ok(Performed::Dispatched(match &self.step.dispatch_fails {
+                    Some(why) => Err(why.clone()),
+                    None => Ok(()),
+                }))
+            }
+            Effect::WriteDeployLog { .. }
+            | Effect::GitPublish { .. }
+            | Effect::StampMerged { .. } => Ok(Performed::Done),
+        }
+    }
+
+    fn find_program(&mut self, program: &str) -> Result<(), String> {
+        if self.step.no_transport_program {
+            Err(format!("{program} not found on PATH"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn branch_tip(
+        &mut self,
+        _: &Settings,
+        worktree: &Path,
+        branch: Option<&str>,
+    ) -> Result<String, String> {
+        self.step.branch_tip.clone().ok_or_else(|| {
+            format!(
+                "git rev-parse {} in {} found no commit",
+                branch.unwrap_or("HEAD"),
+                worktree.display()
+            )
+        })
+    }
+}
+
+/// What a step left: the state on disk and, for events, what was reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actual {
+    pub state: String,
+    pub outcome: Option<String>,
+    pub condition: Option<String>,
+    pub effects: Option<Vec<String>>,
+    pub argv: Option<Vec<String>>,
+    pub error: Option<String>,
+    pub files: Vec<String>,
+    pub crashed: bool,
+    /// The table row the event took, when it completed.
+    pub row: Option<Row>,
+    /// Whether `result` existed before the step (for the model tests).
+    pub had_result: bool,
+    /// Whether the step launched a dispatch that succeeded.
+    pub dispatched: bool,
+}
+
+/// A fixture being replayed, one step at a time.
+pub struct Replayer {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    settings: Settings,
+    repo: RepoName,
+    work_item: WorkItem,
+    paths: ItemPaths,
+    clock: FixedClock,
+}
+
+impl Replayer {
+    /// Lays out the fixture's initial files in a fresh temporary directory.
+    pub fn new(f: &Fixture) -> Result<Replayer, String> {
+        let tmp =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let root = tmp.path().join("state");
+        let mut pairs: Vec<(String, String)> = f.settings.clone().into_iter().collect();
+        if !f.settings.contains_key("SELF_DEPLOY_WORKTREE") {
+            pairs.push(("SELF_DEPLOY_WORKTREE".into(), REPLAY_WORKTREE.into()));
+        }
+        pairs.push(("REPOS_DIR".into(), root.to_string_lossy().into_owned()));
+        let borrowed: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut settings =
+            Settings::with_overrides(&borrowed).map_err(|e| format!("settings: {e}"))?;
+        // Another holder of the lock is simulated; waiting for it proves nothing.
+        settings.lock_timeout = Duration::from_millis(20);
+        let repo = RepoName::new(&f.repo).map_err(|e| e.to_string())?;
+        let work_item = WorkItem::new(&f.work_item).map_err(|e| e.to_string())?;
+        let clock =
+            humantime::parse_rfc3339(&f.clock).map_err(|e| format!("clock {:?}: {e}", f.clock))?;
+        let paths = ItemPaths::new(&root, &repo, &work_item);
+        fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        if !f.files.is_empty() {
+            fs::create_dir_all(&paths.state_dir).map_err(|e| e.to_string())?;
+        }
+        for (name, content) in &f.files {
+            if name.contains('/') || name.starts_with('.') {
+                return Err(format!("files: {name:?} is not a file name"));
+            }
+            fs::write(paths.state_dir.join(name), content).map_err(|e| e.to_string())?;
+        }
+        for entry in &f.history {
+            store::append_history(&paths.history_file, entry).map_err(|e| e.to_string())?;
+        }
+        Ok(Replayer {
+            root: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            settings,
+            repo,
+            work_item,
+            paths,
+            clock: FixedClock(Cell::new(clock)),
+        })
+    }
+
+    /// The state and files on disk now.
+    pub fn observe(&self) -> Actual {
+        match Snapshot::load(&self.paths) {
+            Ok(snap) => Actual {
+                state: snap.state.to_string(),
+                files: snap.files,
+                had_result: snap.result.is_some(),
+                ..Actual::default()
+            },
+            Err(e) => Actual {
+                state: "unreadable".into(),
+                error: Some(self.scrub(&e.to_string())),
+                ..Actual::default()
+            },
+        }
+    }
+
+    /// The bytes of every file of the state directory (for the model tests).
+    pub fn state_bytes(&self) -> Vec<(String, Vec<u8>)> {
+        let mut all = Vec::new();
+        if let Ok(entries) = fs::read_dir(&self.paths.state_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                all.push((name, fs::read(entry.path()).unwrap_or_default()));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// Performs one step; `Err` is a mistake in the fixture itself.
+    pub fn apply(&mut self, act: &Act) -> Result<Actual, String> {
+        let had_result = self.observe().had_result;
+        let mut actual = match act {
+            Act::Event(step) => self.event(step, None, false)?,
+            Act::Crash { after, event } => self.event(event, Some(*after), false)?,
+            Act::LockHeld(step) => self.event(step, None, true)?,
+            Act::HostWritesResult(content) => {
+                fs::create_dir_all(&self.paths.state_dir).map_err(|e| e.to_string())?;
+                fs::write(self.paths.result_file(), content).map_err(|e| e.to_string())?;
+                self.observe()
+            }
+            Act::TimePasses(seconds) => {
+                self.clock
+                    .0
+                    .set(self.clock.0.get() + Duration::from_secs(*seconds));
+                self.observe()
+            }
+        };
+        actual.had_result = had_result;
+        Ok(actual)
+    }
+
+    fn event(
+        &mut self,
+        step: &EventStep,
+        crash_after: Option<usize>,
+        lock_held: bool,
+    ) -> Result<Actual, String> {
+        let event = EventName::parse(&step.event)
+            .ok_or_else(|| format!("unknown event {:?}", step.event))?;
+        let request = Request {
+            repo: self.repo.clone(),
+            work_item: self.work_item.clone(),
+            event,
+            branch: step.branch.clone(),
+            worktree: step.worktree.as_ref().map(PathBuf::from),
+            revision: step.revision.clone(),
+            merged: step.merged,
+            force: step.force,
+            actor: step.actor.clone().unwrap_or_else(|| "replay".into()),
+            dry_run: false,
+        };
+        let _other = if lock_held {
+            Some(
+                ItemLock::acquire(&self.paths.lock_file, Duration::ZERO)
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let mut executor = ReplayExecutor {
+            files: HostExecutor {
+                settings: &self.settings,
+            },
+            step,
+            crash_after,
+            performed: 0,
+        };
+        let (settings, clock) = (&self.settings, &self.clock);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            engine::handle(settings, &request, &mut executor, clock)
+        }));
+        let mut actual = self.observe();
+        match outcome {
+            Err(payload) if payload.is::<SimulatedCrash>() => actual.crashed = true,
+            Err(payload) => panic::resume_unwind(payload),
+            Ok(Err(e)) => actual.error = Some(self.scrub(&e.to_string())),
+            Ok(Ok(report)) => {
+                let kinds: Vec<String> =
+                    report.effects.iter().map(|e| e.kind().to_owned()).collect();
+                actual.argv = report.effects.iter().find_map(|e| match e {
+                    Effect::Ssh { argv } | Effect::Local { argv } => Some(argv.clone()),
+                    _ => None,
+                });
+                actual.dispatched = actual.argv.is_some() && step.dispatch_fails.is_none();
+                actual.row = Some(Row {
+                    from: report.from.to_string(),
+                    event: report.event.to_string(),
+                    condition: report.condition.clone(),
+                    to: report.to.to_string(),
+                    outcome: report.outcome.to_string(),
+                    effects: kinds.clone(),
+                });
+                actual.outcome = Some(report.outcome.to_string());
+                actual.condition = Some(report.condition);
+                actual.effects = Some(kinds);
+            }
+        }
+        if crash_after.is_some() && !actual.crashed {
+            actual.error = Some(format!(
+                "the event performed only {} effects, so it could not crash after {}",
+                executor.performed,
+                crash_after.unwrap_or_default()
+            ));
+        }
+        Ok(actual)
+    }
+
+    /// Error texts name the temporary directory; replays print the same bytes
+    /// on every machine.
+    fn scrub(&self, text: &str) -> String {
+        text.replace(
+            &self.root.join("state").to_string_lossy().into_owned(),
+            "$REPOS_DIR",
+        )
+    }
+}
+
+/// One difference between what a fixture expects and what happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub field: &'static str,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// Compares what the fixture states with what happened.
+pub fn compare(expect: &Expect, actual: &Actual, is_event: bool) -> Vec<Mismatch> {
+    fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
+        match v {
+            Some(v) => format!("{v:?}"),
+            None => "-".into(),
+        }
+    }
+    let mut out = Vec::new();
+    let mut check = |field: &'static str, expected: String, actual: String| {
+        if expected != actual {
+            out.push(Mismatch {
+                field,
+                expected,
+                actual,
+            });
+        }
+    };
+    check("state", expect.state.clone(), actual.state.clone());
+    if is_event || expect.outcome.is_some() {
+        check("outcome", show(&expect.outcome), show(&actual.outcome));
+    }
+    if let Some(c) = &expect.condition {
+        check(
+            "condition",
+            c.clone(),
+            show(&actual.condition).trim_matches('"').to_owned(),
+        );
+    }
+    if is_event || expect.effects.is_some() {
+        check("effects", show(&expect.effects), show(&actual.effects));
+    }
+    if expect.argv.is_some() || actual.argv.is_some() && is_event {
+        check("argv", show(&expect.argv), show(&actual.argv));
+    }
+    if is_event || expect.error.is_some() {
+        let matches = match (&expect.error, &actual.error) {
+            (Some(part), Some(text)) => text.contains(part.as_str()),
+            (None, None) => true,
+            _ => false,
+        };
+        if !matches {
+            // Shown as they are, even when a part of the text matched.
+            check(
+                "error",
+                format!("{} (part of)", show(&expect.error)),
+                show(&actual.error),
+            );
+        }
+    }
+    if let Some(files) = &expect.files {
+        check("files", format!("{files:?}"), format!("{:?}", actual.files));
+    }
+    out
+}
