@@ -115,6 +115,14 @@ fn render(label: &str, diffs: &[Mismatch]) -> String {
         return out;
     }
     for d in diffs {
+        if d.expected.len() <= 100 && d.actual.len() <= 100 {
+            let _ = writeln!(
+                out,
+                "    {}:\n      expected: {}\n      actual:   {}",
+                d.field, d.expected, d.actual
+            );
+            continue;
+        }
         let (expected, actual, at) = excerpt(&d.expected, &d.actual);
         let _ = writeln!(out, "    {} (first difference at character {at}):", d.field);
         let _ = writeln!(out, "      expected: {expected}");
@@ -133,7 +141,7 @@ fn excerpt(expected: &str, actual: &str) -> (String, String, usize) {
         let end = (at + 30).min(text.len());
         let mut s: String = text[start..end].iter().collect();
         if start > 0 {
-            s.insert_str(0, "…");
+            s.insert(0, '…');
         }
         if end < text.len() {
             s.push('…');

@@ -1,0 +1,237 @@
+//! The regression corpus: every fixture replays, together they take every row
+//! of the reviewed table, and any altered expectation makes a replay fail
+//! with a readable difference.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use selfdeploy::replay::{self, Act, Fixture, fixture};
+use selfdeploy::table;
+use support::sandbox::{BRANCH, Sandbox};
+
+fn corpus() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    replay::fixture_files(&dir).expect("fixtures/ exists")
+}
+
+fn load(path: &Path) -> Fixture {
+    fixture::parse(&fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_fixture_replays_and_the_table_is_covered() {
+    let mut taken = Vec::new();
+    for path in corpus() {
+        let verdict = replay::replay_file(&path);
+        assert!(
+            verdict.failure.is_none(),
+            "{}: {}",
+            path.display(),
+            verdict.failure.unwrap()
+        );
+        taken.extend(verdict.rows);
+    }
+    let rows = table::derive();
+    let uncovered = replay::uncovered(&rows, &taken);
+    let covered = rows.len() - uncovered.len();
+    assert!(
+        uncovered.is_empty(),
+        "coverage {covered}/{} rows; no fixture takes:\n{}",
+        rows.len(),
+        uncovered
+            .iter()
+            .map(|r| format!(
+                "  {} --{} [{}]--> {} ({})",
+                r.from, r.event, r.condition, r.to, r.outcome
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn altering_any_expectation_fails_at_that_step() {
+    let mut checked = 0;
+    for path in corpus() {
+        let original = load(&path);
+        for i in 0..original.steps.len() {
+            let mut mutants = Vec::new();
+            let mut m = original.clone();
+            m.steps[i].expect.state = if m.steps[i].expect.state == "idle" {
+                "initiated"
+            } else {
+                "idle"
+            }
+            .into();
+            mutants.push(("state", m));
+            if let Some(outcome) = &original.steps[i].expect.outcome {
+                let mut m = original.clone();
+                m.steps[i].expect.outcome = Some(
+                    if outcome == "refused" {
+                        "illegal"
+                    } else {
+                        "refused"
+                    }
+                    .into(),
+                );
+                mutants.push(("outcome", m));
+            }
+            if let Some(effects) = &original.steps[i].expect.effects {
+                let mut m = original.clone();
+                let mut changed = effects.clone();
+                changed.push("ssh".into());
+                m.steps[i].expect.effects = Some(changed);
+                mutants.push(("effects", m));
+            }
+            if let Some(argv) = &original.steps[i].expect.argv {
+                let mut m = original.clone();
+                let mut changed = argv.clone();
+                changed[4].push(' ');
+                m.steps[i].expect.argv = Some(changed);
+                mutants.push(("argv", m));
+            }
+            for (field, mutant) in mutants {
+                let (failure, _) = replay::replay(&mutant);
+                let failure = failure.unwrap_or_else(|| {
+                    panic!(
+                        "{}: altering step {}'s {field} still passes",
+                        path.display(),
+                        i + 1
+                    )
+                });
+                assert!(
+                    failure.starts_with(&format!("first difference at step {} (", i + 1))
+                        && failure.contains(field),
+                    "{}: step {} {field}: {failure}",
+                    path.display(),
+                    i + 1
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} mutants");
+}
+
+#[test]
+fn a_crash_that_cannot_happen_is_reported() {
+    let mut f = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/crash_finalize.ron"));
+    let Act::Crash { after, .. } = &mut f.steps[0].act else {
+        panic!()
+    };
+    *after = 9;
+    let (failure, _) = replay::replay(&f);
+    assert!(failure.unwrap().contains("could not crash after 9"));
+}
+
+#[test]
+fn replay_output_is_the_same_bytes_every_time() {
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_selfdeploy"))
+            .arg("replay")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(
+        a.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&a.stdout)
+    );
+    assert_eq!(a.stdout, b.stdout);
+    let text = String::from_utf8_lossy(&a.stdout);
+    assert!(text.contains("0 failed; table rows covered: "), "{text}");
+}
+
+#[test]
+fn a_broken_fixture_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.ron");
+    fs::write(
+        &path,
+        "(\n  work_item: \"W\",\n  clock: \"2026-01-01T00:00:00Z\",\n  colour: 1,\n)\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdeploy"))
+        .arg("replay")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("FAIL {}: {}:4:", path.display(), path.display())),
+        "{text}"
+    );
+    assert!(text.contains("colour"), "{text}");
+}
+
+#[test]
+fn a_live_deploy_captured_mid_flight_replays() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.host_repo().join("hold"), "").unwrap();
+    let wt = sb.worktree();
+    sb.event_json("request-approve", "ORCH-31", &[]);
+    let (code, r) = sb.event_json(
+        "approved",
+        "ORCH-31",
+        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{r}");
+    let out = sb.run(&[
+        "snapshot",
+        "--repo",
+        "orchestrator",
+        "--work-item",
+        "ORCH-31",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut captured = fixture::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    std::fs::remove_file(sb.host_repo().join("hold")).unwrap();
+    sb.poll_until_final("ORCH-31", &[]);
+
+    assert_eq!(captured.initial.as_ref().unwrap().state, "initiated");
+    assert_eq!(captured.history.len(), 2);
+    assert_eq!(
+        captured
+            .settings
+            .get("SELF_DEPLOY_TRANSPORT")
+            .map(String::as_str),
+        Some("local")
+    );
+    assert!(!captured.settings.contains_key("REPOS_DIR"));
+    let (failure, _) = replay::replay(&captured);
+    assert!(failure.is_none(), "{failure:?}");
+
+    // The incident becomes a regression case: what happens next is stated and replayed.
+    let more = fixture::parse(&format!(
+        "(work_item: \"x\", clock: \"2026-01-01T00:00:00Z\", steps: [\n\
+           (act: Event(event: \"approved\"), expect: (state: \"initiated\", outcome: Some(\"unchanged\"), effects: Some([]))),\n\
+           (act: HostWritesResult(\"0\\n\"), expect: (state: \"initiated\")),\n\
+           (act: Event(event: \"poll\"), expect: (state: \"finalized_success\", outcome: Some(\"transitioned\"),\n\
+              effects: Some([\"write_deploy_log\", \"git_publish\", \"write_marker\"]))),\n\
+         ])"
+    ))
+    .unwrap();
+    captured.steps = more.steps;
+    let (failure, _) = replay::replay(&captured);
+    assert!(failure.is_none(), "{failure:?}");
+    // The round trip through text is lossless.
+    assert_eq!(
+        fixture::parse(&fixture::to_ron(&captured)).unwrap(),
+        captured
+    );
+}
