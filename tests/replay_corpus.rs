@@ -217,14 +217,14 @@ fn a_live_deploy_captured_mid_flight_replays() {
     assert!(failure.is_none(), "{failure:?}");
 
     // The incident becomes a regression case: what happens next is stated and replayed.
-    let more = fixture::parse(&format!(
+    let more = fixture::parse(
         "(work_item: \"x\", clock: \"2026-01-01T00:00:00Z\", steps: [\n\
            (act: Event(event: \"approved\"), expect: (state: \"initiated\", outcome: Some(\"unchanged\"), effects: Some([]))),\n\
            (act: HostWritesResult(\"0\\n\"), expect: (state: \"initiated\")),\n\
            (act: Event(event: \"poll\"), expect: (state: \"finalized_success\", outcome: Some(\"transitioned\"),\n\
               effects: Some([\"write_deploy_log\", \"git_publish\", \"write_marker\"]))),\n\
-         ])"
-    ))
+         ])",
+    )
     .unwrap();
     captured.steps = more.steps;
     let (failure, _) = replay::replay(&captured);
