@@ -40,6 +40,7 @@ struct ReplayExecutor<'a> {
     step: &'a EventStep,
     crash_after: Option<usize>,
     performed: usize,
+    launched: bool,
 }
 
 impl Executor for ReplayExecutor<'_> {
@@ -103,8 +104,8 @@ pub struct Actual {
     pub row: Option<Row>,
     /// Whether `result` existed before the step (for the model tests).
     pub had_result: bool,
-    /// Whether the step launched a dispatch that succeeded.
-    pub dispatched: bool,
+    /// Whether the step launched the hook (even if it then crashed).
+    pub launched: bool,
 }
 
 /// A fixture being replayed, one step at a time.
@@ -254,6 +255,7 @@ impl Replayer {
             step,
             crash_after,
             performed: 0,
+            launched: false,
         };
         let (settings, clock) = (&self.settings, &self.clock);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -271,7 +273,6 @@ impl Replayer {
                     Effect::Ssh { argv } | Effect::Local { argv } => Some(argv.clone()),
                     _ => None,
                 });
-                actual.dispatched = actual.argv.is_some() && step.dispatch_fails.is_none();
                 actual.row = Some(Row {
                     from: report.from.to_string(),
                     event: report.event.to_string(),
@@ -285,6 +286,7 @@ impl Replayer {
                 actual.effects = Some(kinds);
             }
         }
+        actual.launched = executor.launched;
         if crash_after.is_some() && !actual.crashed {
             actual.error = Some(format!(
                 "the event performed only {} effects, so it could not crash after {}",
