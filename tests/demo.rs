@@ -10,7 +10,10 @@ fn demo(args: &[&str]) -> (i32, String) {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -35,7 +38,13 @@ fn demo_deploys_successfully() {
 fn demo_fail_ends_finalized_failed() {
     let (code, text) = demo(&["--fail"]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("deploy_status: FAILED\nwork_item: DEMO-1\nhook_exit_code: 1\n"), "{text}");
-    assert!(text.contains("deploy: health check failed; rolling back"), "{text}");
+    assert!(
+        text.contains("deploy_status: FAILED\nwork_item: DEMO-1\nhook_exit_code: 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deploy: health check failed; rolling back"),
+        "{text}"
+    );
     assert!(text.contains("final state: finalized_failed"), "{text}");
 }
