@@ -14,3 +14,4 @@ pub mod names;
 pub mod replay;
 pub mod store;
 pub mod table;
+pub mod text_table;

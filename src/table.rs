@@ -206,7 +206,6 @@ pub fn to_json(rows: &[Row]) -> String {
 }
 
 pub fn to_table(rows: &[Row]) -> String {
-    let header = ["FROM", "EVENT", "CONDITION", "TO", "OUTCOME", "EFFECTS"];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -220,26 +219,10 @@ pub fn to_table(rows: &[Row]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: [&str; 6]| {
-        let mut text = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            let _ = write!(text, "{c:<w$}  ", w = widths[i]);
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(header);
-    for row in &cells {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
-    }
-    out
+    crate::text_table::render(
+        &["FROM", "EVENT", "CONDITION", "TO", "OUTCOME", "EFFECTS"],
+        &cells,
+    )
 }
 
 /// Rows drawn in diagrams: illegal pairs are left to the table.

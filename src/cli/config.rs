@@ -42,7 +42,10 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             .iter()
             .map(|l| [l.name.to_owned(), l.value.to_owned(), l.source.clone()])
             .collect();
-        super::history::print_table(&["SETTING", "VALUE", "SOURCE"], &rows);
+        print!(
+            "{}",
+            selfdeploy::text_table::render(&["SETTING", "VALUE", "SOURCE"], &rows)
+        );
     }
     Ok(EXIT_OK)
 }

@@ -73,6 +73,21 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `--repo R --work-item W`, for commands about one work item.
+#[derive(Debug, clap::Args)]
+pub struct ItemArgs {
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    work_item: String,
+}
+
+impl ItemArgs {
+    fn names(&self) -> anyhow::Result<(RepoName, WorkItem)> {
+        item_names(&self.repo, &self.work_item)
+    }
+}
+
 /// Validates the names given on the command line (exit 1 on a bad one).
 fn item_names(repo: &str, work_item: &str) -> anyhow::Result<(RepoName, WorkItem)> {
     Ok((RepoName::new(repo)?, WorkItem::new(work_item)?))

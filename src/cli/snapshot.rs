@@ -4,18 +4,16 @@ use selfdeploy::config::Settings;
 use selfdeploy::engine::SystemClock;
 use selfdeploy::replay;
 
-use super::{EXIT_OK, item_names};
+use super::{EXIT_OK, ItemArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    repo: String,
-    #[arg(long)]
-    work_item: String,
+    #[command(flatten)]
+    item: ItemArgs,
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
-    let (repo, wi) = item_names(&args.repo, &args.work_item)?;
+    let (repo, wi) = args.item.names()?;
     let fixture = replay::capture(settings, &repo, &wi, &SystemClock)?;
     print!("{}", replay::fixture::to_ron(&fixture));
     Ok(EXIT_OK)

@@ -124,6 +124,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             ]
         })
         .collect();
-    super::history::print_table(&["REPO", "WORK ITEM", "STATE", "FILES", "NOTE"], &table);
+    let header = ["REPO", "WORK ITEM", "STATE", "FILES", "NOTE"];
+    print!("{}", selfdeploy::text_table::render(&header, &table));
     Ok(done)
 }
