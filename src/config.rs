@@ -22,11 +22,18 @@ pub const SELF_HOSTING_REPO: &str = "orchestrator";
 pub enum Kind {
     Bool,
     Port,
+    /// Whole seconds, at least 1.
     Seconds,
+    /// Whole seconds, 0 meaning "off".
+    SecondsOrOff,
     Text,
     Path,
     Csv,
     Transport,
+    /// A word passed to ssh as its own argument: no leading `-`, no white space.
+    SshWord,
+    /// A secret: never printed by `config`.
+    Secret,
 }
 
 /// One entry of the registry.
@@ -37,6 +44,12 @@ pub struct Spec {
     pub kind: Kind,
     pub group: &'static str,
     pub meaning: &'static str,
+}
+
+impl Spec {
+    pub fn is_secret(&self) -> bool {
+        self.kind == Kind::Secret
+    }
 }
 
 const fn spec(
@@ -66,8 +79,8 @@ pub const REGISTRY: &[Spec] = &[
     spec("HOST_REPOS_DIR", "/srv/orchestrator/repos", Kind::Text, "ssh/host", "REPOS_DIR as the host sees it (the shared mount)"),
     spec("DEPLOY_HOST_REPO_PATH", "/srv/orchestrator/app", Kind::Text, "ssh/host", "the repo checkout on the host: cd target and REPO="),
     spec("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh", Kind::Text, "ssh/host", "the hook, run as `bash <hook> --deploy`; may be relative to DEPLOY_HOST_REPO_PATH"),
-    spec("DEPLOY_SSH_USER", "deploy", Kind::Text, "ssh/host", "ssh user; empty: the ssh target is the host alone"),
-    spec("DEPLOY_SSH_HOST", "host.docker.internal", Kind::Text, "ssh/host", "ssh host that runs the hook"),
+    spec("DEPLOY_SSH_USER", "deploy", Kind::SshWord, "ssh/host", "ssh user; empty: the ssh target is the host alone"),
+    spec("DEPLOY_SSH_HOST", "host.docker.internal", Kind::SshWord, "ssh/host", "ssh host that runs the hook"),
     spec("DEPLOY_PROD_SOURCE_IMAGE", "orchestrator:staging", Kind::Text, "deploy target", "the staging-validated image, promoted without a rebuild"),
     spec("DEPLOY_PROD_TARGET_SERVICE", "orchestrator", Kind::Text, "deploy target", "compose service restarted"),
     spec("DEPLOY_PROD_TARGET_PORT", "8500", Kind::Port, "deploy target", "production port"),
@@ -81,6 +94,9 @@ pub const REGISTRY: &[Spec] = &[
     spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed and counted as failed"),
     spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
     spec("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds to wait for another process holding a work item's lock"),
+    spec("SELF_DEPLOY_RESULT_DEADLINE_SECS", "0", Kind::SecondsOrOff, "timeouts", "seconds after approval with no result before a poll finalizes as FAILED (timeout); 0 waits forever"),
+    spec("SELF_DEPLOY_WATCH_RESCAN_SECS", "5", Kind::Seconds, "timeouts", "seconds between full rescans of REPOS_DIR by `selfdeploy watch` (a safety net for missed file events)"),
+    spec("HISTORY_HMAC_KEY", "", Kind::Secret, "secrets", "key that signs every history entry (HMAC-SHA256 chain); empty: entries are unsigned"),
 ];
 
 /// Where a resolved value came from.
@@ -133,6 +149,8 @@ pub enum ConfigError {
     },
     #[error("cannot read env file {path}: {problem}")]
     EnvFile { path: PathBuf, problem: String },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ConfigError>),
     #[error("{0} is not a setting; `selfdeploy config` lists them all")]
     Unknown(String),
     #[error("setting {name} from {origin} is not valid UTF-8")]
@@ -165,6 +183,11 @@ pub struct Settings {
     pub ssh_timeout: Duration,
     pub git_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `None`: wait for a result forever.
+    pub result_deadline: Option<Duration>,
+    pub watch_rescan: Duration,
+    /// Signs the history when set.
+    pub history_key: Option<String>,
     /// Every setting as resolved, in registry order.
     pub resolved: Vec<Resolved>,
 }
@@ -174,6 +197,14 @@ impl Settings {
     /// given (it must exist), else `.env` in the working directory if there is
     /// one. The real environment wins over the file.
     pub fn load(env_file: Option<&Path>) -> Result<Settings, ConfigError> {
+        strict(Settings::load_lenient(env_file)?)
+    }
+
+    /// Like `load`, but a value that does not parse reads as its default and
+    /// is returned among the errors, so that every problem can be reported.
+    pub fn load_lenient(
+        env_file: Option<&Path>,
+    ) -> Result<(Settings, Vec<ConfigError>), ConfigError> {
         let (file_values, file_path) = match env_file {
             Some(path) => (read_env_file(path)?, Some(path.to_path_buf())),
             None => {
@@ -197,7 +228,7 @@ impl Settings {
                 raw.push((spec.name, value.clone(), Source::DotEnv(path.clone())));
             }
         }
-        Settings::resolve(raw)
+        Ok(Settings::resolve(raw))
     }
 
     /// Production defaults with the given values laid over them (tests, the demo).
@@ -210,10 +241,10 @@ impl Settings {
                 .ok_or_else(|| ConfigError::Unknown((*name).to_owned()))?;
             raw.push((spec.name, (*value).to_owned(), Source::Program));
         }
-        Settings::resolve(raw)
+        strict(Settings::resolve(raw))
     }
 
-    fn resolve(given: Vec<(&'static str, String, Source)>) -> Result<Settings, ConfigError> {
+    fn resolve(given: Vec<(&'static str, String, Source)>) -> (Settings, Vec<ConfigError>) {
         let mut values: BTreeMap<&str, (String, Source)> = BTreeMap::new();
         for (name, value, source) in given {
             values.insert(name, (value, source));
@@ -224,7 +255,10 @@ impl Settings {
                 // Set but empty: the empty text, or the default for a number or a bool.
                 Some((v, _))
                     if v.trim().is_empty()
-                        && !matches!(spec.kind, Kind::Text | Kind::Path | Kind::Csv) =>
+                        && !matches!(
+                            spec.kind,
+                            Kind::Text | Kind::Path | Kind::Csv | Kind::SshWord | Kind::Secret
+                        ) =>
                 {
                     (spec.default.to_owned(), Source::Default)
                 }
@@ -237,33 +271,86 @@ impl Settings {
                 source,
             });
         }
-        let r = Reader(&resolved);
-        Ok(Settings {
-            enabled: r.bool("SELF_DEPLOY_ENABLED")?,
+        let r = Reader {
+            resolved: &resolved,
+            errors: std::cell::RefCell::new(Vec::new()),
+        };
+        let settings = Settings {
+            enabled: r.bool("SELF_DEPLOY_ENABLED"),
             repos: r.csv("SELF_DEPLOY_REPOS"),
             repos_dir: PathBuf::from(r.text("REPOS_DIR")),
             worktree_template: r.text("SELF_DEPLOY_WORKTREE"),
-            transport: r.transport("SELF_DEPLOY_TRANSPORT")?,
+            transport: r.transport("SELF_DEPLOY_TRANSPORT"),
             host_repos_dir: r.text("HOST_REPOS_DIR"),
             host_repo_path: r.text("DEPLOY_HOST_REPO_PATH"),
             hook_script: r.text("DEPLOY_HOOK_SCRIPT"),
-            ssh_user: r.text("DEPLOY_SSH_USER").trim().to_owned(),
-            ssh_host: r.text("DEPLOY_SSH_HOST").trim().to_owned(),
+            ssh_user: r.ssh_word("DEPLOY_SSH_USER"),
+            ssh_host: r.ssh_word("DEPLOY_SSH_HOST"),
             source_image: r.text("DEPLOY_PROD_SOURCE_IMAGE"),
             target_service: r.text("DEPLOY_PROD_TARGET_SERVICE"),
-            target_port: r.port("DEPLOY_PROD_TARGET_PORT")?,
+            target_port: r.port("DEPLOY_PROD_TARGET_PORT"),
             target_image: r.text("DEPLOY_PROD_TARGET_IMAGE"),
             compose_profile: r.text("DEPLOY_PROD_COMPOSE_PROFILE"),
             prev_image_file: r.text("DEPLOY_PROD_PREV_IMAGE_FILE"),
-            staging_port: r.port("STAGING_PORT")?,
-            image_freshness: r.bool("IMAGE_FRESHNESS_ENABLED")?,
+            staging_port: r.port("STAGING_PORT"),
+            image_freshness: r.bool("IMAGE_FRESHNESS_ENABLED"),
             agent_home_dir: PathBuf::from(r.text("AGENT_HOME_DIR")),
             git_email_domain: r.text("GIT_EMAIL_DOMAIN"),
-            ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS")?,
-            git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS")?,
-            lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS")?,
-            resolved,
-        })
+            ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS"),
+            git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS"),
+            lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS"),
+            result_deadline: r.seconds_or_off("SELF_DEPLOY_RESULT_DEADLINE_SECS"),
+            watch_rescan: r.seconds("SELF_DEPLOY_WATCH_RESCAN_SECS"),
+            history_key: Some(r.text("HISTORY_HMAC_KEY")).filter(|k| !k.is_empty()),
+            resolved: resolved.clone(),
+        };
+        (settings, r.errors.into_inner())
+    }
+
+    /// Problems that do not stop the engine but that an operator must fix
+    /// (`selfdeploy config --check`): every one, not just the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.staging_port == self.target_port {
+            out.push(format!(
+                "STAGING_PORT equals DEPLOY_PROD_TARGET_PORT ({}): every dispatch would be refused; give staging its own port",
+                self.target_port
+            ));
+        }
+        let absolute = [
+            ("REPOS_DIR", self.repos_dir.to_string_lossy().into_owned()),
+            ("HOST_REPOS_DIR", self.host_repos_dir.clone()),
+            ("DEPLOY_HOST_REPO_PATH", self.host_repo_path.clone()),
+            ("DEPLOY_PROD_PREV_IMAGE_FILE", self.prev_image_file.clone()),
+            (
+                "AGENT_HOME_DIR",
+                self.agent_home_dir.to_string_lossy().into_owned(),
+            ),
+        ];
+        for (name, value) in absolute {
+            if !value.starts_with('/') {
+                out.push(format!("{name}={value:?} must be an absolute path"));
+            }
+        }
+        for repo in &self.repos {
+            if let Err(e) = crate::names::RepoName::new(repo) {
+                out.push(format!("SELF_DEPLOY_REPOS: {e}"));
+            }
+        }
+        if self.transport == Transport::Ssh && self.ssh_host.is_empty() {
+            out.push("DEPLOY_SSH_HOST is empty; the ssh transport needs a host".to_owned());
+        }
+        if self.git_email_domain.is_empty()
+            || self
+                .git_email_domain
+                .contains(|c: char| c.is_whitespace() || c == '@')
+        {
+            out.push(format!(
+                "GIT_EMAIL_DOMAIN={:?} is not a domain (no white space, no '@')",
+                self.git_email_domain
+            ));
+        }
+        out
     }
 
     /// Contract section 3: does the machine apply to this repo?
@@ -296,6 +383,14 @@ impl Settings {
     }
 }
 
+fn strict((settings, mut errors): (Settings, Vec<ConfigError>)) -> Result<Settings, ConfigError> {
+    match errors.len() {
+        0 => Ok(settings),
+        1 => Err(errors.remove(0)),
+        _ => Err(ConfigError::Several(errors)),
+    }
+}
+
 /// The identity of the finalizer's commits: a platform literal name, the
 /// e-mail domain from the settings.
 pub const FINALIZER_NAME: &str = "deploy-finalizer";
@@ -314,11 +409,16 @@ fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     Ok(values)
 }
 
-struct Reader<'a>(&'a [Resolved]);
+/// Reads typed values, collecting every problem instead of stopping at the
+/// first; a bad value reads as its default meanwhile.
+struct Reader<'a> {
+    resolved: &'a [Resolved],
+    errors: std::cell::RefCell<Vec<ConfigError>>,
+}
 
 impl Reader<'_> {
     fn get(&self, name: &str) -> &Resolved {
-        self.0
+        self.resolved
             .iter()
             .find(|r| r.name == name)
             .expect("every registered setting is resolved")
@@ -328,36 +428,64 @@ impl Reader<'_> {
         self.get(name).value.clone()
     }
 
-    fn invalid(&self, name: &str, expected: &'static str) -> ConfigError {
+    fn parse<T>(&self, name: &str, expected: &'static str, parse: impl Fn(&str) -> Option<T>) -> T {
         let r = self.get(name);
-        ConfigError::Invalid {
+        if let Some(value) = parse(r.value.trim()) {
+            return value;
+        }
+        self.errors.borrow_mut().push(ConfigError::Invalid {
             name: r.name,
             value: r.value.clone(),
             origin: r.source.clone(),
             expected,
-        }
+        });
+        let default = REGISTRY
+            .iter()
+            .find(|s| s.name == name)
+            .map_or("", |s| s.default);
+        parse(default).expect("registry defaults parse")
     }
 
-    fn bool(&self, name: &str) -> Result<bool, ConfigError> {
-        match self.get(name).value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" => Ok(false),
-            _ => Err(self.invalid(name, "expected one of true/false/1/0/yes/no")),
-        }
+    fn bool(&self, name: &str) -> bool {
+        self.parse(name, "expected one of true/false/1/0/yes/no", |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Some(true),
+                "false" | "0" | "no" => Some(false),
+                _ => None,
+            }
+        })
     }
 
-    fn port(&self, name: &str) -> Result<u16, ConfigError> {
-        match self.get(name).value.trim().parse::<u16>() {
-            Ok(p) if p >= 1 => Ok(p),
-            _ => Err(self.invalid(name, "expected a port number in 1..65535")),
-        }
+    fn port(&self, name: &str) -> u16 {
+        self.parse(name, "expected a port number in 1..65535", |v| {
+            v.parse::<u16>().ok().filter(|p| *p >= 1)
+        })
     }
 
-    fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
-        match self.get(name).value.trim().parse::<u64>() {
-            Ok(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
-            _ => Err(self.invalid(name, "expected a whole number of seconds in 1..86400")),
-        }
+    fn seconds(&self, name: &str) -> Duration {
+        self.parse(
+            name,
+            "expected a whole number of seconds in 1..86400",
+            |v| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|s| (1..=86_400).contains(s))
+                    .map(Duration::from_secs)
+            },
+        )
+    }
+
+    fn seconds_or_off(&self, name: &str) -> Option<Duration> {
+        self.parse(
+            name,
+            "expected a whole number of seconds in 0..31536000 (0: off)",
+            |v| {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|s| *s <= 31_536_000)
+                    .map(|s| (s > 0).then(|| Duration::from_secs(s)))
+            },
+        )
     }
 
     fn csv(&self, name: &str) -> Vec<String> {
@@ -369,12 +497,24 @@ impl Reader<'_> {
             .collect()
     }
 
-    fn transport(&self, name: &str) -> Result<Transport, ConfigError> {
-        match self.get(name).value.trim().to_ascii_lowercase().as_str() {
-            "ssh" => Ok(Transport::Ssh),
-            "local" => Ok(Transport::Local),
-            _ => Err(self.invalid(name, "expected ssh or local")),
-        }
+    fn transport(&self, name: &str) -> Transport {
+        self.parse(name, "expected ssh or local", |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "ssh" => Some(Transport::Ssh),
+                "local" => Some(Transport::Local),
+                _ => None,
+            }
+        })
+    }
+
+    /// A word given to ssh as an argument: a leading `-` would be read as an
+    /// option (`-oProxyCommand=...`), white space cannot be meant.
+    fn ssh_word(&self, name: &str) -> String {
+        self.parse(
+            name,
+            "must not start with '-' or contain white space",
+            |v| (!v.starts_with('-') && !v.contains(char::is_whitespace)).then(|| v.to_owned()),
+        )
     }
 }
 
@@ -442,6 +582,67 @@ mod tests {
                 .to_string();
             assert!(err.contains(name) && err.contains(value), "{err}");
         }
+    }
+
+    #[test]
+    fn ssh_words_cannot_become_options() {
+        for (name, value) in [
+            ("DEPLOY_SSH_HOST", "-oProxyCommand=touch x"),
+            ("DEPLOY_SSH_HOST", "a b"),
+            ("DEPLOY_SSH_USER", "-l"),
+            ("DEPLOY_SSH_USER", "ro ot"),
+        ] {
+            let err = Settings::with_overrides(&[(name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(name) && err.contains("must not start with '-'"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let err =
+            Settings::with_overrides(&[("STAGING_PORT", "x"), ("SELF_DEPLOY_ENABLED", "maybe")])
+                .unwrap_err();
+        let ConfigError::Several(errors) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(errors.len(), 2);
+        assert!(
+            err.to_string().contains("STAGING_PORT")
+                && err.to_string().contains("SELF_DEPLOY_ENABLED")
+        );
+    }
+
+    #[test]
+    fn problems_name_what_to_fix() {
+        assert!(Settings::with_overrides(&[]).unwrap().problems().is_empty());
+        let s = Settings::with_overrides(&[
+            ("STAGING_PORT", "8500"),
+            ("HOST_REPOS_DIR", "relative/dir"),
+            ("SELF_DEPLOY_REPOS", "good,../bad"),
+            ("GIT_EMAIL_DOMAIN", "a b"),
+        ])
+        .unwrap();
+        let problems = s.problems().join("\n");
+        for part in [
+            "STAGING_PORT equals",
+            "HOST_REPOS_DIR=\"relative/dir\" must be an absolute path",
+            "\"../bad\"",
+            "GIT_EMAIL_DOMAIN",
+        ] {
+            assert!(problems.contains(part), "{part}: {problems}");
+        }
+    }
+
+    #[test]
+    fn deadline_zero_means_forever() {
+        assert_eq!(Settings::with_overrides(&[]).unwrap().result_deadline, None);
+        let s = Settings::with_overrides(&[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "90")]).unwrap();
+        assert_eq!(s.result_deadline, Some(Duration::from_secs(90)));
     }
 
     #[test]

@@ -1,35 +1,50 @@
-//! `selfdeploy config`: every setting, its value and where it came from.
+//! `selfdeploy config`: every setting, its value and where it came from; with
+//! `--check`, every problem of the configuration at once.
+
+use std::path::Path;
 
 use serde::Serialize;
 
 use selfdeploy::config::{REGISTRY, Settings};
 
-use super::{EXIT_OK, print_json};
+use super::{EXIT_ERROR, EXIT_OK, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+    /// Validate the whole configuration; print every problem; exit 1 on any.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
     name: &'a str,
-    value: &'a str,
+    value: String,
     source: String,
     default: &'a str,
     meaning: &'a str,
 }
 
-pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
+pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
+    if args.check {
+        return Ok(check(env_file));
+    }
+    let settings = Settings::load(env_file)?;
     let lines: Vec<Line> = settings
         .resolved
         .iter()
         .zip(REGISTRY)
         .map(|(r, spec)| Line {
             name: r.name,
-            value: &r.value,
+            // Secrets are never printed; whether one is set is.
+            value: if spec.is_secret() && !r.value.is_empty() {
+                "(set, not shown)".to_owned()
+            } else {
+                r.value.clone()
+            },
             source: r.source.to_string(),
             default: spec.default,
             meaning: spec.meaning,
@@ -40,7 +55,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     } else {
         let rows: Vec<[String; 3]> = lines
             .iter()
-            .map(|l| [l.name.to_owned(), l.value.to_owned(), l.source.clone()])
+            .map(|l| [l.name.to_owned(), l.value.clone(), l.source.clone()])
             .collect();
         print!(
             "{}",
@@ -48,4 +63,27 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(EXIT_OK)
+}
+
+fn check(env_file: Option<&Path>) -> u8 {
+    let problems: Vec<String> = match Settings::load_lenient(env_file) {
+        Ok((settings, errors)) => errors
+            .iter()
+            .map(ToString::to_string)
+            .chain(settings.problems())
+            .collect(),
+        Err(e) => vec![e.to_string()],
+    };
+    if problems.is_empty() {
+        println!("configuration OK ({} settings)", REGISTRY.len());
+        return EXIT_OK;
+    }
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    println!(
+        "{} problem(s); fix them in the environment or the env file",
+        problems.len()
+    );
+    EXIT_ERROR
 }

@@ -65,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Explain(args) => explain::run(&settings()?, args),
         Command::Status(args) => status::run(&settings()?, args),
         Command::History(args) => history::run(&settings()?, args),
-        Command::Config(args) => config::run(&settings()?, args),
+        Command::Config(args) => config::run(cli.env_file.as_deref(), args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),
