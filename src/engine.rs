@@ -322,8 +322,32 @@ impl Probed {
             transport_program: self.transport_program.clone(),
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
+            deadline_passed: deadline_passed(settings, snapshot, now),
         }
     }
+}
+
+/// `Some(why)` when the item has waited for its result longer than the
+/// deadline, measured from the approval time recorded in `initiated`, so that
+/// restarts do not reset it. An `initiated` without our record (the original
+/// engine's) has no time to measure from: no deadline applies to it.
+fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
+    let deadline = settings.result_deadline?;
+    if snapshot.result.is_some() {
+        return None;
+    }
+    let record = snapshot.initiated.as_ref()?.record.as_ref()?;
+    let approved = humantime::parse_rfc3339(&record.approved_at).ok()?;
+    let now = humantime::parse_rfc3339(now).ok()?;
+    let waited = now.duration_since(approved).ok()?;
+    (waited >= deadline).then(|| {
+        format!(
+            "no result {} s after the approval at {}: the result deadline is {} s",
+            waited.as_secs(),
+            record.approved_at,
+            deadline.as_secs()
+        )
+    })
 }
 
 /// `selfdeploy explain`: the state on disk, every dispatch guard's value, and

@@ -187,7 +187,12 @@ pub struct Facts<'a> {
     pub result: Option<HookExit>,
     /// Who approved, read back from `initiated`, for the deploy log.
     pub approved_by: Option<&'a str>,
+    /// `Some(why)` when the result deadline has passed with no result.
+    pub deadline_passed: Option<String>,
 }
+
+/// The exit code a deploy log shows when the hook wrote no result in time.
+pub const TIMEOUT_EXIT_CODE: &str = "timeout";
 
 /// The guards of a dispatch, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,13 +454,28 @@ impl SelfDeploy {
                 None => context.unchanged("already initiated: a deploy is never dispatched twice"),
             },
             Event::Poll => match context.facts.result.clone() {
-                None => {
-                    context.when("no result").decide(
-                        Outcome::Deferred,
-                        Some("no result from the host yet".into()),
-                    );
-                    Handled
-                }
+                None => match context.facts.deadline_passed.clone() {
+                    None => {
+                        context.when("no result").decide(
+                            Outcome::Deferred,
+                            Some("no result from the host yet".into()),
+                        );
+                        Handled
+                    }
+                    // Silence past the deadline is a failure: fail closed.
+                    Some(why) => {
+                        let exit = HookExit {
+                            code: TIMEOUT_EXIT_CODE.into(),
+                            garbage: None,
+                        };
+                        let (effects, _) = context.finalize_plan(&exit);
+                        let to = context
+                            .when("no result, deadline passed")
+                            .transition(effects, State::finalized_failed());
+                        context.reason = Some(why);
+                        to
+                    }
+                },
                 Some(exit) => {
                     let (effects, verdict) = context.finalize_plan(&exit);
                     context.when(match verdict {

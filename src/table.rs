@@ -45,9 +45,10 @@ enum Scenario {
     ResultNonZero,
     Forced,
     NoMergedValue,
+    DeadlinePassed,
 }
 
-const SCENARIOS: [Scenario; 10] = [
+const SCENARIOS: [Scenario; 11] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
@@ -58,6 +59,7 @@ const SCENARIOS: [Scenario; 10] = [
     Scenario::ResultNonZero,
     Scenario::Forced,
     Scenario::NoMergedValue,
+    Scenario::DeadlinePassed,
 ];
 
 /// The whole table, by state and event, conditions in the order the
@@ -100,6 +102,7 @@ pub fn derive() -> Vec<Row> {
                 _ => None,
             },
             approved_by: Some("table"),
+            deadline_passed: (scenario == Scenario::DeadlinePassed).then(|| "deadline".to_owned()),
         };
         for from in StateName::ALL {
             for event in EventName::ALL {

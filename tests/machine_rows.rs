@@ -42,6 +42,7 @@ impl World {
             transport_program: Ok(()),
             result: None,
             approved_by: Some("alice"),
+            deadline_passed: None,
         }
     }
 }
@@ -280,6 +281,36 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
             }
         ));
     }
+}
+
+#[test]
+fn initiated_poll_past_the_deadline_finalizes_as_failed_timeout() {
+    let w = World::new(&[]);
+    let facts = Facts {
+        deadline_passed: Some("no result 600 s after the approval".into()),
+        ..w.facts()
+    };
+    let d = step(Initiated, &Event::Poll, &facts);
+    assert_eq!((d.to, d.outcome), (FinalizedFailed, Outcome::Transitioned));
+    assert_eq!(
+        d.reason.as_deref(),
+        Some("no result 600 s after the approval")
+    );
+    let Effect::WriteDeployLog { content, .. } = &d.effects[0] else {
+        panic!()
+    };
+    assert!(
+        content.starts_with(
+            "---\ndeploy_status: FAILED\nwork_item: ORCH-9\nhook_exit_code: timeout\n"
+        ),
+        "{content}"
+    );
+    // A result that arrived in time wins over the deadline.
+    let facts = Facts {
+        result: parse_result(b"0"),
+        ..facts
+    };
+    assert_eq!(step(Initiated, &Event::Poll, &facts).to, FinalizedSuccess);
 }
 
 #[test]

@@ -34,6 +34,12 @@ pub fn render(work_item: &WorkItem, exit_code: &str, verdict: Verdict, d: &Detai
          `{verdict}`.\n\n",
         d.repo
     ));
+    if exit_code == crate::machine::TIMEOUT_EXIT_CODE {
+        out.push_str(
+            "The hook wrote no result before the result deadline; the deploy is counted as \
+             failed (fail-closed). Check the host: the hook may still be running.\n\n",
+        );
+    }
     if let Some(raw) = d.garbage {
         out.push_str(&format!(
             "The result file did not hold an integer ({raw:?}); it is read as exit code 1 \

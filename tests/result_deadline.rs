@@ -1,0 +1,69 @@
+//! A result deadline, through the binary: measured from the approval time in
+//! `initiated`, so a restarted engine does not reset it.
+
+mod support;
+
+use std::fs;
+
+use support::sandbox::{BRANCH, Sandbox};
+
+#[test]
+fn silence_past_the_deadline_finalizes_as_failed_timeout() {
+    let mut sb = Sandbox::new();
+    fs::write(sb.host_repo().join("hold"), "").unwrap();
+    let wt = sb.worktree();
+    sb.event_json("request-approve", "ORCH-40", &[]);
+    let (code, r) = sb.event_json(
+        "approved",
+        "ORCH-40",
+        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{r}");
+
+    sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "3600".into());
+    let (_, r) = sb.event_json("poll", "ORCH-40", &[]);
+    assert_eq!(r["outcome"], "deferred", "{r}");
+
+    // The approval happened two hours ago, as far as the record says.
+    let initiated = sb.item_dir("ORCH-40").join("initiated");
+    let record = fs::read_to_string(&initiated).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let approved = humantime::parse_rfc3339(json["approved_at"].as_str().unwrap()).unwrap();
+    let earlier = approved - std::time::Duration::from_secs(7200);
+    json["approved_at"] = humantime::format_rfc3339_seconds(earlier)
+        .to_string()
+        .into();
+    fs::write(&initiated, serde_json::to_string(&json).unwrap()).unwrap();
+
+    let (code, r) = sb.event_json("poll", "ORCH-40", &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (r["to"].as_str(), r["condition"].as_str()),
+        (Some("finalized_failed"), Some("no result, deadline passed")),
+        "{r}"
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the result deadline is 3600 s"),
+        "{r}"
+    );
+    let log = fs::read_to_string(sb.deploy_log("ORCH-40")).unwrap();
+    assert!(log.starts_with("---\ndeploy_status: FAILED\nwork_item: ORCH-40\nhook_exit_code: timeout\ndeployed_by: deploy-finalizer\n---\n"), "{log}");
+    let history = sb.run(&[
+        "history",
+        "--repo",
+        "orchestrator",
+        "--work-item",
+        "ORCH-40",
+        "--json",
+    ]);
+    let last = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(last.contains("deadline"), "{last}");
+    fs::remove_file(sb.host_repo().join("hold")).unwrap();
+}
