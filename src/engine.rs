@@ -131,12 +131,11 @@ pub fn handle(
                 effects: Vec::new(),
             },
         };
-        store::append_history(&paths.history_file, &entry).map_err(|source| {
-            EngineError::History {
+        store::append_history(&paths.history_file, &entry, settings.history_key.as_deref())
+            .map_err(|source| EngineError::History {
                 path: paths.history_file.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
     }
     result
 }
@@ -331,7 +330,7 @@ impl Probed {
 /// deadline, measured from the approval time recorded in `initiated`, so that
 /// restarts do not reset it. An `initiated` without our record (the original
 /// engine's) has no time to measure from: no deadline applies to it.
-fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
+pub fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
     let deadline = settings.result_deadline?;
     if snapshot.result.is_some() {
         return None;

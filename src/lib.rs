@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod effect;
 pub mod engine;
 pub mod exec;
@@ -12,6 +13,8 @@ pub mod machine;
 pub mod markers;
 pub mod names;
 pub mod replay;
+pub mod secrets;
 pub mod store;
 pub mod table;
 pub mod text_table;
+pub mod watch;

@@ -70,8 +70,8 @@ pub fn derive() -> Vec<Row> {
         let settings = Settings::with_overrides(match scenario {
             Scenario::NotApplicable => &[("SELF_DEPLOY_ENABLED", "false")],
             Scenario::StagingPortEqual => &[
-                ("STAGING_PORT", "8500"),
-                ("DEPLOY_PROD_TARGET_PORT", "8500"),
+                ("STAGING_PORT", "9500"),
+                ("DEPLOY_PROD_TARGET_PORT", "9500"),
             ],
             _ => &[],
         })

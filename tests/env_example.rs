@@ -47,3 +47,21 @@ fn loading_the_example_gives_the_defaults() {
         assert_eq!(a.value, b.value, "{}", a.name);
     }
 }
+
+#[test]
+fn the_replication_guide_maps_every_setting() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations/REPLICATION.md");
+    let guide = std::fs::read_to_string(path).unwrap();
+    for spec in REGISTRY {
+        let default = if spec.default.is_empty() {
+            "(empty)"
+        } else {
+            spec.default
+        };
+        assert!(
+            guide.contains(&format!("| `{}` | `{default}` |", spec.name)),
+            "docs/operations/REPLICATION.md: the env map lacks {} with its default",
+            spec.name
+        );
+    }
+}

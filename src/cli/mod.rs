@@ -2,13 +2,16 @@
 
 mod config;
 mod demo;
+mod doctor;
 mod event;
 mod explain;
+mod gen_secrets;
 mod history;
 mod machine;
 mod replay;
 mod snapshot;
 mod status;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -48,6 +51,10 @@ enum Command {
     History(history::Args),
     /// Show every setting, its value and where it came from.
     Config(config::Args),
+    /// Print fresh values for the secret settings, or add the missing ones to an env file.
+    GenSecrets(gen_secrets::Args),
+    /// Check that this installation can deploy: settings, tools, the shared mount, the hook.
+    Doctor(doctor::Args),
     /// Run a whole deploy in a throwaway sandbox on this machine.
     Demo(demo::Args),
     /// Print the machine's transition table (or diagram).
@@ -56,6 +63,8 @@ enum Command {
     Replay(replay::Args),
     /// Print one work item's live state as a fixture for `replay`.
     Snapshot(snapshot::Args),
+    /// Finalize each deploy as soon as its result is written, until SIGTERM.
+    Watch(watch::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -66,10 +75,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&settings()?, args),
         Command::History(args) => history::run(&settings()?, args),
         Command::Config(args) => config::run(cli.env_file.as_deref(), args),
+        Command::GenSecrets(args) => gen_secrets::run(args),
+        Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Snapshot(args) => snapshot::run(&settings()?, args),
+        Command::Watch(args) => watch::run(settings()?, args),
     }
 }
 

@@ -125,10 +125,10 @@ mod tests {
             ("DEPLOY_HOST_REPO_PATH", "/host/app"),
             ("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh"),
             ("DEPLOY_SSH_USER", "deploy"),
-            ("DEPLOY_SSH_HOST", "prod.example"),
+            ("DEPLOY_SSH_HOST", "prodhost"),
             ("DEPLOY_PROD_SOURCE_IMAGE", "orch:staging"),
             ("DEPLOY_PROD_TARGET_SERVICE", "orch"),
-            ("DEPLOY_PROD_TARGET_PORT", "8500"),
+            ("DEPLOY_PROD_TARGET_PORT", "9500"),
             ("DEPLOY_PROD_TARGET_IMAGE", "orch:prod"),
             ("DEPLOY_PROD_COMPOSE_PROFILE", "prod"),
             ("DEPLOY_PROD_PREV_IMAGE_FILE", "/host/prev"),
@@ -153,9 +153,9 @@ mod tests {
                 "ssh",
                 "-o",
                 "StrictHostKeyChecking=no",
-                "deploy@prod.example",
+                "deploy@prodhost",
                 "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
-                 TARGET_SERVICE=orch TARGET_PORT=8500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE=prod \
+                 TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE=prod \
                  PREV_IMAGE_FILE=/host/prev EXPECTED_REVISION=0123abc bash scripts/deploy-hook.sh \
                  --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result' \
                  >> /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
@@ -169,11 +169,11 @@ mod tests {
             &[("DEPLOY_SSH_USER", ""), ("DEPLOY_PROD_COMPOSE_PROFILE", "")],
             None,
         );
-        assert_eq!(got[3], "prod.example");
+        assert_eq!(got[3], "prodhost");
         assert_eq!(
             got[4],
             "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
-             TARGET_SERVICE=orch TARGET_PORT=8500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE='\"'\"''\"'\"' \
+             TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE='\"'\"''\"'\"' \
              PREV_IMAGE_FILE=/host/prev bash scripts/deploy-hook.sh --deploy; echo $? > \
              /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \
              /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
@@ -184,7 +184,7 @@ mod tests {
     fn hostile_values_are_quoted_twice() {
         let got = argv(
             &[
-                ("DEPLOY_HOST_REPO_PATH", "/srv/my app"),
+                ("DEPLOY_HOST_REPO_PATH", "/data/my app"),
                 ("DEPLOY_PROD_SOURCE_IMAGE", "it's"),
                 ("DEPLOY_PROD_TARGET_SERVICE", "a\"b"),
                 ("DEPLOY_PROD_TARGET_IMAGE", "$(reboot)"),
@@ -195,9 +195,9 @@ mod tests {
         );
         assert_eq!(
             got[4],
-            "setsid bash -c 'cd '\"'\"'/srv/my app'\"'\"' && REPO='\"'\"'/srv/my app'\"'\"' \
+            "setsid bash -c 'cd '\"'\"'/data/my app'\"'\"' && REPO='\"'\"'/data/my app'\"'\"' \
              SOURCE_IMAGE='\"'\"'it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"' TARGET_SERVICE='\"'\"'a\"b'\"'\"' \
-             TARGET_PORT=8500 TARGET_IMAGE='\"'\"'$(reboot)'\"'\"' COMPOSE_PROFILE=prod \
+             TARGET_PORT=9500 TARGET_IMAGE='\"'\"'$(reboot)'\"'\"' COMPOSE_PROFILE=prod \
              PREV_IMAGE_FILE='\"'\"'`x`;y'\"'\"' EXPECTED_REVISION='\"'\"'a b'\"'\"' \
              bash '\"'\"'hooks/déploy.sh'\"'\"' --deploy; echo $? > \
              /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \

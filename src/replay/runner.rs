@@ -154,7 +154,8 @@ impl Replayer {
             fs::write(paths.state_dir.join(name), content).map_err(|e| e.to_string())?;
         }
         for entry in &f.history {
-            store::append_history(&paths.history_file, entry).map_err(|e| e.to_string())?;
+            store::append_history(&paths.history_file, entry, settings.history_key.as_deref())
+                .map_err(|e| e.to_string())?;
         }
         Ok(Replayer {
             root: tmp.path().to_path_buf(),

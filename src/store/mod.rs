@@ -17,7 +17,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use history::{HistoryEntry, append_history, read_history};
+pub use history::{
+    HistoryEntry, Verification, append_history, head_path, read_history, verify_history,
+};
 pub use lock::{ItemLock, LockError};
 pub use snapshot::{InitiatedMarker, Snapshot, StoreError};
 

@@ -1,0 +1,119 @@
+//! How long `watch` takes from a `result` being written to the work item
+//! being finalized (deploy log written, committed, pushed, marker written).
+//! Target: 100 ms. Run with `cargo bench --bench watch_latency`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use selfdeploy::config::Settings;
+use selfdeploy::markers::{self, Dispatch, InitiatedRecord};
+use selfdeploy::watch;
+
+const ITEMS: usize = 30;
+const TARGET: Duration = Duration::from_millis(100);
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@bench.invalid")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@bench.invalid")
+        .output()
+        .expect("git runs")
+        .status
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (state, worktree, remote, home) = (
+        root.join("state"),
+        root.join("wt"),
+        root.join("remote.git"),
+        root.join("home"),
+    );
+    fs::create_dir_all(&state).unwrap();
+    fs::create_dir_all(&home).unwrap();
+    git(root, &["init", "-q", "--bare", remote.to_str().unwrap()]);
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            worktree.to_str().unwrap(),
+        ],
+    );
+    git(&worktree, &["checkout", "-q", "-b", "deploy/bench"]);
+    fs::write(worktree.join("x"), "x").unwrap();
+    git(&worktree, &["add", "x"]);
+    git(&worktree, &["commit", "-q", "-m", "x"]);
+    git(&worktree, &["push", "-q", "origin", "deploy/bench"]);
+
+    let settings = Settings::with_overrides(&[
+        ("REPOS_DIR", state.to_str().unwrap()),
+        ("AGENT_HOME_DIR", home.to_str().unwrap()),
+        ("SELF_DEPLOY_WATCH_RESCAN_SECS", "3600"),
+    ])
+    .unwrap();
+    let item_dir = |i: usize| state.join(format!(".deploy-state-orchestrator/BENCH-{i}"));
+    for i in 0..ITEMS {
+        fs::create_dir_all(item_dir(i)).unwrap();
+        let record = InitiatedRecord {
+            approved_by: "bench".into(),
+            approved_at: "2026-01-01T00:00:00Z".into(),
+            branch: Some("deploy/bench".into()),
+            worktree: worktree.to_string_lossy().into_owned(),
+            revision: None,
+            transport: selfdeploy::config::Transport::Local,
+            dispatch: Dispatch::Confirmed,
+            argv: Vec::new(),
+        };
+        fs::write(item_dir(i).join("initiated"), markers::encode(&record)).unwrap();
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = thread::spawn(move || {
+        watch::block_on(watch::run(settings, async {
+            let _ = stop_rx.await;
+        }))
+    });
+    thread::sleep(Duration::from_millis(300));
+
+    let mut latencies = Vec::new();
+    for i in 0..ITEMS {
+        let start = Instant::now();
+        fs::write(item_dir(i).join("result"), "0\n").unwrap();
+        while !item_dir(i).join("finalized").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "item {i} never finalized"
+            );
+            thread::sleep(Duration::from_micros(200));
+        }
+        latencies.push(start.elapsed());
+    }
+    let _ = stop_tx.send(());
+    let stats = watcher.join().unwrap().unwrap().unwrap();
+    assert_eq!(stats.finalized, ITEMS);
+
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let (p50, p95, max) = (pick(0.5), pick(0.95), *latencies.last().unwrap());
+    println!(
+        "watch latency, result written -> finalized, {ITEMS} items (git commit and push included):"
+    );
+    println!("  p50 {p50:?}  p95 {p95:?}  max {max:?}");
+    println!(
+        "  target {TARGET:?} at p95: {}",
+        if p95 <= TARGET { "met" } else { "MISSED" }
+    );
+}

@@ -1,0 +1,103 @@
+//! `selfdeploy gen-secrets`: fresh values for the secret settings, printed or
+//! added to an env file without ever changing a value already there.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use selfdeploy::{atomic, secrets};
+
+use super::{EXIT_OK, EXIT_USAGE};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Add the secrets that have no value to this env file instead of printing
+    /// them; a new file is created with mode 0600.
+    #[arg(long, value_name = "PATH")]
+    write: Option<PathBuf>,
+    /// With --write: append the missing secrets to an existing file (every
+    /// existing line and the file's mode are kept).
+    #[arg(long, requires = "write")]
+    force: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let names = secrets::secret_names();
+    let Some(path) = args.write else {
+        for (name, value) in secrets::generate(&names)? {
+            println!("{name}={value}");
+        }
+        return Ok(EXIT_OK);
+    };
+    let shown = path.display();
+    let existing = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let values = secrets::generate(&names)?;
+            create_private(&path, secrets::addition(b"", &values).as_bytes())
+                .with_context(|| format!("cannot create {shown}"))?;
+            println!("wrote {} to {shown} (mode 0600)", names.join(", "));
+            return Ok(EXIT_OK);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {shown}")),
+    };
+    let values =
+        secrets::read_env_file(&path).with_context(|| format!("cannot parse env file {shown}"))?;
+    let missing = secrets::missing(&names, &values);
+    if missing.is_empty() {
+        println!(
+            "{shown} already has a value for {}: nothing changed",
+            names.join(", ")
+        );
+        return Ok(EXIT_OK);
+    }
+    if !args.force {
+        eprintln!(
+            "selfdeploy: gen-secrets: {shown} exists and has no value for {}; left unchanged (add --force to append, keeping every existing line)",
+            missing.join(", ")
+        );
+        return Ok(EXIT_USAGE);
+    }
+    let values = secrets::generate(&missing)?;
+    append(&path, secrets::addition(&existing, &values).as_bytes())
+        .with_context(|| format!("cannot append to {shown}"))?;
+    println!("appended {} to {shown}", missing.join(", "));
+    Ok(EXIT_OK)
+}
+
+/// Creates `path` whole or not at all, readable by its owner only from the
+/// start, and never over a file that appeared meanwhile.
+fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(atomic::TEMP_PREFIX)
+        .permissions(Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    // The umask can only remove bits; this makes the mode exactly 0600.
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(0o600))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    atomic::sync_dir(dir)
+}
+
+/// Appends in one write, so the existing bytes, the mode, the owner and a
+/// symbolic link all stay as they are.
+fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new().append(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}

@@ -1,0 +1,219 @@
+//! `selfdeploy watch`: a long-running finalizer for installs where the stage
+//! engine does not poll. It watches REPOS_DIR for `result` files (inotify,
+//! through `notify`) and rescans periodically as a safety net for missed
+//! events and network filesystems; each due item gets an ordinary `poll`
+//! through the engine, under the same per-item lock as every other caller.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use notify::{RecursiveMode, Watcher as _};
+
+use crate::config::Settings;
+use crate::engine::{self, Clock, Request, SystemClock};
+use crate::exec::HostExecutor;
+use crate::machine::{EventName, StateName};
+use crate::names::{RepoName, WorkItem};
+use crate::store::{self, ItemPaths, Snapshot};
+
+/// What a watch did, for its last log line and for tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub finalized: usize,
+    pub errors: usize,
+}
+
+/// The work item a changed path belongs to, if it is a `result` file.
+fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
+    let rel = path.strip_prefix(repos_dir).ok()?;
+    let mut parts = rel.iter().map(|p| p.to_str());
+    let repo = parts.next()??.strip_prefix(".deploy-state-")?;
+    let work_item = parts.next()??;
+    let file = parts.next()??;
+    if file != crate::exec::remote::RESULT_FILE || parts.next().is_some() {
+        return None;
+    }
+    Some((RepoName::new(repo).ok()?, WorkItem::new(work_item).ok()?))
+}
+
+/// Whether a poll would finalize the item now: initiated, and a result or a
+/// passed deadline. Checked without the lock to avoid a history line for
+/// every idle look; the poll itself decides under the lock.
+fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
+    let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
+    match Snapshot::load(&paths) {
+        Ok(snap) if snap.state == StateName::Initiated => {
+            snap.result.is_some()
+                || engine::deadline_passed(settings, &snap, &SystemClock.now()).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Polls one item (blocking: git and the lock).
+fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mut Stats) {
+    let request = Request {
+        repo,
+        work_item,
+        event: EventName::Poll,
+        branch: None,
+        worktree: None,
+        revision: None,
+        merged: None,
+        force: false,
+        actor: "watch".to_owned(),
+        dry_run: false,
+    };
+    match engine::handle(
+        settings,
+        &request,
+        &mut HostExecutor { settings },
+        &SystemClock,
+    ) {
+        Ok(report) => {
+            if report.to != report.from {
+                stats.finalized += 1;
+            }
+            tracing::info!(repo = %report.repo, work_item = %report.work_item, to = %report.to,
+                outcome = %report.outcome, notes = ?report.notes, "watch: polled");
+        }
+        Err(e) => {
+            stats.errors += 1;
+            tracing::warn!(repo = %request.repo, work_item = %request.work_item, error = %e, "watch: poll failed");
+        }
+    }
+}
+
+/// Every due item under REPOS_DIR, polled once.
+pub fn rescan(settings: &Settings, stats: &mut Stats) -> anyhow::Result<()> {
+    let items = store::list_items(&settings.repos_dir)
+        .with_context(|| format!("cannot list {}", settings.repos_dir.display()))?;
+    for (repo, work_item) in items {
+        if due(settings, &repo, &work_item) {
+            finalize(settings, repo, work_item, stats);
+        }
+    }
+    Ok(())
+}
+
+/// Runs until `shutdown` resolves. The event in hand completes first: nothing
+/// is left half-done.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<Stats> {
+    let repos_dir = settings.repos_dir.clone();
+    anyhow::ensure!(
+        repos_dir.is_dir(),
+        "REPOS_DIR {} is not a directory; create it or fix the setting",
+        repos_dir.display()
+    );
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })
+    .context("cannot start the file watcher")?;
+    watcher
+        .watch(&repos_dir, RecursiveMode::Recursive)
+        .with_context(|| format!("cannot watch {}", repos_dir.display()))?;
+    tracing::info!(repos_dir = %repos_dir.display(), rescan = ?settings.watch_rescan, "watch: started");
+
+    let settings = std::sync::Arc::new(settings);
+    let mut stats = Stats::default();
+    let mut ticks = tokio::time::interval(settings.watch_rescan);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let work: Option<Vec<(RepoName, WorkItem)>> = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(path) = changed.recv() => {
+                let mut items: Vec<_> = item_of(&repos_dir, &path).into_iter().collect();
+                // Take every change already queued, once each.
+                while let Ok(path) = changed.try_recv() {
+                    if let Some(item) = item_of(&repos_dir, &path).filter(|i| !items.contains(i)) {
+                        items.push(item);
+                    }
+                }
+                Some(items)
+            }
+            _ = ticks.tick() => None,
+        };
+        let s = settings.clone();
+        stats = tokio::task::spawn_blocking(move || {
+            let mut stats = stats;
+            match work {
+                Some(items) => {
+                    for (repo, work_item) in items {
+                        if due(&s, &repo, &work_item) {
+                            finalize(&s, repo, work_item, &mut stats);
+                        }
+                    }
+                }
+                None => {
+                    if let Err(e) = rescan(&s, &mut stats) {
+                        stats.errors += 1;
+                        tracing::warn!(error = %format!("{e:#}"), "watch: rescan failed");
+                    }
+                }
+            }
+            stats
+        })
+        .await
+        .context("a watch task panicked")?;
+    }
+    drop(watcher);
+    tracing::info!(
+        finalized = stats.finalized,
+        errors = stats.errors,
+        "watch: stopped"
+    );
+    Ok(stats)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("watch: SIGTERM"),
+        _ = int.recv() => tracing::info!("watch: SIGINT"),
+    }
+}
+
+/// A runtime for `watch`: one thread for the loop, blocking work on the pool.
+pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .thread_keep_alive(Duration::from_secs(10))
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(runtime.block_on(future))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_result_files_name_an_item() {
+        let base = Path::new("/r");
+        let item = item_of(base, Path::new("/r/.deploy-state-orchestrator/W-1/result")).unwrap();
+        assert_eq!((item.0.as_str(), item.1.as_str()), ("orchestrator", "W-1"));
+        for other in [
+            "/r/.deploy-state-orchestrator/W-1/initiated",
+            "/r/.deploy-state-orchestrator/W-1",
+            "/r/.selfdeploy/history/orchestrator/W-1.jsonl",
+            "/r/.deploy-state-orchestrator/W-1/sub/result",
+            "/elsewhere/.deploy-state-o/W/result",
+            "/r/.deploy-state-orchestrator/W-1~removed.5/result",
+        ] {
+            assert_eq!(item_of(base, Path::new(other)), None, "{other}");
+        }
+    }
+}
