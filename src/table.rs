@@ -160,7 +160,8 @@ pub fn diff(reviewed: &[Row], derived: &[Row]) -> Vec<String> {
     lines
 }
 
-fn one_line(r: &Row) -> String {
+/// One row on one line, for differences and coverage reports.
+pub fn one_line(r: &Row) -> String {
     format!(
         "{} --{} [{}]--> {} ({}) effects: {}",
         r.from,

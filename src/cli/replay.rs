@@ -49,10 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         rows.len()
     );
     for row in uncovered.iter().filter(|_| args.uncovered) {
-        println!(
-            "  not covered: {} --{} [{}]--> {} ({})",
-            row.from, row.event, row.condition, row.to, row.outcome
-        );
+        println!("  not covered: {}", table::one_line(row));
     }
     Ok(if failed == 0 { EXIT_OK } else { EXIT_ERROR })
 }
