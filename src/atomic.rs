@@ -3,18 +3,23 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Prefix of temporary files; holds a character no valid name can contain.
 pub const TEMP_PREFIX: &str = ".~tmp.";
 
 /// Writes `bytes` to `path`: temp file in the same directory, fsync, rename,
-/// fsync of the directory.
+/// fsync of the directory. A replaced file keeps its mode; a new one is
+/// readable by all (0644), as the host and the platform read these files.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
+    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -41,6 +46,10 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => sync_dir(parent(dir)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::other(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        ))),
         Err(e) => Err(e),
     }
 }
@@ -72,6 +81,30 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["f"]);
+    }
+
+    #[test]
+    fn new_files_are_readable_by_all_and_replaced_files_keep_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.md");
+        write(&path, b"one").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o644);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write(&path, b"two").unwrap();
+        assert_eq!(mode(&path), 0o640);
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("docs"), "").unwrap();
+        let err = create_dir_all(&dir.path().join("docs/work-items")).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("docs exists and is not a directory"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -447,13 +447,15 @@ impl Reader<'_> {
     }
 
     fn bool(&self, name: &str) -> bool {
-        self.parse(name, "expected one of true/false/1/0/yes/no", |v| {
-            match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Some(true),
-                "false" | "0" | "no" => Some(false),
+        self.parse(
+            name,
+            "expected one of true/false/1/0/yes/no/on/off",
+            |v| match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
                 _ => None,
-            }
-        })
+            },
+        )
     }
 
     fn port(&self, name: &str) -> u16 {

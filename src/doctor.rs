@@ -75,8 +75,13 @@ pub fn run(settings: &Settings, config_problems: &[String]) -> Vec<Check> {
     let token = token();
     let probe_dir = settings.repos_dir.join(".selfdeploy").join("doctor");
     let probe = probe_dir.join(format!("probe-{token}"));
-    let writable =
-        atomic::create_dir_all(&probe_dir).and_then(|()| atomic::write(&probe, token.as_bytes()));
+    let writable = if settings.repos_dir.is_dir() {
+        atomic::create_dir_all(&probe_dir).and_then(|()| atomic::write(&probe, token.as_bytes()))
+    } else {
+        Err(std::io::Error::other(
+            "it does not exist (is the shared directory mounted?)",
+        ))
+    };
     checks.push(match &writable {
         Ok(()) => pass("REPOS_DIR writable", format!("wrote {}", probe.display())),
         Err(e) => fail(

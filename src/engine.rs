@@ -72,11 +72,12 @@ pub enum EngineError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Effect(exec::ExecError),
-    #[error("cannot append history {path}: {source}")]
-    History {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{0}; fix or remove it (reset --force clears the item)")]
+    ResultUnreadable(String),
+    #[error("REPOS_DIR {0} does not exist; mount the shared state directory or fix REPOS_DIR")]
+    ReposDir(String),
+    #[error("cannot append history {path}: {error}")]
+    History { path: String, error: std::io::Error },
 }
 
 /// Handles one event. Dry runs take no lock and write nothing, not even the
@@ -88,12 +89,22 @@ pub fn handle(
     clock: &dyn Clock,
 ) -> Result<Report, EngineError> {
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
+    // An unmounted shared directory must not be papered over by creating it:
+    // the host would never see the state, and polls would defer forever.
+    if !req.dry_run && !settings.repos_dir.is_dir() {
+        return Err(EngineError::ReposDir(
+            settings.repos_dir.display().to_string(),
+        ));
+    }
     let _lock = if req.dry_run {
         None
     } else {
         Some(ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?)
     };
     let snapshot = Snapshot::load(&paths)?;
+    if let (EventName::Poll, Some(why)) = (req.event, &snapshot.result_unreadable) {
+        return Err(EngineError::ResultUnreadable(why.clone()));
+    }
     let now = clock.now();
     let result = run(settings, req, &paths, &snapshot, executor, &now);
     match &result {
@@ -131,11 +142,24 @@ pub fn handle(
                 effects: Vec::new(),
             },
         };
-        store::append_history(&paths.history_file, &entry, settings.history_key.as_deref())
-            .map_err(|source| EngineError::History {
+        if let Err(error) =
+            store::append_history(&paths.history_file, &entry, settings.history_key.as_deref())
+        {
+            let error = EngineError::History {
                 path: paths.history_file.display().to_string(),
-                source,
-            })?;
+                error,
+            };
+            // What was done is done (a deploy may be launched): report it
+            // truthfully, with the missing history line, rather than as an error.
+            tracing::warn!(%error, "history not appended");
+            return match result {
+                Ok(mut report) => {
+                    report.notes.push(error.to_string());
+                    Ok(report)
+                }
+                Err(e) => Err(e),
+            };
+        }
     }
     result
 }
@@ -148,8 +172,12 @@ fn run(
     executor: &mut dyn Executor,
     now: &str,
 ) -> Result<Report, EngineError> {
-    let dispatching =
-        req.event == EventName::Approved && snapshot.state == StateName::ApproveRequested;
+    // The contract: a dispatch refused by the applicability or staging-port
+    // guard is refused before anything is run, git included.
+    let dispatching = req.event == EventName::Approved
+        && snapshot.state == StateName::ApproveRequested
+        && settings.applies(req.repo.as_str())
+        && settings.staging_port != settings.target_port;
     let probed = probe(settings, req, snapshot, dispatching, executor);
     let facts = probed.facts(settings, req, snapshot, now);
 
@@ -213,6 +241,7 @@ pub fn drive(
         notes: Vec::new(),
     };
     let mut pending = vec![first];
+    let mut launched = false;
     while let Some(decision) = pending.pop() {
         let Decision {
             conditions,
@@ -229,12 +258,26 @@ pub fn drive(
         }
         for effect in effects {
             tracing::debug!(effect = effect.kind(), "performing");
-            let performed = perform(&effect)?;
+            let performed = match perform(&effect) {
+                Ok(performed) => performed,
+                // Once the hook is launched, failing to record the confirmation
+                // must not hide the launch: `initiated` stays "pending", which
+                // status shows as unconfirmed, and nothing dispatches again.
+                Err(e) if launched => {
+                    driven.effects.push(effect);
+                    driven.notes.push(format!(
+                        "the hook was launched, but recording it failed ({e}); status shows the dispatch as unconfirmed"
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             driven.effects.push(effect);
             match performed {
                 Performed::Done => {}
                 Performed::Notes(notes) => driven.notes.extend(notes),
                 Performed::Dispatched(result) => {
+                    launched = result.is_ok();
                     let feedback = match result {
                         Ok(()) => Event::DispatchSucceeded,
                         Err(why) => Event::DispatchFailed(why),

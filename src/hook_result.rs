@@ -64,7 +64,7 @@ pub fn parse_result(raw: &[u8]) -> Option<HookExit> {
     let Ok(text) = std::str::from_utf8(raw) else {
         return garbage(&String::from_utf8_lossy(raw));
     };
-    let text = text.trim();
+    let text = crate::pytext::strip(text);
     if text.is_empty() {
         return None;
     }
@@ -73,8 +73,13 @@ pub fn parse_result(raw: &[u8]) -> Option<HookExit> {
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
-    if digits.is_empty() || digits.len() > MAX_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit())
-    {
+    // Python's int() also takes single underscores between digits ("1_000").
+    let well_formed = !digits.is_empty()
+        && digits
+            .split('_')
+            .all(|group| !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()));
+    let digits = digits.replace('_', "");
+    if !well_formed || digits.len() > MAX_DIGITS {
         return garbage(text);
     }
     let digits = digits.trim_start_matches('0');
@@ -112,6 +117,12 @@ mod tests {
         assert_eq!(code("007").as_deref(), Some("7"));
         assert_eq!(code("-3").as_deref(), Some("-3"));
         assert_eq!(code("255").as_deref(), Some("255"));
+        assert_eq!(code("1_0").as_deref(), Some("10"));
+        assert_eq!(
+            code("0\x1c").as_deref(),
+            Some("0"),
+            "Python strips U+001C..U+001F"
+        );
         let huge = "9".repeat(40);
         assert_eq!(code(&huge).as_deref(), Some(huge.as_str()));
     }
@@ -126,7 +137,9 @@ mod tests {
             "+",
             "1 2",
             "１",
-            "1_0",
+            "_1",
+            "1_",
+            "1__0",
             &"1".repeat(MAX_DIGITS + 1),
         ] {
             let exit = parse_result(raw.as_bytes()).unwrap();

@@ -12,6 +12,7 @@ pub mod hook_result;
 pub mod machine;
 pub mod markers;
 pub mod names;
+pub mod pytext;
 pub mod replay;
 pub mod secrets;
 pub mod store;

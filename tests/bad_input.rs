@@ -588,7 +588,8 @@ fn status_all_shows_an_unreadable_item_and_still_lists_the_others() {
     let (code, _) = sb.event_json("request-approve", "GOOD-1", &[]);
     assert_eq!(code, 0);
     let bad = sb.item_dir("BAD-1");
-    fs::create_dir_all(bad.join("result")).unwrap();
+    fs::create_dir_all(bad.parent().unwrap()).unwrap();
+    fs::write(&bad, "a file where a directory belongs").unwrap();
     let out = sb.run(&["status", "--all", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -599,8 +600,129 @@ fn status_all_shows_an_unreadable_item_and_still_lists_the_others() {
     assert_eq!(rows[0]["work_item"], "BAD-1");
     assert!(rows[0]["state"].is_null());
     assert!(
-        rows[0]["note"].as_str().unwrap().contains("result"),
+        rows[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("is not a directory"),
         "{rows:?}"
     );
     assert_eq!(rows[1]["state"], "approve_requested");
+}
+
+#[test]
+fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
+    let sb = Sandbox::new();
+    let (code, _) = sb.event_json("request-approve", "ORCH-61", &[]);
+    assert_eq!(code, 0);
+    let history = sb
+        .state_root()
+        .join(".selfdeploy/history/orchestrator/ORCH-61.jsonl");
+    fs::remove_file(&history).unwrap();
+    fs::create_dir(&history).unwrap();
+    let (code, r) = sb.event_json("approved", "ORCH-61", &["--revision", "abc"]);
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (0, Some("transitioned")),
+        "{r}"
+    );
+    assert!(
+        r["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot append history"),
+        "{r}"
+    );
+    let start = std::time::Instant::now();
+    while sb.hook_runs() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the hook never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_guard_that_refuses_runs_nothing_not_even_git() {
+    let mut sb = Sandbox::new();
+    let (code, _) = sb.event_json("request-approve", "ORCH-62", &[]);
+    assert_eq!(code, 0);
+    // A git that logs each call, first on PATH.
+    let bin = sb.root().join("logging-bin");
+    fs::create_dir_all(&bin).unwrap();
+    let real_git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let log = sb.root().join("git-calls");
+    let wrapper = format!(
+        "#!/bin/sh\necho \"$@\" >> {}\nexec {} \"$@\"\n",
+        log.display(),
+        real_git.trim()
+    );
+    fs::write(bin.join("git"), wrapper).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(bin.join("git"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    sb.set("PATH", path.into());
+    let wt = sb.worktree();
+    let wt = wt.to_str().unwrap();
+    for (name, value) in [("STAGING_PORT", "8500"), ("SELF_DEPLOY_ENABLED", "false")] {
+        let out = sb
+            .cmd()
+            .env(name, value)
+            .args([
+                "event",
+                "approved",
+                "--repo",
+                REPO,
+                "--work-item",
+                "ORCH-62",
+            ])
+            .args(["--worktree", wt, "--branch", BRANCH, "--json"])
+            .output()
+            .unwrap();
+        let r = parse_json(&out);
+        assert_eq!(
+            (out.status.code(), r["outcome"].as_str()),
+            (Some(3), Some("refused")),
+            "{name}: {r}"
+        );
+        assert!(
+            !log.exists(),
+            "{name}: git ran: {:?}",
+            fs::read_to_string(&log)
+        );
+    }
+    // The same call with the guards passing does look the revision up.
+    let (code, r) = sb.event_json(
+        "approved",
+        "ORCH-62",
+        &["--worktree", wt, "--branch", BRANCH],
+    );
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (0, Some("transitioned")),
+        "{r}"
+    );
+    assert!(fs::read_to_string(&log).unwrap().contains("rev-parse"));
+}
+
+#[test]
+fn a_missing_repos_dir_is_not_created() {
+    let mut sb = Sandbox::new();
+    let missing = sb.root().join("unmounted/repos");
+    sb.set("REPOS_DIR", missing.clone().into_os_string());
+    let out = sb.event("request-approve", "ORCH-63", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not exist; mount the shared state directory"),
+        "{err}"
+    );
+    assert!(!sb.root().join("unmounted").exists());
 }

@@ -15,9 +15,9 @@ pub struct EventArgs {
     /// request-approve | approved | poll | merge-verified | reset
     #[arg(value_parser = parse_event)]
     event: EventName,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     repo: String,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     work_item: String,
     /// The work item's branch (recorded at approval; used for the push).
     #[arg(long)]

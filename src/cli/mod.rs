@@ -88,9 +88,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// `--repo R --work-item W`, for commands about one work item.
 #[derive(Debug, clap::Args)]
 pub struct ItemArgs {
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     repo: String,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     work_item: String,
 }
 

@@ -12,9 +12,19 @@ use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[arg(long, requires = "work_item", conflicts_with = "all")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        requires = "work_item",
+        conflicts_with = "all"
+    )]
     repo: Option<String>,
-    #[arg(long, requires = "repo", conflicts_with = "all")]
+    #[arg(
+        long,
+        allow_hyphen_values = true,
+        requires = "repo",
+        conflicts_with = "all"
+    )]
     work_item: Option<String>,
     /// Every work item under REPOS_DIR (the default).
     #[arg(long)]
@@ -48,6 +58,9 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot) -> Row {
         });
     let result = snap.result.as_ref().map(|r| r.code.clone());
     let note = match (snap.state, dispatch, &snap.result) {
+        _ if snap.result_unreadable.is_some() => {
+            format!("result unreadable: {}", snap.result_unreadable.as_deref().unwrap_or_default())
+        }
         (StateName::Initiated, _, Some(r)) => format!("result {} waiting to be finalized (poll)", r.code),
         (StateName::Initiated, Some("unconfirmed"), None) => {
             "dispatch unconfirmed: the engine stopped mid-dispatch; check the host, then reset --force".to_owned()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::hook_result::Verdict;
 use crate::names::WorkItem;
+use crate::pytext;
 
 /// The log's path inside a work item's worktree.
 pub fn relative_path(work_item: &WorkItem) -> PathBuf {
@@ -72,7 +73,7 @@ pub enum Stamp {
 /// original does it, including its reading of the file with universal
 /// newlines and Python's `str.splitlines` line boundaries.
 pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
-    let content = universal_newlines(content);
+    let content = pytext::universal_newlines(content);
     if !content.starts_with("---") {
         return Stamp::NoFrontmatter;
     }
@@ -84,8 +85,8 @@ pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
     let stamp = format!("merged_to_main: {merged}");
     let mut lines: Vec<&str> = Vec::new();
     let mut replaced = false;
-    for line in python_splitlines(frontmatter) {
-        if python_strip(line)
+    for line in pytext::splitlines(frontmatter) {
+        if pytext::strip(line)
             .to_lowercase()
             .starts_with("merged_to_main:")
         {
@@ -103,55 +104,6 @@ pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
     }
     let joined = lines.join("\n");
     Stamp::Rewritten(format!("---\n{}\n---{rest}", joined.trim_matches('\n')))
-}
-
-/// Python's text-mode reading: every CRLF and every lone CR becomes LF.
-fn universal_newlines(s: &str) -> String {
-    s.replace("\r\n", "\n").replace('\r', "\n")
-}
-
-/// Python's `str.splitlines()`: splits at every Unicode line boundary Python
-/// knows and drops a trailing empty piece.
-fn python_splitlines(s: &str) -> Vec<&str> {
-    let is_break = |c: char| {
-        matches!(
-            c,
-            '\n' | '\r'
-                | '\x0b'
-                | '\x0c'
-                | '\x1c'
-                | '\x1d'
-                | '\x1e'
-                | '\u{85}'
-                | '\u{2028}'
-                | '\u{2029}'
-        )
-    };
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if is_break(c) {
-            lines.push(&s[start..i]);
-            let mut end = i + c.len_utf8();
-            if c == '\r' && matches!(chars.peek(), Some((_, '\n'))) {
-                chars.next();
-                end += 1;
-            }
-            start = end;
-        }
-    }
-    if start < s.len() {
-        lines.push(&s[start..]);
-    }
-    lines
-}
-
-/// Python's `str.strip()` with no argument: Python's whitespace set, which
-/// also holds the separators U+001C..U+001F that Rust's `trim` keeps.
-fn python_strip(s: &str) -> &str {
-    let is_space = |c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c);
-    s.trim_matches(is_space)
 }
 
 #[cfg(test)]

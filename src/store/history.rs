@@ -111,6 +111,10 @@ pub fn append_history(path: &Path, entry: &HistoryEntry, key: Option<&str>) -> i
     };
     let mut text = serde_json::to_string(&line).map_err(io::Error::other)?;
     text.push('\n');
+    // A torn last line (a crash mid-append) must not swallow this entry too.
+    if ends_mid_line(path)? {
+        text.insert(0, '\n');
+    }
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_data()?;
@@ -118,6 +122,23 @@ pub fn append_history(path: &Path, entry: &HistoryEntry, key: Option<&str>) -> i
         write_head(path, key, count, &mac)?;
     }
     Ok(())
+}
+
+/// Whether the file's last byte is not a line end.
+fn ends_mid_line(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// The entries, oldest first. A line that does not parse is an error naming

@@ -13,11 +13,8 @@ use crate::atomic;
 pub enum LockError {
     #[error("work item is locked by another selfdeploy process (waited {0:?}); retry later")]
     Busy(Duration),
-    #[error("cannot open lock file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot open lock file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 /// Held for the whole event; released on drop.
@@ -28,9 +25,9 @@ pub struct ItemLock {
 
 impl ItemLock {
     pub fn acquire(path: &Path, wait: Duration) -> Result<ItemLock, LockError> {
-        let io = |source| LockError::Io {
+        let io = |error| LockError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir).map_err(io)?;

@@ -12,15 +12,16 @@ use crate::hook_result::{self, HookExit, Verdict};
 use crate::machine::StateName;
 use crate::markers::{self, ApproveRecord, FinalizedRecord, InitiatedRecord, Marker};
 
-/// Read at most this much of `result`; anything longer is not an exit code.
-const RESULT_READ_LIMIT: u64 = 64 * 1024;
+/// Read at most this much of `result`; anything longer is not an exit code
+/// (blank padding included, the original reads it whole).
+const RESULT_READ_LIMIT: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {0} exists but is not a directory; move it away, then retry")]
     NotADirectory(String),
-    #[error("cannot read {path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Io { path: String, error: io::Error },
 }
 
 /// `initiated` as found: its record when we wrote it, `None` when its content
@@ -40,14 +41,17 @@ pub struct Snapshot {
     pub initiated: Option<InitiatedMarker>,
     pub finalized: Option<Option<FinalizedRecord>>,
     pub result: Option<HookExit>,
+    /// `result` exists but cannot be read (why). Only a poll needs it: the
+    /// other events, reset above all, must still work.
+    pub result_unreadable: Option<String>,
 }
 
 impl Snapshot {
     pub fn load(paths: &ItemPaths) -> Result<Snapshot, StoreError> {
         let dir = &paths.state_dir;
-        let io = |path: &std::path::Path, source| StoreError::Io {
+        let io = |path: &std::path::Path, error| StoreError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let mut files = Vec::new();
         match fs::read_dir(dir) {
@@ -82,14 +86,17 @@ impl Snapshot {
         // A finalized marker we cannot read still means finalized: fail closed.
         let finalized: Option<Option<FinalizedRecord>> =
             read_marker(Marker::Finalized)?.map(|c| markers::decode(&c));
-        let result = read_result(paths)?;
+        let (result, result_unreadable) = match read_result(paths) {
+            Ok(result) => (result, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
 
         let state = if let Some(record) = &finalized {
             match record.as_ref().map(|r| r.deploy_status) {
                 Some(Verdict::Success) => StateName::FinalizedSuccess,
                 _ => StateName::FinalizedFailed,
             }
-        } else if initiated.is_some() || result.is_some() {
+        } else if initiated.is_some() || result.is_some() || result_unreadable.is_some() {
             StateName::Initiated
         } else if approve.is_some() {
             StateName::ApproveRequested
@@ -103,15 +110,16 @@ impl Snapshot {
             initiated,
             finalized,
             result,
+            result_unreadable,
         })
     }
 }
 
 fn read_result(paths: &ItemPaths) -> Result<Option<HookExit>, StoreError> {
     let path = paths.result_file();
-    let io = |source| StoreError::Io {
+    let io = |error| StoreError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let file = match File::open(&path) {
         Ok(file) => file,
