@@ -538,7 +538,7 @@ fn scanner_leaves_ordinary_code_alone() {
                 "version 1.2.3".into(),
                 r#"{"a": "b"}"#.into(),
                 "port=85000 id=x8500".into(),
-                "/tmp/state.json".into(),
+                "/run/app/state.json".into(),
                 "~/.config/x.yml".into(),
             ]
         }
