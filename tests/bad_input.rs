@@ -140,13 +140,6 @@ fn poll_with_result(sb: &Sandbox, item: &str, result: &[u8]) -> (Output, Value) 
     (out, r)
 }
 
-fn frontmatter(item: &str, status: &str, code: &str) -> String {
-    format!(
-        "---\ndeploy_status: {status}\nwork_item: {item}\nhook_exit_code: {code}\n\
-         deployed_by: deploy-finalizer\n---\n\n"
-    )
-}
-
 #[test]
 fn result_contents_map_per_the_contract() {
     let sb = Sandbox::new();
@@ -189,7 +182,7 @@ fn result_contents_map_per_the_contract() {
                 let to = format!("finalized_{}", status.to_lowercase());
                 assert_eq!(r["to"], to.as_str(), "{item}: {r}");
                 let log = fs::read_to_string(sb.deploy_log(item)).unwrap();
-                let head = frontmatter(item, status, code);
+                let head = deploy_frontmatter(item, status, code);
                 assert!(log.starts_with(&head), "{item}: {log}");
                 assert!(finalized.is_file(), "{item}");
             }
@@ -267,7 +260,10 @@ fn missing_worktree_at_finalize_is_an_error_and_the_next_poll_retries() {
     assert_eq!(r["to"], "finalized_success");
     assert!(dir.join("finalized").is_file());
     let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
-    assert!(log.starts_with(&frontmatter(ITEM, "SUCCESS", "0")), "{log}");
+    assert!(
+        log.starts_with(&deploy_frontmatter(ITEM, "SUCCESS", "0")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -189,14 +189,7 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
     let (code, r) = event(&sb, "poll", ITEM, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     assert_eq!(r["to"], "finalized_success");
-    let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
-    assert!(
-        log.starts_with(
-            "---\ndeploy_status: SUCCESS\nwork_item: ORCH-7\nhook_exit_code: 0\n\
-             deployed_by: deploy-finalizer\n---\n\n"
-        ),
-        "{log}"
-    );
+    sb.assert_deploy_log(ITEM, "SUCCESS", "0");
     assert!(dir.join("finalized").is_file());
     assert_eq!(finalizer_commits(&sb), 1);
     assert_eq!(status(&sb, ITEM)["state"], "finalized_success");
@@ -217,14 +210,7 @@ fn result_without_initiated_reads_as_initiated_and_finalizes() {
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     assert_eq!(r["from"], "initiated");
     assert_eq!(r["to"], "finalized_failed");
-    let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
-    assert!(
-        log.starts_with(
-            "---\ndeploy_status: FAILED\nwork_item: ORCH-7\nhook_exit_code: 2\n\
-             deployed_by: deploy-finalizer\n---\n\n"
-        ),
-        "{log}"
-    );
+    sb.assert_deploy_log(ITEM, "FAILED", "2");
     assert_eq!(status(&sb, ITEM)["state"], "finalized_failed");
 }
 

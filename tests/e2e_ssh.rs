@@ -287,16 +287,7 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
         "0\n"
     );
 
-    let log = fs::read(sb.deploy_log(wi)).unwrap();
-    let frontmatter = format!(
-        "---\ndeploy_status: SUCCESS\nwork_item: {wi}\nhook_exit_code: 0\n\
-         deployed_by: deploy-finalizer\n---\n\n"
-    );
-    assert!(
-        log.starts_with(frontmatter.as_bytes()),
-        "{}",
-        String::from_utf8_lossy(&log)
-    );
+    sb.assert_deploy_log(wi, "SUCCESS", "0");
     assert_eq!(
         fs::read_to_string(sb.item_dir(wi).join("hook.log")).unwrap(),
         format!("hook: deploying {SOURCE_IMAGE} as {TARGET_IMAGE}\n")
@@ -338,16 +329,7 @@ fn hook_failure_over_ssh_is_finalized_failed() {
         fs::read_to_string(sb.item_dir(wi).join("result")).unwrap(),
         "1\n"
     );
-    let log = fs::read(sb.deploy_log(wi)).unwrap();
-    let frontmatter = format!(
-        "---\ndeploy_status: FAILED\nwork_item: {wi}\nhook_exit_code: 1\n\
-         deployed_by: deploy-finalizer\n---\n\n"
-    );
-    assert!(
-        log.starts_with(frontmatter.as_bytes()),
-        "{}",
-        String::from_utf8_lossy(&log)
-    );
+    sb.assert_deploy_log(wi, "FAILED", "1");
     assert_eq!(
         git_log_line(&sb),
         format!(

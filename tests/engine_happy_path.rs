@@ -53,8 +53,7 @@ fn request_approve_dispatch_poll_finalize_stamp() {
     assert_eq!(r["to"], "finalized_success");
     assert_eq!(sb.hook_runs(), 1);
 
-    let log = fs::read_to_string(sb.deploy_log("ORCH-7")).unwrap();
-    assert!(log.starts_with("---\ndeploy_status: SUCCESS\nwork_item: ORCH-7\nhook_exit_code: 0\ndeployed_by: deploy-finalizer\n---\n\n"), "{log}");
+    sb.assert_deploy_log("ORCH-7", "SUCCESS", "0");
     let pushed = git(
         &sb.remote(),
         &["log", "-1", "--format=%an|%ae|%cn|%ce|%s", BRANCH],

@@ -49,8 +49,7 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
             .contains("the result deadline is 3600 s"),
         "{r}"
     );
-    let log = fs::read_to_string(sb.deploy_log("ORCH-40")).unwrap();
-    assert!(log.starts_with("---\ndeploy_status: FAILED\nwork_item: ORCH-40\nhook_exit_code: timeout\ndeployed_by: deploy-finalizer\n---\n"), "{log}");
+    sb.assert_deploy_log("ORCH-40", "FAILED", "timeout");
     let history = sb.run(&[
         "history",
         "--repo",

@@ -85,6 +85,17 @@ impl Sandbox {
         self.worktree()
             .join(format!("docs/work-items/{work_item}/14-deploy-log.md"))
     }
+    /// Asserts that the work item's deploy log begins with the contract's
+    /// frontmatter (section 7) for this verdict, and returns the whole log.
+    pub fn assert_deploy_log(&self, work_item: &str, status: &str, code: &str) -> String {
+        let log = fs::read_to_string(self.deploy_log(work_item)).expect("the deploy log exists");
+        assert!(
+            log.starts_with(&deploy_frontmatter(work_item, status, code)),
+            "{log}"
+        );
+        log
+    }
+
     /// How many times the hook ran.
     pub fn hook_runs(&self) -> usize {
         fs::read_to_string(self.host_repo().join("runs"))
@@ -199,6 +210,14 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
             out.insert(path.clone(), fs::read(&path).unwrap_or_default());
         }
     }
+}
+
+/// The deploy log's frontmatter, byte for byte as contract section 7 has it.
+pub fn deploy_frontmatter(work_item: &str, status: &str, code: &str) -> String {
+    format!(
+        "---\ndeploy_status: {status}\nwork_item: {work_item}\nhook_exit_code: {code}\n\
+         deployed_by: deploy-finalizer\n---\n\n"
+    )
 }
 
 pub fn parse_json(out: &Output) -> serde_json::Value {
