@@ -93,6 +93,7 @@ pub const REGISTRY: &[Spec] = &[
     spec("GIT_EMAIL_DOMAIN", "orchestrator.local", Kind::Text, "git identity", "domain of the deploy-finalizer commit e-mail"),
     spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed and counted as failed"),
     spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
+    spec("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds after a dispatch before a ticket the host has not claimed is revoked by the next poll (back to approve_requested, safe to approve again)"),
     spec("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds to wait for another process holding a work item's lock"),
     spec("SELF_DEPLOY_RESULT_DEADLINE_SECS", "0", Kind::SecondsOrOff, "timeouts", "seconds after approval with no result before a poll finalizes as FAILED (timeout); 0 waits forever"),
     spec("SELF_DEPLOY_WATCH_RESCAN_SECS", "5", Kind::Seconds, "timeouts", "seconds between full rescans of REPOS_DIR by `selfdeploy watch` (a safety net for missed file events)"),
@@ -183,6 +184,8 @@ pub struct Settings {
     pub ssh_timeout: Duration,
     pub git_timeout: Duration,
     pub lock_timeout: Duration,
+    /// How long a dispatch ticket may stay unclaimed before a poll revokes it.
+    pub claim_timeout: Duration,
     /// `None`: wait for a result forever.
     pub result_deadline: Option<Duration>,
     pub watch_rescan: Duration,
@@ -190,6 +193,9 @@ pub struct Settings {
     pub history_key: Option<String>,
     /// Every setting as resolved, in registry order.
     pub resolved: Vec<Resolved>,
+    /// Names that look like settings but are not (typos), with the closest
+    /// known name: printed, never fatal.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -216,6 +222,9 @@ impl Settings {
                 }
             }
         };
+        let mut names: Vec<String> = file_values.keys().cloned().collect();
+        names.extend(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+        let warnings = unknown_settings(&names);
         let mut raw = Vec::new();
         for spec in REGISTRY {
             if let Some(value) = std::env::var_os(spec.name) {
@@ -228,7 +237,9 @@ impl Settings {
                 raw.push((spec.name, value.clone(), Source::DotEnv(path.clone())));
             }
         }
-        Ok(Settings::resolve(raw))
+        let (mut settings, errors) = Settings::resolve(raw);
+        settings.warnings = warnings;
+        Ok((settings, errors))
     }
 
     /// Production defaults with the given values laid over them (tests, the demo).
@@ -299,10 +310,12 @@ impl Settings {
             ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS"),
             git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS"),
             lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS"),
+            claim_timeout: r.seconds("SELF_DEPLOY_CLAIM_TIMEOUT_SECS"),
             result_deadline: r.seconds_or_off("SELF_DEPLOY_RESULT_DEADLINE_SECS"),
             watch_rescan: r.seconds("SELF_DEPLOY_WATCH_RESCAN_SECS"),
             history_key: Some(r.text("HISTORY_HMAC_KEY")).filter(|k| !k.is_empty()),
             resolved: resolved.clone(),
+            warnings: Vec::new(),
         };
         (settings, r.errors.into_inner())
     }
@@ -317,6 +330,16 @@ impl Settings {
                 self.target_port
             ));
         }
+        out.extend(self.acting_problems());
+        out
+    }
+
+    /// The problems that stop every event and `watch` before anything acts
+    /// (contract section 2). Equal staging and production ports are not among
+    /// them: for events that is the dispatch guard, so that a deploy already
+    /// in flight can still be polled, stamped and reset.
+    pub fn acting_problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
         let absolute = [
             ("REPOS_DIR", self.repos_dir.to_string_lossy().into_owned()),
             ("HOST_REPOS_DIR", self.host_repos_dir.clone()),
@@ -339,6 +362,14 @@ impl Settings {
         }
         if self.transport == Transport::Ssh && self.ssh_host.is_empty() {
             out.push("DEPLOY_SSH_HOST is empty; the ssh transport needs a host".to_owned());
+        }
+        if self.hook_script.trim().is_empty() {
+            out.push("DEPLOY_HOOK_SCRIPT is empty; name the hook script".to_owned());
+        } else if self.hook_script.starts_with('-') {
+            out.push(format!(
+                "DEPLOY_HOOK_SCRIPT={:?} would be read by bash as an option; name the script by a path (./{})",
+                self.hook_script, self.hook_script
+            ));
         }
         if self.git_email_domain.is_empty()
             || self
@@ -389,6 +420,45 @@ fn strict((settings, mut errors): (Settings, Vec<ConfigError>)) -> Result<Settin
         1 => Err(errors.remove(0)),
         _ => Err(ConfigError::Several(errors)),
     }
+}
+
+/// The prefixes of this project's settings: a variable with one of them that
+/// is not a setting is most likely a typo.
+const PREFIXES: [&str; 3] = ["SELF_DEPLOY_", "DEPLOY_", "HISTORY_HMAC_"];
+
+/// A warning for each name that carries one of the project's prefixes but is
+/// not a setting, naming the closest setting.
+pub fn unknown_settings(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
+        .filter(|n| REGISTRY.iter().all(|s| s.name != n.as_str()))
+        .map(|n| {
+            let closest = REGISTRY
+                .iter()
+                .min_by_key(|s| edit_distance(n, s.name))
+                .map_or("", |s| s.name);
+            format!("{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all")
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Levenshtein distance, by bytes (setting names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut row = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            row.push((prev[j] + cost).min(prev[j + 1] + 1).min(row[j] + 1));
+        }
+        prev = row;
+    }
+    prev[b.len()]
 }
 
 /// The identity of the finalizer's commits: a platform literal name, the

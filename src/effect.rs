@@ -15,6 +15,16 @@ pub enum Effect {
     WriteMarker { marker: Marker, content: String },
     /// Remove a sentinel file (durably).
     RemoveMarker { marker: Marker },
+    /// Write the dispatch ticket `dispatch-<id>` durably, before the launch.
+    WriteTicket { dispatch_id: String },
+    /// Revoke dispatch `<id>`: rename its ticket to `revoked-<id>` unless the
+    /// host claimed it first. What the rename found is fed back to the machine.
+    RevokeTicket {
+        dispatch_id: String,
+        reason: RevokeReason,
+        /// Why, for the report (the launch's error, the age of the ticket).
+        detail: String,
+    },
     /// Launch the detached hook on the host over ssh.
     Ssh { argv: Vec<String> },
     /// Launch the detached hook on this machine.
@@ -38,11 +48,26 @@ pub enum Effect {
     RemoveStateDir,
 }
 
+/// Why a ticket is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// The launch reported a failure (ssh's exit, a timeout).
+    LaunchFailed,
+    /// Nobody claimed the ticket within the claim timeout (or the result
+    /// deadline): the engine stopped mid-dispatch, or the wrapper never ran.
+    Unclaimed,
+    /// `reset --force`: the item is about to be removed.
+    Reset,
+}
+
 impl Effect {
     pub fn kind(&self) -> &'static str {
         match self {
             Effect::WriteMarker { .. } => "write_marker",
             Effect::RemoveMarker { .. } => "remove_marker",
+            Effect::WriteTicket { .. } => "write_ticket",
+            Effect::RevokeTicket { .. } => "revoke_ticket",
             Effect::Ssh { .. } => "ssh",
             Effect::Local { .. } => "local",
             Effect::WriteDeployLog { .. } => "write_deploy_log",
@@ -58,6 +83,12 @@ pub fn describe(effect: &Effect) -> String {
     match effect {
         Effect::WriteMarker { marker, .. } => format!("write {marker}"),
         Effect::RemoveMarker { marker } => format!("remove {marker}"),
+        Effect::WriteTicket { dispatch_id } => format!("write ticket dispatch-{dispatch_id}"),
+        Effect::RevokeTicket {
+            dispatch_id,
+            detail,
+            ..
+        } => format!("revoke ticket dispatch-{dispatch_id} ({detail})"),
         Effect::Ssh { argv } | Effect::Local { argv } => {
             format!("{} {}", effect.kind(), argv.join(" "))
         }

@@ -9,13 +9,13 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{Settings, Transport};
-use crate::effect::Effect;
+use crate::effect::{Effect, RevokeReason};
 use crate::exec::{self, Executor, Performed};
 use crate::machine::{
     self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
 };
 use crate::names::{RepoName, WorkItem};
-use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Snapshot};
+use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot, Ticket};
 
 /// The time, as an input: replays inject a fixed one.
 pub trait Clock {
@@ -74,8 +74,14 @@ pub enum EngineError {
     Effect(exec::ExecError),
     #[error("{0}; fix or remove it (reset --force clears the item)")]
     ResultUnreadable(String),
-    #[error("REPOS_DIR {0} does not exist; mount the shared state directory or fix REPOS_DIR")]
+    #[error("REPOS_DIR {0}; mount the shared state directory or fix REPOS_DIR")]
     ReposDir(String),
+    #[error("invalid settings, nothing done: {}; see selfdeploy config --check", .0.join("; "))]
+    Settings(Vec<String>),
+    #[error("{0}; nothing dispatched")]
+    Random(String),
+    #[error("cannot resolve --worktree {path}: {error}")]
+    Worktree { path: String, error: std::io::Error },
     #[error("cannot append history {path}: {error}")]
     History { path: String, error: std::io::Error },
 }
@@ -88,22 +94,21 @@ pub fn handle(
     executor: &mut dyn Executor,
     clock: &dyn Clock,
 ) -> Result<Report, EngineError> {
-    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
-    // An unmounted shared directory must not be papered over by creating it:
-    // the host would never see the state, and polls would defer forever.
-    if !req.dry_run && !settings.repos_dir.is_dir() {
-        return Err(EngineError::ReposDir(
-            settings.repos_dir.display().to_string(),
-        ));
+    let problems = settings.acting_problems();
+    if !problems.is_empty() {
+        return Err(EngineError::Settings(problems));
     }
+    check_repos_dir(settings)?;
+    let req = &resolve_worktree(req)?;
+    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
     let _lock = if req.dry_run {
         None
     } else {
         Some(ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?)
     };
     let snapshot = Snapshot::load(&paths)?;
-    if let (EventName::Poll, Some(why)) = (req.event, &snapshot.result_unreadable) {
-        return Err(EngineError::ResultUnreadable(why.clone()));
+    if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
+        return Err(EngineError::ResultUnreadable(why));
     }
     let now = clock.now();
     let result = run(settings, req, &paths, &snapshot, executor, &now);
@@ -164,6 +169,41 @@ pub fn handle(
     result
 }
 
+/// An unmounted shared directory must not be papered over by creating it, nor
+/// read as "nothing in flight": the host would never see the state.
+pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
+    let dir = &settings.repos_dir;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(EngineError::ReposDir(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::ReposDir(
+            format!("{} does not exist", dir.display()),
+        )),
+        Err(e) => Err(EngineError::ReposDir(format!(
+            "{} cannot be read ({e})",
+            dir.display()
+        ))),
+    }
+}
+
+/// A relative `--worktree` means the caller's directory now, not wherever a
+/// later poll runs: it is made absolute when the event is received.
+fn resolve_worktree(req: &Request) -> Result<Request, EngineError> {
+    let mut req = req.clone();
+    if let Some(path) = req.worktree.as_ref().filter(|p| p.is_relative()) {
+        req.worktree = Some(std::path::absolute(path).map_err(|error| {
+            EngineError::Worktree {
+                path: path.display().to_string(),
+                error,
+            }
+        })?);
+    }
+    Ok(req)
+}
+
 fn run(
     settings: &Settings,
     req: &Request,
@@ -178,7 +218,7 @@ fn run(
         && snapshot.state == StateName::ApproveRequested
         && settings.applies(req.repo.as_str())
         && settings.staging_port != settings.target_port;
-    let probed = probe(settings, req, snapshot, dispatching, executor);
+    let probed = probe(settings, req, snapshot, dispatching, executor)?;
     let facts = probed.facts(settings, req, snapshot, now);
 
     let mut perform = |effect: &Effect| executor.perform(paths, effect);
@@ -241,7 +281,6 @@ pub fn drive(
         notes: Vec::new(),
     };
     let mut pending = vec![first];
-    let mut launched = false;
     while let Some(decision) = pending.pop() {
         let Decision {
             conditions,
@@ -253,23 +292,15 @@ pub fn drive(
         driven.to = to;
         driven.outcome = outcome;
         driven.conditions.extend(conditions);
-        if reason.is_some() || outcome != Outcome::Transitioned {
+        // A feedback step that gives no reason keeps the one before it (the
+        // launch's error stays the reason of a dispatch_failed).
+        if reason.is_some() {
             driven.reason = reason;
         }
         for effect in effects {
             tracing::debug!(effect = effect.kind(), "performing");
             let performed = match perform(&effect) {
                 Ok(performed) => performed,
-                // Once the hook is launched, failing to record the confirmation
-                // must not hide the launch: `initiated` stays "pending", which
-                // status shows as unconfirmed, and nothing dispatches again.
-                Err(e) if launched => {
-                    driven.effects.push(effect);
-                    driven.notes.push(format!(
-                        "the hook was launched, but recording it failed ({e}); status shows the dispatch as unconfirmed"
-                    ));
-                    continue;
-                }
                 Err(e) => return Err(e),
             };
             driven.effects.push(effect);
@@ -277,12 +308,30 @@ pub fn drive(
                 Performed::Done => {}
                 Performed::Notes(notes) => driven.notes.extend(notes),
                 Performed::Dispatched(result) => {
-                    launched = result.is_ok();
                     let feedback = match result {
-                        Ok(()) => Event::DispatchSucceeded,
-                        Err(why) => Event::DispatchFailed(why),
+                        Ok(()) => Event::Launched,
+                        Err(why) => Event::LaunchFailed(why),
                     };
                     pending.push(machine::step(to, &feedback, facts));
+                }
+                // A reset removes the item whatever the rename found; the
+                // operator is told whether the hook was running.
+                Performed::Revoke(found) if revoke_reason(&driven) == Some(RevokeReason::Reset) => {
+                    if found == Revoke::Claimed {
+                        driven.notes.push(
+                            "the host had claimed the ticket: the hook may still be running on the host, and its late result will be stale".to_owned(),
+                        );
+                    }
+                }
+                Performed::Revoke(found) => {
+                    if let Some(Effect::RevokeTicket { reason, detail, .. }) = driven.effects.last()
+                    {
+                        let feedback = match found {
+                            Revoke::Revoked => Event::TicketRevoked(*reason),
+                            Revoke::Claimed => Event::TicketClaimed(*reason, detail.clone()),
+                        };
+                        pending.push(machine::step(to, &feedback, facts));
+                    }
                 }
             }
         }
@@ -290,12 +339,21 @@ pub fn drive(
     Ok(driven)
 }
 
+fn revoke_reason(driven: &Driven) -> Option<RevokeReason> {
+    match driven.effects.last() {
+        Some(Effect::RevokeTicket { reason, .. }) => Some(*reason),
+        _ => None,
+    }
+}
+
 /// What the engine looks up outside the state directory before a step.
 struct Probed {
     branch: Option<String>,
     worktree: PathBuf,
     revision: Revision,
+    worktree_check: Result<(), String>,
     transport_program: Result<(), String>,
+    new_dispatch_id: String,
 }
 
 /// Arguments win over what `initiated` recorded, which wins over the
@@ -307,7 +365,7 @@ fn probe(
     snapshot: &Snapshot,
     all: bool,
     executor: &mut dyn Executor,
-) -> Probed {
+) -> Result<Probed, EngineError> {
     let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
     let branch = req
         .branch
@@ -318,7 +376,7 @@ fn probe(
         .clone()
         .or_else(|| record.map(|r| PathBuf::from(&r.worktree)))
         .unwrap_or_else(|| {
-            settings.default_worktree(req.repo.as_str(), req.work_item.as_str(), branch.as_deref())
+            settings.default_worktree(req.repo.given(), req.work_item.as_str(), branch.as_deref())
         });
     let revision = if all {
         dispatch_revision(settings, req, &worktree, branch.as_deref(), executor)
@@ -328,17 +386,23 @@ fn probe(
             None => Revision::Inactive,
         }
     };
-    let transport_program = if all {
-        transport_program(settings, executor)
+    let (worktree_check, transport_program, new_dispatch_id) = if all {
+        (
+            executor.work_tree(settings, &worktree),
+            transport_program(settings, executor),
+            executor.new_dispatch_id().map_err(EngineError::Random)?,
+        )
     } else {
-        Ok(())
+        (Ok(()), Ok(()), String::new())
     };
-    Probed {
+    Ok(Probed {
         branch,
         worktree,
         revision,
+        worktree_check,
         transport_program,
-    }
+        new_dispatch_id,
+    })
 }
 
 impl Probed {
@@ -361,9 +425,14 @@ impl Probed {
             branch: self.branch.as_deref(),
             worktree: &self.worktree,
             revision: self.revision.clone(),
+            worktree_check: self.worktree_check.clone(),
             transport_program: self.transport_program.clone(),
+            new_dispatch_id: &self.new_dispatch_id,
+            dispatch: snapshot.dispatch.as_ref(),
+            open_tickets: &snapshot.open_tickets,
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
+            claim_overdue: claim_overdue(settings, snapshot, now),
             deadline_passed: deadline_passed(settings, snapshot, now),
         }
     }
@@ -378,10 +447,8 @@ pub fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> O
     if snapshot.result.is_some() {
         return None;
     }
-    let record = snapshot.initiated.as_ref()?.record.as_ref()?;
-    let approved = humantime::parse_rfc3339(&record.approved_at).ok()?;
-    let now = humantime::parse_rfc3339(now).ok()?;
-    let waited = now.duration_since(approved).ok()?;
+    let record = snapshot.initiated_record()?;
+    let waited = waited_since(&record.approved_at, now)?;
     (waited >= deadline).then(|| {
         format!(
             "no result {} s after the approval at {}: the result deadline is {} s",
@@ -390,6 +457,41 @@ pub fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> O
             deadline.as_secs()
         )
     })
+}
+
+/// `Some(why)` when the current ticket is still unclaimed (`dispatch-<id>`)
+/// longer than the claim timeout after the dispatch time recorded in
+/// `initiated`, or past the result deadline: the dispatch must be revoked,
+/// since a claim after a verdict would run a deploy nobody reports.
+pub fn claim_overdue(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
+    let dispatch = snapshot.dispatch.as_ref()?;
+    if dispatch.ticket != Ticket::Sent {
+        return None;
+    }
+    let record = snapshot.initiated_record()?;
+    let waited = waited_since(&record.approved_at, now)?;
+    let timeout = settings.claim_timeout;
+    if waited >= timeout {
+        return Some(format!(
+            "the host did not claim dispatch {} within {} s (dispatched at {}; SELF_DEPLOY_CLAIM_TIMEOUT_SECS is {})",
+            dispatch.id,
+            waited.as_secs(),
+            record.approved_at,
+            timeout.as_secs()
+        ));
+    }
+    deadline_passed(settings, snapshot, now).map(|why| {
+        format!(
+            "the host did not claim dispatch {} before the result deadline ({why})",
+            dispatch.id
+        )
+    })
+}
+
+fn waited_since(then: &str, now: &str) -> Option<std::time::Duration> {
+    let then = humantime::parse_rfc3339(then).ok()?;
+    let now = humantime::parse_rfc3339(now).ok()?;
+    now.duration_since(then).ok()
 }
 
 /// `selfdeploy explain`: the state on disk, every dispatch guard's value, and
@@ -420,7 +522,7 @@ pub fn explain(
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
     let snapshot = Snapshot::load(&paths)?;
     let mut recorder = exec::RecordingExecutor::default();
-    let probed = probe(settings, &req, &snapshot, true, &mut recorder);
+    let probed = probe(settings, &req, &snapshot, true, &mut recorder)?;
     let now = clock.now();
     let facts = probed.facts(settings, &req, &snapshot, &now);
     let guards = Guard::DISPATCH
@@ -461,6 +563,7 @@ fn guard_pass_detail(guard: Guard, f: &Facts<'_>) -> String {
             Revision::Known(sha) => format!("validated revision {sha}"),
             _ => "inactive: EXPECTED_REVISION is omitted".to_owned(),
         },
+        Guard::Worktree => format!("{} is a git work tree", f.worktree.display()),
         Guard::TransportProgram => {
             format!("{:?} transport program found", f.settings.transport).to_lowercase()
         }

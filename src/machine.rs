@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
 use crate::config::{Settings, Transport};
-use crate::effect::Effect;
+use crate::effect::{Effect, RevokeReason};
 use crate::exec::{deploy_log, remote};
 use crate::hook_result::{HookExit, Verdict};
-use crate::markers::{self, ApproveRecord, Dispatch, FinalizedRecord, InitiatedRecord, Marker};
+use crate::markers::{
+    self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
+};
 use crate::names::{RepoName, WorkItem};
 
 /// The states, by the names operators and the stage engine see.
@@ -55,8 +57,8 @@ impl fmt::Display for StateName {
     }
 }
 
-/// Events: the five the stage engine delivers, and the two results of a
-/// dispatch that the executor feeds back.
+/// Events: the five the stage engine delivers, and what the executor feeds
+/// back: how a launch went, and what a revoke's rename found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     RequestApprove,
@@ -64,8 +66,16 @@ pub enum Event {
     Poll,
     MergeVerified,
     Reset,
-    DispatchSucceeded,
-    DispatchFailed(String),
+    /// The launch (ssh, or local bash) exited 0: the dispatch is sent.
+    Launched,
+    /// The launch failed (why): the ticket must be revoked before anything
+    /// else is decided, since the command may have run all the same.
+    LaunchFailed(String),
+    /// The revoke renamed the ticket: that dispatch can never run.
+    TicketRevoked(RevokeReason),
+    /// The revoke found the ticket claimed: the hook is running. With the
+    /// revoke's detail (the launch's error).
+    TicketClaimed(RevokeReason, String),
 }
 
 /// The events a caller may deliver, by their command-line names.
@@ -181,12 +191,24 @@ pub struct Facts<'a> {
     pub branch: Option<&'a str>,
     pub worktree: &'a Path,
     pub revision: Revision,
+    /// Whether the worktree exists and is a git work tree, and if not why.
+    pub worktree_check: Result<(), String>,
     /// Whether the transport's program (ssh or bash) was found, and if not why.
     pub transport_program: Result<(), String>,
-    /// The hook's result, when `result` is present.
+    /// The id a new dispatch takes (fresh from the OS random source).
+    pub new_dispatch_id: &'a str,
+    /// The dispatch `initiated` names, and where its ticket is; `None` for
+    /// an item the original engine started (it has no ticket).
+    pub dispatch: Option<&'a DispatchState>,
+    /// Every unclaimed ticket in the state directory (a reset revokes them).
+    pub open_tickets: &'a [String],
+    /// The hook's result for the current dispatch (or the legacy `result`).
     pub result: Option<HookExit>,
     /// Who approved, read back from `initiated`, for the deploy log.
     pub approved_by: Option<&'a str>,
+    /// `Some(why)` when the current ticket is still unclaimed past the claim
+    /// timeout (or past the result deadline): it must be revoked.
+    pub claim_overdue: Option<String>,
     /// `Some(why)` when the result deadline has passed with no result.
     pub deadline_passed: Option<String>,
 }
@@ -201,14 +223,16 @@ pub enum Guard {
     Applies,
     StagingPort,
     Freshness,
+    Worktree,
     TransportProgram,
 }
 
 impl Guard {
-    pub const DISPATCH: [Guard; 4] = [
+    pub const DISPATCH: [Guard; 5] = [
         Guard::Applies,
         Guard::StagingPort,
         Guard::Freshness,
+        Guard::Worktree,
         Guard::TransportProgram,
     ];
 
@@ -217,6 +241,7 @@ impl Guard {
             Guard::Applies => "applies",
             Guard::StagingPort => "staging_port",
             Guard::Freshness => "freshness",
+            Guard::Worktree => "worktree",
             Guard::TransportProgram => "transport_program",
         }
     }
@@ -227,6 +252,7 @@ impl Guard {
             Guard::Applies => "not applicable",
             Guard::StagingPort => "staging port = prod port",
             Guard::Freshness => "revision unknown",
+            Guard::Worktree => "no worktree",
             Guard::TransportProgram => "no transport program",
         }
     }
@@ -250,6 +276,11 @@ impl Guard {
                 )),
                 _ => Ok(()),
             },
+            Guard::Worktree => f.worktree_check.clone().map_err(|why| {
+                format!(
+                    "worktree guard: {why}; the deploy log could not be recorded, so nothing is dispatched (pass --worktree)"
+                )
+            }),
             Guard::TransportProgram => f.transport_program.clone(),
             _ => Ok(()),
         }
@@ -316,45 +347,125 @@ impl Context<'_, '_> {
         verdict
     }
 
-    fn initiated_record(
-        &self,
-        dispatch: Dispatch,
-        argv: Vec<String>,
-        revision: Option<String>,
-    ) -> InitiatedRecord {
+    fn initiated_record(&self, argv: Vec<String>, revision: Option<String>) -> InitiatedRecord {
         let f = self.facts;
         InitiatedRecord {
+            dispatch_id: f.new_dispatch_id.to_owned(),
             approved_by: f.actor.to_owned(),
             approved_at: f.now.to_owned(),
             branch: f.branch.map(str::to_owned),
             worktree: f.worktree.to_string_lossy().into_owned(),
             revision,
             transport: f.settings.transport,
-            dispatch,
             argv,
         }
     }
 
-    /// The dispatch of an approved deploy: the launch, and the record that
-    /// `initiated` holds (written, durably, before the launch).
-    fn dispatch_plan(&self, dispatch: Dispatch) -> (Effect, Effect) {
+    /// The dispatch of an approved deploy (contract section 6, step 1):
+    /// `initiated` with the new id, then the ticket, both durable, then the
+    /// launch.
+    fn dispatch_plan(&self) -> Vec<Effect> {
         let f = self.facts;
         let revision = match &f.revision {
             Revision::Known(sha) => Some(sha.clone()),
             _ => None,
         };
-        let command = remote::remote_command(f.settings, f.repo, f.work_item, revision.as_deref());
+        let id = f.new_dispatch_id;
+        let command =
+            remote::remote_command(f.settings, f.repo, f.work_item, id, revision.as_deref());
         let argv = remote::dispatch_argv(f.settings, command);
-        let record = self.initiated_record(dispatch, argv.clone(), revision);
+        let record = self.initiated_record(argv.clone(), revision);
         let launch = match f.settings.transport {
             Transport::Ssh => Effect::Ssh { argv },
             Transport::Local => Effect::Local { argv },
         };
-        let write = Effect::WriteMarker {
+        vec![
+            Effect::WriteMarker {
+                marker: Marker::Initiated,
+                content: markers::encode(&record),
+            },
+            Effect::WriteTicket {
+                dispatch_id: id.to_owned(),
+            },
+            launch,
+        ]
+    }
+
+    /// Back to `approve_requested`: the dispatch can never run, so a human
+    /// may approve again.
+    fn dispatch_failed(&mut self, why: Option<String>) -> statig::Outcome<State> {
+        self.effects.push(Effect::RemoveMarker {
             marker: Marker::Initiated,
-            content: markers::encode(&record),
-        };
-        (write, launch)
+        });
+        self.outcome = Some(Outcome::DispatchFailed);
+        if why.is_some() {
+            self.reason = why;
+        }
+        Transition(State::approve_requested())
+    }
+
+    fn defer(&mut self, why: String) -> statig::Outcome<State> {
+        self.decide(Outcome::Deferred, Some(why));
+        Handled
+    }
+
+    /// A poll with no result for the current dispatch: what its ticket says.
+    fn poll_without_result(&mut self) -> statig::Outcome<State> {
+        let f = self.facts;
+        let dispatch = f.dispatch;
+        match dispatch.map(|d| d.ticket) {
+            Some(Ticket::Revoked) => {
+                let id = &dispatch.map(|d| d.id.as_str()).unwrap_or_default();
+                self.when("ticket revoked").dispatch_failed(Some(format!(
+                    "dispatch {id} was revoked before it ran (the engine stopped before clearing it); approve again"
+                )))
+            }
+            Some(Ticket::Missing) => {
+                let id = &dispatch.map(|d| d.id.as_str()).unwrap_or_default();
+                self.when("no ticket").dispatch_failed(Some(format!(
+                    "dispatch {id} has no ticket: the engine stopped before the launch, so nothing ran; approve again"
+                )))
+            }
+            Some(Ticket::Sent) => match f.claim_overdue.clone() {
+                Some(why) => {
+                    let id = dispatch.map(|d| d.id.clone()).unwrap_or_default();
+                    self.when("ticket unclaimed past the claim timeout")
+                        .effects
+                        .push(Effect::RevokeTicket {
+                            dispatch_id: id,
+                            reason: RevokeReason::Unclaimed,
+                            detail: why.clone(),
+                        });
+                    self.decide(Outcome::DispatchFailed, Some(why));
+                    Handled
+                }
+                None => self
+                    .when("no result, ticket not claimed yet")
+                    .defer("the host has not claimed the dispatch yet".into()),
+            },
+            Some(Ticket::Claimed) | None => match f.deadline_passed.clone() {
+                // Silence past the deadline is a failure: fail closed.
+                Some(why) => {
+                    let exit = HookExit {
+                        code: TIMEOUT_EXIT_CODE.into(),
+                        garbage: None,
+                    };
+                    let (effects, _) = self.finalize_plan(&exit);
+                    let to = self
+                        .when("no result, deadline passed")
+                        .transition(effects, State::finalized_failed());
+                    self.reason = Some(why);
+                    to
+                }
+                None if dispatch.is_some() => self
+                    .when("no result, ticket claimed")
+                    .defer("the host claimed the dispatch; no result yet".into()),
+                // An item the original engine started has no ticket.
+                None => self
+                    .when("no result, no ticket (original engine)")
+                    .defer("no result from the host yet".into()),
+            },
+        }
     }
 
     fn finalize_plan(&self, exit: &HookExit) -> (Vec<Effect>, Verdict) {
@@ -436,10 +547,10 @@ impl SelfDeploy {
                         return context.when(guard.failure()).refuse(why);
                     }
                 }
-                let (write, launch) = context.dispatch_plan(Dispatch::Pending);
+                let effects = context.dispatch_plan();
                 context
                     .when("guards pass")
-                    .transition(vec![write, launch], State::initiated())
+                    .transition(effects, State::initiated())
             }
             Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
             _ => Super,
@@ -454,28 +565,7 @@ impl SelfDeploy {
                 None => context.unchanged("already initiated: a deploy is never dispatched twice"),
             },
             Event::Poll => match context.facts.result.clone() {
-                None => match context.facts.deadline_passed.clone() {
-                    None => {
-                        context.when("no result").decide(
-                            Outcome::Deferred,
-                            Some("no result from the host yet".into()),
-                        );
-                        Handled
-                    }
-                    // Silence past the deadline is a failure: fail closed.
-                    Some(why) => {
-                        let exit = HookExit {
-                            code: TIMEOUT_EXIT_CODE.into(),
-                            garbage: None,
-                        };
-                        let (effects, _) = context.finalize_plan(&exit);
-                        let to = context
-                            .when("no result, deadline passed")
-                            .transition(effects, State::finalized_failed());
-                        context.reason = Some(why);
-                        to
-                    }
-                },
+                None => context.poll_without_result(),
                 Some(exit) => {
                     let (effects, verdict) = context.finalize_plan(&exit);
                     context.when(match verdict {
@@ -489,28 +579,62 @@ impl SelfDeploy {
                     context.transition(effects, to)
                 }
             },
-            Event::Reset if context.facts.force => context
-                .when("forced")
-                .transition(vec![Effect::RemoveStateDir], State::idle()),
+            Event::Reset if context.facts.force => {
+                // Revoke before removing: the host's claim and our revoke are
+                // renames of the same file, so exactly one of them wins.
+                let mut effects: Vec<Effect> = context
+                    .facts
+                    .open_tickets
+                    .iter()
+                    .map(|id| Effect::RevokeTicket {
+                        dispatch_id: id.clone(),
+                        reason: RevokeReason::Reset,
+                        detail: "reset --force".into(),
+                    })
+                    .collect();
+                effects.push(Effect::RemoveStateDir);
+                context.when("forced").when(if effects.len() > 1 {
+                    "unclaimed ticket"
+                } else {
+                    "no unclaimed ticket"
+                });
+                context.transition(effects, State::idle())
+            }
             Event::Reset => context.when("not forced").refuse(
                 "a deploy may be in flight; reset it with --force once the host is checked".into(),
             ),
-            Event::DispatchSucceeded => {
-                let (write, _launch) = context.dispatch_plan(Dispatch::Confirmed);
-                context.when("dispatched").effects.push(write);
-                context.decide(Outcome::Transitioned, None);
+            Event::Launched => {
+                context
+                    .when("dispatch sent")
+                    .decide(Outcome::Transitioned, None);
                 Handled
             }
-            Event::DispatchFailed(why) => {
+            Event::LaunchFailed(why) => {
+                let id = context.facts.new_dispatch_id.to_owned();
                 context
-                    .when("dispatch failed")
+                    .when("launch failed")
                     .effects
-                    .push(Effect::RemoveMarker {
-                        marker: Marker::Initiated,
+                    .push(Effect::RevokeTicket {
+                        dispatch_id: id,
+                        reason: RevokeReason::LaunchFailed,
+                        detail: why.clone(),
                     });
                 context.decide(Outcome::DispatchFailed, Some(why.clone()));
-                Transition(State::approve_requested())
+                Handled
             }
+            Event::TicketRevoked(_) => context.when("ticket revoked").dispatch_failed(None),
+            Event::TicketClaimed(RevokeReason::LaunchFailed, launch_error) => {
+                let why = format!(
+                    "{launch_error}; but the host claimed the ticket, so the deploy is running and is never dispatched again"
+                );
+                context
+                    .when("ticket claimed")
+                    .decide(Outcome::Transitioned, Some(why));
+                Handled
+            }
+            Event::TicketClaimed(..) => context
+                .when("ticket claimed")
+                .defer("the host claimed the ticket just now: the deploy is running".into()),
             _ => Super,
         }
     }
@@ -576,8 +700,10 @@ fn event_label(event: &Event) -> &'static str {
         Event::Poll => "poll",
         Event::MergeVerified => "merge-verified",
         Event::Reset => "reset",
-        Event::DispatchSucceeded => "dispatch-succeeded",
-        Event::DispatchFailed(_) => "dispatch-failed",
+        Event::Launched => "launched",
+        Event::LaunchFailed(_) => "launch-failed",
+        Event::TicketRevoked(_) => "ticket-revoked",
+        Event::TicketClaimed(..) => "ticket-claimed",
     }
 }
 

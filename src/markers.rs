@@ -50,27 +50,112 @@ pub struct ApproveRecord {
     pub requested_at: String,
 }
 
-/// Whether ssh is known to have launched the hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dispatch {
-    /// Written before ssh runs; still there after a crash mid-dispatch.
-    Pending,
-    Confirmed,
-}
-
 /// Content of `initiated`: enough that a later poll needs only the repo and
-/// the work item.
+/// the work item. A record without `dispatch_id` is not ours (the original
+/// engine's, or an earlier release's): that item reads the legacy `result`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitiatedRecord {
+    /// The dispatch this approval started; names its ticket and its result.
+    pub dispatch_id: String,
     pub approved_by: String,
+    /// The dispatch time: the claim timeout and the result deadline count from it.
     pub approved_at: String,
     pub branch: Option<String>,
     pub worktree: String,
     pub revision: Option<String>,
     pub transport: Transport,
-    pub dispatch: Dispatch,
     pub argv: Vec<String>,
+}
+
+/// The files of the claim protocol (contract section 6), one set per dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketFile {
+    /// `dispatch-<id>`: written before the launch; not yet claimed.
+    Dispatch,
+    /// `claimed-<id>`: the host wrapper renamed it; the hook started.
+    Claimed,
+    /// `revoked-<id>`: the engine renamed it; this dispatch never runs.
+    Revoked,
+    /// `result-<id>`: the hook's exit code, written by the host wrapper.
+    Result,
+}
+
+impl TicketFile {
+    pub const ALL: [TicketFile; 4] = [
+        TicketFile::Dispatch,
+        TicketFile::Claimed,
+        TicketFile::Revoked,
+        TicketFile::Result,
+    ];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            TicketFile::Dispatch => "dispatch-",
+            TicketFile::Claimed => "claimed-",
+            TicketFile::Revoked => "revoked-",
+            TicketFile::Result => "result-",
+        }
+    }
+
+    /// The file's name for dispatch `id`.
+    pub fn name(self, id: &str) -> String {
+        format!("{}{id}", self.prefix())
+    }
+
+    /// `(kind, id)` when `name` is one of these files with a valid id.
+    pub fn parse(name: &str) -> Option<(TicketFile, &str)> {
+        TicketFile::ALL.into_iter().find_map(|kind| {
+            let id = name.strip_prefix(kind.prefix())?;
+            is_dispatch_id(id).then_some((kind, id))
+        })
+    }
+}
+
+/// Where the current dispatch's ticket is (contract section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ticket {
+    /// `dispatch-<id>`: launched (or about to be), not claimed yet.
+    Sent,
+    /// `claimed-<id>`: the host started the hook.
+    Claimed,
+    /// `revoked-<id>`: this dispatch can never run.
+    Revoked,
+    /// No file of the three: the engine stopped before writing the ticket,
+    /// so nothing was launched.
+    Missing,
+}
+
+impl Ticket {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ticket::Sent => "sent",
+            Ticket::Claimed => "claimed",
+            Ticket::Revoked => "revoked",
+            Ticket::Missing => "missing",
+        }
+    }
+}
+
+/// The dispatch `initiated` names, and how far its ticket got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatchState {
+    pub id: String,
+    pub ticket: Ticket,
+}
+
+/// Length of a dispatch id: 16 lower-case hex digits (64 random bits).
+pub const DISPATCH_ID_LEN: usize = 16;
+
+/// Whether `id` has the form of a dispatch id.
+pub fn is_dispatch_id(id: &str) -> bool {
+    id.len() == DISPATCH_ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A dispatch id from 8 random bytes.
+pub fn dispatch_id_from(bytes: [u8; 8]) -> String {
+    hex::encode(bytes)
 }
 
 /// Content of `finalized`.

@@ -82,11 +82,78 @@ macro_rules! path_name {
     };
 }
 
-path_name!(
-    /// A repository name, as the platform spells it (`orchestrator`).
-    RepoName,
-    "repo name"
-);
+/// A repository, by its identity: the name lower-cased (contract section 3).
+/// `applies` ignores case, so the state directory, the lock and the history
+/// do too: `Orchestrator` and `orchestrator` are one repo, never two
+/// dispatches. The spelling the caller gave is kept for what reaches the
+/// repo's own files (the worktree template's `{repo}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct RepoName {
+    key: String,
+    #[serde(skip)]
+    given: String,
+}
+
+impl RepoName {
+    pub fn new(raw: &str) -> Result<Self, NameError> {
+        check("repo name", raw)?;
+        Ok(RepoName {
+            key: raw.to_ascii_lowercase(),
+            given: raw.to_owned(),
+        })
+    }
+
+    /// The identity: lower-cased.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    /// The spelling the caller gave.
+    pub fn given(&self) -> &str {
+        &self.given
+    }
+}
+
+impl PartialEq for RepoName {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for RepoName {}
+
+impl std::hash::Hash for RepoName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl PartialOrd for RepoName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RepoName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+impl std::str::FromStr for RepoName {
+    type Err = NameError;
+    fn from_str(raw: &str) -> Result<Self, NameError> {
+        Self::new(raw)
+    }
+}
+
 path_name!(
     /// A work item id (`ORCH-36`), stable for the whole life of the task.
     WorkItem,
@@ -107,7 +174,8 @@ mod tests {
             ".hidden",
             "a..b",
         ] {
-            assert_eq!(RepoName::new(ok).unwrap().as_str(), ok);
+            assert_eq!(WorkItem::new(ok).unwrap().as_str(), ok);
+            assert_eq!(RepoName::new(ok).unwrap().given(), ok);
         }
         assert!(WorkItem::new(&"a".repeat(MAX_NAME_BYTES)).is_ok());
     }
@@ -122,6 +190,16 @@ mod tests {
             assert!(err.starts_with("invalid work item"), "{err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn a_repo_is_its_lower_cased_name() {
+        let a = RepoName::new("Orchestrator").unwrap();
+        let b = RepoName::new("ORCHESTRATOR").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), "orchestrator");
+        assert_eq!(a.to_string(), "orchestrator");
+        assert_eq!(a.given(), "Orchestrator");
     }
 
     #[test]

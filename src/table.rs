@@ -16,6 +16,8 @@ use crate::engine;
 use crate::exec::{ExecError, Performed};
 use crate::hook_result::parse_result;
 use crate::machine::{EventName, Facts, Revision, StateName};
+use crate::markers::{DispatchState, Ticket};
+use crate::store::Revoke;
 use crate::names::{RepoName, WorkItem};
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
@@ -39,27 +41,55 @@ enum Scenario {
     NotApplicable,
     StagingPortEqual,
     RevisionUnknown,
+    NoWorktree,
     NoTransportProgram,
-    DispatchFails,
+    /// The launch fails, and the revoke wins the rename.
+    LaunchFailsRevoked,
+    /// The launch fails, but the host claimed the ticket first.
+    LaunchFailsClaimed,
     ResultZero,
     ResultNonZero,
     Forced,
     NoMergedValue,
-    DeadlinePassed,
+    /// The ticket is claimed, no result yet.
+    TicketClaimed,
+    TicketClaimedDeadlinePassed,
+    /// The ticket is unclaimed past the claim timeout; the revoke wins.
+    ClaimOverdueRevoked,
+    /// The ticket is unclaimed past the claim timeout; the host claims it
+    /// just before the revoke.
+    ClaimOverdueClaimed,
+    /// A crash left the ticket revoked and `initiated` in place.
+    TicketRevoked,
+    /// A crash left `initiated` without its ticket.
+    TicketMissing,
+    /// `reset --force` while the host runs the hook.
+    ForcedClaimed,
+    /// An item the original engine started: no ticket, the legacy `result`.
+    Legacy,
 }
 
-const SCENARIOS: [Scenario; 11] = [
+const SCENARIOS: [Scenario; 20] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
     Scenario::RevisionUnknown,
+    Scenario::NoWorktree,
     Scenario::NoTransportProgram,
-    Scenario::DispatchFails,
+    Scenario::LaunchFailsRevoked,
+    Scenario::LaunchFailsClaimed,
     Scenario::ResultZero,
     Scenario::ResultNonZero,
     Scenario::Forced,
     Scenario::NoMergedValue,
-    Scenario::DeadlinePassed,
+    Scenario::TicketClaimed,
+    Scenario::TicketClaimedDeadlinePassed,
+    Scenario::ClaimOverdueRevoked,
+    Scenario::ClaimOverdueClaimed,
+    Scenario::TicketRevoked,
+    Scenario::TicketMissing,
+    Scenario::ForcedClaimed,
+    Scenario::Legacy,
 ];
 
 /// The whole table, by state and event, conditions in the order the
@@ -78,13 +108,27 @@ pub fn derive() -> Vec<Row> {
         .expect("scenario settings parse");
         let repo = RepoName::new(crate::config::SELF_HOSTING_REPO).expect("valid");
         let work_item = WorkItem::new("W-1").expect("valid");
+        use Scenario as S;
+        let ticket = match scenario {
+            S::TicketClaimed | S::TicketClaimedDeadlinePassed | S::ForcedClaimed => {
+                Ticket::Claimed
+            }
+            S::TicketRevoked => Ticket::Revoked,
+            S::TicketMissing => Ticket::Missing,
+            _ => Ticket::Sent,
+        };
+        let dispatch = DispatchState {
+            id: "0000000000000001".into(),
+            ticket,
+        };
+        let open_tickets = vec![dispatch.id.clone()];
         let facts = Facts {
             settings: &settings,
             repo: &repo,
             work_item: &work_item,
             now: "1970-01-01T00:00:00Z",
             actor: "table",
-            force: scenario == Scenario::Forced,
+            force: matches!(scenario, S::Forced | S::ForcedClaimed),
             merged: (scenario != Scenario::NoMergedValue).then_some(true),
             branch: Some("b"),
             worktree: Path::new("/worktree"),
@@ -92,9 +136,20 @@ pub fn derive() -> Vec<Row> {
                 Scenario::RevisionUnknown => Revision::Unknown("no commit".into()),
                 _ => Revision::Known("0000000".into()),
             },
+            worktree_check: match scenario {
+                Scenario::NoWorktree => Err("no worktree".into()),
+                _ => Ok(()),
+            },
             transport_program: match scenario {
                 Scenario::NoTransportProgram => Err("no ssh binary".into()),
                 _ => Ok(()),
+            },
+            new_dispatch_id: "0000000000000002",
+            dispatch: (scenario != S::Legacy).then_some(&dispatch),
+            open_tickets: if ticket == Ticket::Sent && scenario != S::Legacy {
+                &open_tickets
+            } else {
+                &[]
             },
             result: match scenario {
                 Scenario::ResultZero => parse_result(b"0"),
@@ -102,18 +157,27 @@ pub fn derive() -> Vec<Row> {
                 _ => None,
             },
             approved_by: Some("table"),
-            deadline_passed: (scenario == Scenario::DeadlinePassed).then(|| "deadline".to_owned()),
+            claim_overdue: matches!(scenario, S::ClaimOverdueRevoked | S::ClaimOverdueClaimed)
+                .then(|| "unclaimed".to_owned()),
+            deadline_passed: (scenario == S::TicketClaimedDeadlinePassed)
+                .then(|| "deadline".to_owned()),
         };
         for from in StateName::ALL {
             for event in EventName::ALL {
                 let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
                     Ok(match effect {
                         Effect::Ssh { .. } | Effect::Local { .. }
-                            if scenario == Scenario::DispatchFails =>
+                            if matches!(scenario, S::LaunchFailsRevoked | S::LaunchFailsClaimed) =>
                         {
                             Performed::Dispatched(Err("ssh failed".into()))
                         }
                         Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+                        Effect::RevokeTicket { .. }
+                            if matches!(scenario, S::LaunchFailsClaimed | S::ClaimOverdueClaimed) =>
+                        {
+                            Performed::Revoke(Revoke::Claimed)
+                        }
+                        Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
                         _ => Performed::Done,
                     })
                 };

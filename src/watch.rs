@@ -16,7 +16,7 @@ use crate::engine::{self, Clock, Request, SystemClock};
 use crate::exec::HostExecutor;
 use crate::machine::{EventName, StateName};
 use crate::names::{RepoName, WorkItem};
-use crate::store::{self, ItemPaths, Snapshot};
+use crate::store::{self, ItemPaths, Snapshot, Ticket};
 
 /// What a watch did, for its last log line and for tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +32,34 @@ fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
     let repo = parts.next()??.strip_prefix(".deploy-state-")?;
     let work_item = parts.next()??;
     let file = parts.next()??;
-    if file != crate::exec::remote::RESULT_FILE || parts.next().is_some() {
+    let is_result = file == crate::exec::remote::LEGACY_RESULT_FILE
+        || matches!(
+            crate::markers::TicketFile::parse(file),
+            Some((crate::markers::TicketFile::Result, _))
+        );
+    if !is_result || parts.next().is_some() {
         return None;
     }
     Some((RepoName::new(repo).ok()?, WorkItem::new(work_item).ok()?))
 }
 
-/// Whether a poll would finalize the item now: initiated, and a result or a
-/// passed deadline. Checked without the lock to avoid a history line for
-/// every idle look; the poll itself decides under the lock.
+/// Whether a poll would act on the item now: initiated, and a result, a
+/// passed deadline, or a dispatch to resolve (a ticket unclaimed past the
+/// claim timeout, revoked, or never written: the engine stopped
+/// mid-dispatch). Checked without the lock to avoid a history line for every
+/// idle look; the poll itself decides under the lock.
 fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     match Snapshot::load(&paths) {
         Ok(snap) if snap.state == StateName::Initiated => {
+            let now = SystemClock.now();
             snap.result.is_some()
-                || engine::deadline_passed(settings, &snap, &SystemClock.now()).is_some()
+                || matches!(
+                    snap.dispatch.as_ref().map(|d| d.ticket),
+                    Some(Ticket::Revoked | Ticket::Missing)
+                )
+                || engine::claim_overdue(settings, &snap, &now).is_some()
+                || engine::deadline_passed(settings, &snap, &now).is_some()
         }
         _ => false,
     }

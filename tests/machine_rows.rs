@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use selfdeploy::config::Settings;
-use selfdeploy::effect::Effect;
+use selfdeploy::effect::{Effect, RevokeReason};
 use selfdeploy::hook_result::parse_result;
 use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
-use selfdeploy::markers::{Dispatch, InitiatedRecord, Marker, decode};
+use selfdeploy::markers::{DispatchState, InitiatedRecord, Marker, Ticket, decode};
 use selfdeploy::names::{RepoName, WorkItem};
 
 use StateName::*;
@@ -16,7 +16,13 @@ struct World {
     settings: Settings,
     repo: RepoName,
     work_item: WorkItem,
+    /// The current dispatch: claimed by the host unless a test says otherwise.
+    dispatch: DispatchState,
+    open_tickets: Vec<String>,
 }
+
+const CURRENT: &str = "00000000000000aa";
+const NEW: &str = "00000000000000bb";
 
 impl World {
     fn new(overrides: &[(&str, &str)]) -> World {
@@ -24,7 +30,20 @@ impl World {
             settings: Settings::with_overrides(overrides).unwrap(),
             repo: RepoName::new("orchestrator").unwrap(),
             work_item: WorkItem::new("ORCH-9").unwrap(),
+            dispatch: DispatchState {
+                id: CURRENT.into(),
+                ticket: Ticket::Claimed,
+            },
+            open_tickets: Vec::new(),
         }
+    }
+
+    fn with_ticket(mut self, ticket: Ticket) -> World {
+        self.dispatch.ticket = ticket;
+        if ticket == Ticket::Sent {
+            self.open_tickets = vec![CURRENT.into()];
+        }
+        self
     }
 
     fn facts(&self) -> Facts<'_> {
@@ -39,9 +58,14 @@ impl World {
             branch: Some("deploy/ORCH-9"),
             worktree: Path::new("/wt"),
             revision: Revision::Known("abc123".into()),
+            worktree_check: Ok(()),
             transport_program: Ok(()),
+            new_dispatch_id: NEW,
+            dispatch: Some(&self.dispatch),
+            open_tickets: &self.open_tickets,
             result: None,
             approved_by: Some("alice"),
+            claim_overdue: None,
             deadline_passed: None,
         }
     }
@@ -77,11 +101,17 @@ fn approve_requested_request_approve_is_unchanged() {
 }
 
 #[test]
-fn approved_with_all_guards_passing_dispatches_after_a_durable_record() {
+fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket() {
     let w = World::new(&[]);
     let d = step(ApproveRequested, &Event::Approved, &w.facts());
     assert_eq!((d.to, d.outcome), (Initiated, Outcome::Transitioned));
-    assert_eq!(kinds(&d.effects), ["write_marker", "ssh"]);
+    assert_eq!(kinds(&d.effects), ["write_marker", "write_ticket", "ssh"]);
+    assert_eq!(
+        d.effects[1],
+        Effect::WriteTicket {
+            dispatch_id: NEW.into()
+        }
+    );
     let Effect::WriteMarker {
         marker: Marker::Initiated,
         content,
@@ -90,11 +120,11 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record() {
         panic!()
     };
     let record: InitiatedRecord = decode(content.as_bytes()).unwrap();
-    assert_eq!(record.dispatch, Dispatch::Pending);
+    assert_eq!(record.dispatch_id, NEW);
     assert_eq!(record.branch.as_deref(), Some("deploy/ORCH-9"));
     assert_eq!(record.worktree, "/wt");
     assert_eq!(record.revision.as_deref(), Some("abc123"));
-    let Effect::Ssh { argv } = &d.effects[1] else {
+    let Effect::Ssh { argv } = &d.effects[2] else {
         panic!()
     };
     assert_eq!(
@@ -112,24 +142,21 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record() {
         argv[4]
     );
     assert_eq!(record.argv, *argv);
+    assert!(
+        argv[4].starts_with(&format!(
+            "setsid bash -c 'mv /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/dispatch-{NEW} \
+             /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/claimed-{NEW} || exit 75; cd "
+        )),
+        "{}",
+        argv[4]
+    );
+    assert!(argv[4].contains(&format!("echo $? > /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}'")));
 
-    // The executor reports the launch: the record is rewritten as confirmed.
-    let d = step(Initiated, &Event::DispatchSucceeded, &w.facts());
-    assert_eq!((d.to, d.outcome), (Initiated, Outcome::Transitioned));
-    let Effect::WriteMarker {
-        marker: Marker::Initiated,
-        content,
-    } = &d.effects[0]
-    else {
-        panic!()
-    };
-    let confirmed: InitiatedRecord = decode(content.as_bytes()).unwrap();
+    // The executor reports the launch: nothing more to write.
+    let d = step(Initiated, &Event::Launched, &w.facts());
     assert_eq!(
-        confirmed,
-        InitiatedRecord {
-            dispatch: Dispatch::Confirmed,
-            ..record
-        }
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Transitioned, 0)
     );
 }
 
@@ -139,7 +166,7 @@ fn approved_without_freshness_omits_expected_revision() {
     let mut facts = w.facts();
     facts.revision = Revision::Inactive;
     let d = step(ApproveRequested, &Event::Approved, &facts);
-    let Effect::Ssh { argv } = &d.effects[1] else {
+    let Effect::Ssh { argv } = &d.effects[2] else {
         panic!()
     };
     assert!(!argv[4].contains("EXPECTED_REVISION"), "{}", argv[4]);
@@ -159,6 +186,13 @@ fn approved_is_refused_by_each_failing_guard_with_no_effects() {
                 ..plain.facts()
             },
             "freshness guard",
+        ),
+        (
+            Facts {
+                worktree_check: Err("worktree /wt does not exist".into()),
+                ..plain.facts()
+            },
+            "worktree guard: worktree /wt does not exist",
         ),
         (
             Facts {
@@ -185,11 +219,25 @@ fn approved_is_refused_by_each_failing_guard_with_no_effects() {
 }
 
 #[test]
-fn failed_dispatch_removes_initiated_and_waits_for_a_new_approval() {
+fn a_failed_launch_revokes_before_anything_else_is_decided() {
     let w = World::new(&[]);
+    let why = "ssh failed: exit status 255";
+    let d = step(Initiated, &Event::LaunchFailed(why.into()), &w.facts());
+    assert_eq!((d.to, d.outcome), (Initiated, Outcome::DispatchFailed));
+    assert_eq!(
+        d.effects,
+        [Effect::RevokeTicket {
+            dispatch_id: NEW.into(),
+            reason: RevokeReason::LaunchFailed,
+            detail: why.into(),
+        }]
+    );
+    assert_eq!(d.reason.as_deref(), Some(why));
+
+    // The revoke won: nothing can run; a human may approve again.
     let d = step(
         Initiated,
-        &Event::DispatchFailed("ssh failed: exit status 255".into()),
+        &Event::TicketRevoked(RevokeReason::LaunchFailed),
         &w.facts(),
     );
     assert_eq!(
@@ -202,7 +250,83 @@ fn failed_dispatch_removes_initiated_and_waits_for_a_new_approval() {
             marker: Marker::Initiated
         }]
     );
-    assert_eq!(d.reason.as_deref(), Some("ssh failed: exit status 255"));
+
+    // The host claimed first: ssh ran the command; the deploy is running.
+    let d = step(
+        Initiated,
+        &Event::TicketClaimed(RevokeReason::LaunchFailed, why.into()),
+        &w.facts(),
+    );
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Transitioned, 0)
+    );
+    let reason = d.reason.unwrap();
+    assert!(
+        reason.starts_with(why) && reason.contains("the host claimed the ticket"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_poll_resolves_a_dispatch_by_its_ticket() {
+    // Sent, within the claim timeout: wait.
+    let w = World::new(&[]).with_ticket(Ticket::Sent);
+    let d = step(Initiated, &Event::Poll, &w.facts());
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Deferred, 0)
+    );
+    // Sent, past it: revoke.
+    let overdue = Facts {
+        claim_overdue: Some("unclaimed for 121 s".into()),
+        ..w.facts()
+    };
+    let d = step(Initiated, &Event::Poll, &overdue);
+    assert_eq!(
+        d.effects,
+        [Effect::RevokeTicket {
+            dispatch_id: CURRENT.into(),
+            reason: RevokeReason::Unclaimed,
+            detail: "unclaimed for 121 s".into(),
+        }]
+    );
+    let d = step(
+        Initiated,
+        &Event::TicketRevoked(RevokeReason::Unclaimed),
+        &overdue,
+    );
+    assert_eq!(
+        (d.to, d.outcome),
+        (ApproveRequested, Outcome::DispatchFailed)
+    );
+    // The host claimed it just before the revoke: a running deploy.
+    let d = step(
+        Initiated,
+        &Event::TicketClaimed(RevokeReason::Unclaimed, String::new()),
+        &overdue,
+    );
+    assert_eq!(
+        (d.to, d.outcome, d.effects.len()),
+        (Initiated, Outcome::Deferred, 0)
+    );
+    // A crash left the ticket revoked, or never wrote it: nothing ran.
+    for ticket in [Ticket::Revoked, Ticket::Missing] {
+        let w = World::new(&[]).with_ticket(ticket);
+        let d = step(Initiated, &Event::Poll, &w.facts());
+        assert_eq!(
+            (d.to, d.outcome),
+            (ApproveRequested, Outcome::DispatchFailed),
+            "{ticket:?}"
+        );
+        assert_eq!(
+            d.effects,
+            [Effect::RemoveMarker {
+                marker: Marker::Initiated
+            }]
+        );
+        assert!(d.reason.unwrap().contains(CURRENT));
+    }
 }
 
 #[test]
@@ -363,6 +487,17 @@ fn reset_of_initiated_needs_force() {
     );
     assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
     assert_eq!(d.effects, [Effect::RemoveStateDir]);
+    // An unclaimed ticket is revoked before the directory goes.
+    let w = World::new(&[]).with_ticket(Ticket::Sent);
+    let d = step(
+        Initiated,
+        &Event::Reset,
+        &Facts {
+            force: true,
+            ..w.facts()
+        },
+    );
+    assert_eq!(kinds(&d.effects), ["revoke_ticket", "remove_state_dir"]);
 }
 
 /// The pairs the table lists; every other pair is illegal.

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use selfdeploy::config::Settings;
+use selfdeploy::engine;
 use selfdeploy::names::{RepoName, WorkItem};
 
 pub const EXIT_OK: u8 = 0;
@@ -68,20 +69,40 @@ enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    let settings = || Settings::load(cli.env_file.as_deref()).context("bad configuration");
+    let settings = || -> anyhow::Result<Settings> {
+        let settings = Settings::load(cli.env_file.as_deref()).context("bad configuration")?;
+        for warning in &settings.warnings {
+            eprintln!("selfdeploy: warning: {warning}");
+        }
+        Ok(settings)
+    };
+    // Commands that read the state: an unmounted share is an error, never an
+    // empty list.
+    let state = || -> anyhow::Result<Settings> {
+        let settings = settings()?;
+        engine::check_repos_dir(&settings)?;
+        Ok(settings)
+    };
     match cli.command {
         Command::Event(args) => event::run(&settings()?, args),
         Command::Explain(args) => explain::run(&settings()?, args),
-        Command::Status(args) => status::run(&settings()?, args),
-        Command::History(args) => history::run(&settings()?, args),
+        Command::Status(args) => status::run(&state()?, args),
+        Command::History(args) => history::run(&state()?, args),
         Command::Config(args) => config::run(cli.env_file.as_deref(), args),
         Command::GenSecrets(args) => gen_secrets::run(args),
         Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),
-        Command::Snapshot(args) => snapshot::run(&settings()?, args),
-        Command::Watch(args) => watch::run(settings()?, args),
+        Command::Snapshot(args) => snapshot::run(&state()?, args),
+        Command::Watch(args) => {
+            let settings = state()?;
+            let problems = settings.acting_problems();
+            if !problems.is_empty() {
+                return Err(engine::EngineError::Settings(problems).into());
+            }
+            watch::run(settings, args)
+        }
     }
 }
 

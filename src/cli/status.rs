@@ -4,9 +4,9 @@ use serde::Serialize;
 
 use selfdeploy::config::Settings;
 use selfdeploy::machine::StateName;
-use selfdeploy::markers::Dispatch;
+use selfdeploy::engine::{Clock as _, SystemClock};
 use selfdeploy::names::{RepoName, WorkItem};
-use selfdeploy::store::{self, ItemPaths, Snapshot};
+use selfdeploy::store::{self, DispatchState, ItemPaths, Snapshot, Ticket, Unreadable};
 
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
 
@@ -41,48 +41,88 @@ struct Row {
     /// `None` when the item's files could not be read (the note says why).
     state: Option<StateName>,
     files: Vec<String>,
-    /// pending (unconfirmed), confirmed, or unknown (not our marker).
-    dispatch: Option<&'static str>,
+    /// The current dispatch and its ticket (sent, claimed, revoked, missing);
+    /// `None` when nothing is initiated, or the original engine started it.
+    dispatch: Option<DispatchState>,
     result: Option<String>,
+    /// Results of other dispatches (late, after a revoke or a reset): never a verdict.
+    stale_results: Vec<String>,
+    /// State files that are not regular files (never followed, never waited on).
+    unreadable: Vec<Unreadable>,
     note: String,
 }
 
-fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot) -> Row {
-    let dispatch = snap
-        .initiated
-        .as_ref()
-        .map(|m| match m.record.as_ref().map(|r| r.dispatch) {
-            Some(Dispatch::Pending) => "unconfirmed",
-            Some(Dispatch::Confirmed) => "confirmed",
-            None => "unknown",
-        });
+fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
     let result = snap.result.as_ref().map(|r| r.code.clone());
-    let note = match (snap.state, dispatch, &snap.result) {
-        _ if snap.result_unreadable.is_some() => {
-            format!("result unreadable: {}", snap.result_unreadable.as_deref().unwrap_or_default())
+    let mut notes = Vec::new();
+    if let Some(why) = snap.poll_blocker() {
+        notes.push(format!("poll blocked: {why}; reset --force clears it"));
+    } else if let Some(u) = snap.unreadable.first() {
+        notes.push(format!("{} is unreadable: {}", u.file, u.why));
+    }
+    let age = snap
+        .initiated_record()
+        .and_then(|r| waited(&r.approved_at, now))
+        .map_or(String::new(), |s| format!(" {s} s ago"));
+    let dispatch = snap.dispatch.as_ref();
+    let id = dispatch.map_or("", |d| d.id.as_str());
+    match (snap.state, &snap.result, dispatch.map(|d| d.ticket)) {
+        (StateName::Initiated, Some(r), _) => notes.push(format!(
+            "result {} waiting to be finalized (poll)",
+            r.code
+        )),
+        (StateName::Initiated, None, Some(Ticket::Sent)) => notes.push(format!(
+            "dispatch {id} sent{age}, not claimed by the host yet; a poll revokes it after SELF_DEPLOY_CLAIM_TIMEOUT_SECS"
+        )),
+        (StateName::Initiated, None, Some(Ticket::Claimed)) => notes.push(format!(
+            "dispatch {id} claimed by the host: the deploy is running (dispatched{age}), no result yet"
+        )),
+        (StateName::Initiated, None, Some(Ticket::Revoked)) => notes.push(format!(
+            "dispatch {id} revoked before it ran; the next poll returns the item to approve_requested"
+        )),
+        (StateName::Initiated, None, Some(Ticket::Missing)) => notes.push(format!(
+            "dispatch {id} has no ticket (the engine stopped before the launch); the next poll returns the item to approve_requested"
+        )),
+        (StateName::Initiated, None, None) if snap.initiated.is_none() => {
+            notes.push("result without initiated".to_owned())
         }
-        (StateName::Initiated, _, Some(r)) => format!("result {} waiting to be finalized (poll)", r.code),
-        (StateName::Initiated, Some("unconfirmed"), None) => {
-            "dispatch unconfirmed: the engine stopped mid-dispatch; check the host, then reset --force".to_owned()
+        (StateName::Initiated, None, None) => {
+            notes.push("deploy in flight (started by the original engine), no result yet".to_owned())
         }
-        (StateName::Initiated, None, None) => "result without initiated".to_owned(),
-        (StateName::Initiated, _, None) => "deploy in flight, no result yet".to_owned(),
-        (StateName::ApproveRequested, ..) => "waiting for approval".to_owned(),
+        (StateName::ApproveRequested, ..) => notes.push("waiting for approval".to_owned()),
         (StateName::FinalizedSuccess | StateName::FinalizedFailed, ..) => {
-            let code = snap.finalized.flatten().map(|f| f.hook_exit_code);
-            format!("hook exit code {}", code.as_deref().unwrap_or("unknown"))
+            let code = snap.finalized.clone().flatten().map(|f| f.hook_exit_code);
+            notes.push(format!(
+                "hook exit code {}",
+                code.as_deref().unwrap_or("unknown")
+            ));
         }
-        (StateName::Idle, ..) => String::new(),
-    };
+        (StateName::Idle, ..) => {}
+    }
+    if !snap.stale_results.is_empty() {
+        notes.push(format!(
+            "stale: {} (another dispatch's, never a verdict)",
+            snap.stale_results.join(",")
+        ));
+    }
     Row {
         repo,
         work_item,
         state: Some(snap.state),
         files: snap.files,
-        dispatch,
+        dispatch: snap.dispatch,
         result,
-        note,
+        stale_results: snap.stale_results,
+        unreadable: snap.unreadable,
+        note: notes.join("; "),
     }
+}
+
+/// Whole seconds from `then` to `now` (RFC 3339), when both parse.
+fn waited(then: &str, now: &str) -> Option<u64> {
+    let then = humantime::parse_rfc3339(then).ok()?;
+    let now = humantime::parse_rfc3339(now).ok()?;
+    now.duration_since(then).ok().map(|d| d.as_secs())
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
@@ -95,11 +135,12 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         }
     };
     let single = args.repo.is_some();
+    let now = SystemClock.now();
     let mut rows = Vec::new();
     let mut failed = false;
     for (repo, wi) in items {
         match Snapshot::load(&ItemPaths::new(&settings.repos_dir, &repo, &wi)) {
-            Ok(snap) => rows.push(row(repo, wi, snap)),
+            Ok(snap) => rows.push(row(repo, wi, snap, &now)),
             // One bad item must not hide the others from an operator.
             Err(e) if !single => {
                 failed = true;
@@ -110,6 +151,8 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
                     files: Vec::new(),
                     dispatch: None,
                     result: None,
+                    stale_results: Vec::new(),
+                    unreadable: Vec::new(),
                     note: format!("error: {e}"),
                 });
             }

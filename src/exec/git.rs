@@ -83,6 +83,29 @@ pub fn publish(
     notes
 }
 
+/// Whether `worktree` is a directory inside a git work tree (the dispatch's
+/// worktree guard: a deploy never starts that could not be recorded).
+pub fn work_tree(settings: &Settings, worktree: &Path) -> Result<(), String> {
+    if !worktree.is_dir() {
+        return Err(format!("worktree {} does not exist", worktree.display()));
+    }
+    let out = git(
+        settings,
+        worktree,
+        &["rev-parse", "--is-inside-work-tree"],
+        settings.git_timeout,
+    )?;
+    if out.success() && out.stdout.trim() == "true" {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a git work tree ({})",
+            worktree.display(),
+            out.summary()
+        ))
+    }
+}
+
 /// The commit at the tip of `branch` (or HEAD) in the worktree.
 pub fn branch_tip(
     settings: &Settings,

@@ -14,7 +14,8 @@ use std::io;
 use crate::atomic;
 use crate::config::Settings;
 use crate::effect::Effect;
-use crate::store::ItemPaths;
+use crate::markers;
+use crate::store::{ItemPaths, Revoke};
 
 /// What performing an effect produced, as far as the caller cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub enum Performed {
     Notes(Vec<String>),
     /// A dispatch: launched, or why not. Fed back to the machine.
     Dispatched(Result<(), String>),
+    /// What a revoke's rename found. Fed back to the machine.
+    Revoke(Revoke),
 }
 
 /// An effect that could not be performed; the event stops there.
@@ -41,6 +44,18 @@ pub trait Executor {
         process::find(program)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether the worktree exists and is a git work tree (`Err(why)` if not).
+    fn work_tree(&mut self, settings: &Settings, worktree: &std::path::Path) -> Result<(), String> {
+        git::work_tree(settings, worktree)
+    }
+
+    /// A fresh dispatch id from the OS random source.
+    fn new_dispatch_id(&mut self) -> Result<String, String> {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|e| format!("no random bytes from the OS: {e}"))?;
+        Ok(markers::dispatch_id_from(bytes))
     }
 
     /// The commit at the tip of `branch` (or HEAD) in the worktree.
@@ -81,6 +96,14 @@ impl Executor for HostExecutor<'_> {
                         e,
                     )
                 }),
+            Effect::WriteTicket { dispatch_id } => paths
+                .write_ticket(dispatch_id, "")
+                .map(|()| Performed::Done)
+                .map_err(|e| fail(format!("cannot write the ticket of dispatch {dispatch_id}"), e)),
+            Effect::RevokeTicket { dispatch_id, .. } => paths
+                .revoke_ticket(dispatch_id)
+                .map(Performed::Revoke)
+                .map_err(|e| fail(format!("cannot revoke dispatch {dispatch_id}"), e)),
             Effect::Ssh { argv } | Effect::Local { argv } => {
                 Ok(Performed::Dispatched(self.launch(argv)))
             }
@@ -176,6 +199,7 @@ impl Executor for RecordingExecutor {
         self.performed.push(effect.clone());
         Ok(match effect {
             Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+            Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
             _ => Performed::Done,
         })
     }

@@ -7,10 +7,15 @@
 use std::path::Path;
 
 use crate::config::{Settings, Transport};
+use crate::markers::TicketFile;
 use crate::names::{RepoName, WorkItem};
 
-/// File the host wrapper writes the hook's exit code into.
-pub const RESULT_FILE: &str = "result";
+/// File the original engine's wrapper writes the hook's exit code into; ours
+/// writes `result-<id>` (see [`crate::markers::TicketFile`]).
+pub const LEGACY_RESULT_FILE: &str = "result";
+/// Exit status of the host wrapper when its ticket was gone (revoked, or
+/// claimed by another): the hook did not run.
+pub const CLAIM_LOST_EXIT: u8 = 75;
 /// File the host wrapper appends the hook's output to.
 pub const HOOK_LOG_FILE: &str = "hook.log";
 
@@ -31,18 +36,26 @@ pub fn state_dir_under(base: &Path, repo: &RepoName, work_item: &WorkItem) -> st
         .join(work_item.as_str())
 }
 
-/// The shell command the host runs, detached, for one dispatch.
+/// The shell command the host runs, detached, for dispatch `dispatch_id`:
+/// first claim the ticket (the rename is the only arbiter: a revoked or
+/// missing ticket stops the wrapper before the hook), then the original's
+/// command with its result renamed `result-<id>`.
 pub fn remote_command(
     settings: &Settings,
     repo: &RepoName,
     work_item: &WorkItem,
+    dispatch_id: &str,
     expected_revision: Option<&str>,
 ) -> String {
     let host_dir = state_dir_under(Path::new(&settings.host_repos_dir), repo, work_item);
-    let result = host_dir.join(RESULT_FILE);
-    let hook_log = host_dir.join(HOOK_LOG_FILE);
+    let host_file = |name: String| host_dir.join(name).to_string_lossy().into_owned();
     let q = shell_quote;
     let mut inner = format!(
+        "mv {ticket} {claimed} || exit {CLAIM_LOST_EXIT}; ",
+        ticket = q(&host_file(TicketFile::Dispatch.name(dispatch_id))),
+        claimed = q(&host_file(TicketFile::Claimed.name(dispatch_id))),
+    );
+    inner.push_str(&format!(
         "cd {repo_path} && REPO={repo_path} SOURCE_IMAGE={source} TARGET_SERVICE={service} \
          TARGET_PORT={port} TARGET_IMAGE={image} COMPOSE_PROFILE={profile} PREV_IMAGE_FILE={prev}",
         repo_path = q(&settings.host_repo_path),
@@ -52,7 +65,7 @@ pub fn remote_command(
         image = q(&settings.target_image),
         profile = q(&settings.compose_profile),
         prev = q(&settings.prev_image_file),
-    );
+    ));
     if let Some(sha) = expected_revision {
         inner.push_str(" EXPECTED_REVISION=");
         inner.push_str(&q(sha));
@@ -60,12 +73,12 @@ pub fn remote_command(
     inner.push_str(&format!(
         " bash {hook} --deploy; echo $? > {result}",
         hook = q(&settings.hook_script),
-        result = q(&result.to_string_lossy()),
+        result = q(&host_file(TicketFile::Result.name(dispatch_id))),
     ));
     format!(
         "setsid bash -c {} >> {} 2>&1 </dev/null &",
         q(&inner),
-        q(&hook_log.to_string_lossy())
+        q(&host_file(HOOK_LOG_FILE.to_owned()))
     )
 }
 
@@ -137,11 +150,13 @@ mod tests {
         Settings::with_overrides(&all).unwrap()
     }
 
+    const ID: &str = "0123456789abcdef";
+
     fn argv(overrides: &[(&str, &str)], sha: Option<&str>) -> Vec<String> {
         let s = settings(overrides);
         let repo = RepoName::new("orchestrator").unwrap();
         let wi = WorkItem::new("ORCH-36").unwrap();
-        dispatch_argv(&s, remote_command(&s, &repo, &wi, sha))
+        dispatch_argv(&s, remote_command(&s, &repo, &wi, ID, sha))
     }
 
     // Expected strings below were written out by hand from contract section 6.
@@ -154,10 +169,12 @@ mod tests {
                 "-o",
                 "StrictHostKeyChecking=no",
                 "deploy@prodhost",
-                "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
+                "setsid bash -c 'mv /host/repos/.deploy-state-orchestrator/ORCH-36/dispatch-0123456789abcdef \
+                 /host/repos/.deploy-state-orchestrator/ORCH-36/claimed-0123456789abcdef || exit 75; \
+                 cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
                  TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE=prod \
                  PREV_IMAGE_FILE=/host/prev EXPECTED_REVISION=0123abc bash scripts/deploy-hook.sh \
-                 --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result' \
+                 --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' \
                  >> /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
             ]
         );
@@ -172,10 +189,12 @@ mod tests {
         assert_eq!(got[3], "prodhost");
         assert_eq!(
             got[4],
-            "setsid bash -c 'cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
+            "setsid bash -c 'mv /host/repos/.deploy-state-orchestrator/ORCH-36/dispatch-0123456789abcdef \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/claimed-0123456789abcdef || exit 75; \
+             cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
              TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE='\"'\"''\"'\"' \
              PREV_IMAGE_FILE=/host/prev bash scripts/deploy-hook.sh --deploy; echo $? > \
-             /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' >> \
              /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
         );
     }
@@ -195,12 +214,14 @@ mod tests {
         );
         assert_eq!(
             got[4],
-            "setsid bash -c 'cd '\"'\"'/data/my app'\"'\"' && REPO='\"'\"'/data/my app'\"'\"' \
+            "setsid bash -c 'mv /host/repos/.deploy-state-orchestrator/ORCH-36/dispatch-0123456789abcdef \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/claimed-0123456789abcdef || exit 75; \
+             cd '\"'\"'/data/my app'\"'\"' && REPO='\"'\"'/data/my app'\"'\"' \
              SOURCE_IMAGE='\"'\"'it'\"'\"'\"'\"'\"'\"'\"'\"'s'\"'\"' TARGET_SERVICE='\"'\"'a\"b'\"'\"' \
              TARGET_PORT=9500 TARGET_IMAGE='\"'\"'$(reboot)'\"'\"' COMPOSE_PROFILE=prod \
              PREV_IMAGE_FILE='\"'\"'`x`;y'\"'\"' EXPECTED_REVISION='\"'\"'a b'\"'\"' \
              bash '\"'\"'hooks/déploy.sh'\"'\"' --deploy; echo $? > \
-             /host/repos/.deploy-state-orchestrator/ORCH-36/result' >> \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' >> \
              /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
         );
     }

@@ -62,8 +62,16 @@ pub struct Step {
 pub enum Act {
     /// The stage engine delivers an event.
     Event(EventStep),
-    /// The host wrapper writes `result` with this content.
+    /// The host wrapper finishes and writes its result with this content:
+    /// `result-<id>` of the last dispatch it claimed in this replay, or the
+    /// legacy `result` (the original's wrapper) when it claimed none.
     HostWritesResult(String),
+    /// The host wrapper of the last dispatch starts: it claims the ticket by
+    /// renaming `dispatch-<id>` to `claimed-<id>`, or finds it gone and stops.
+    HostClaims,
+    /// A late result of the `dispatch`-th dispatch of this replay (1 for the
+    /// first): `result-<id>` with this content, in whatever directory is there.
+    LateResult { dispatch: usize, content: String },
     /// The engine dies after performing `after` effects of this event.
     Crash { after: usize, event: EventStep },
     /// The clock moves on by this many seconds.
@@ -91,6 +99,13 @@ pub struct EventStep {
     /// The dispatch fails with this error (ssh's exit, a timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch_fails: Option<String>,
+    /// The host claims the ticket while the launch is still running (with
+    /// `dispatch_fails`: ssh ran the command, then reported a failure).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_claims: bool,
+    /// The worktree is not a git work tree (the worktree guard says no).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_worktree: bool,
     /// What `git rev-parse` finds in the worktree; none: no commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch_tip: Option<String>,

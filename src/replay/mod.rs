@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub use capture::capture;
 pub use fixture::{Act, EventStep, Expect, Fixture, Step};
-pub use runner::{Actual, Mismatch, Replayer, compare};
+pub use runner::{Actual, Faults, Mismatch, Replayer, compare};
 
 use crate::table::Row;
 
@@ -96,6 +96,10 @@ fn describe(act: &Act) -> String {
     match act {
         Act::Event(e) => format!("event {}", e.event),
         Act::HostWritesResult(c) => format!("host writes result {c:?}"),
+        Act::HostClaims => "host claims the ticket".to_owned(),
+        Act::LateResult { dispatch, content } => {
+            format!("late result {content:?} of dispatch {dispatch}")
+        }
         Act::Crash { after, event } => format!("event {} dies after {after} effects", event.event),
         Act::TimePasses(s) => format!("{s} s pass"),
         Act::LockHeld(e) => format!("event {} while another process holds the lock", e.event),

@@ -14,6 +14,7 @@ use crate::effect::Effect;
 use crate::engine::{self, Clock, Request};
 use crate::exec::{ExecError, Executor, HostExecutor, Performed};
 use crate::machine::EventName;
+use crate::markers::TicketFile;
 use crate::names::{RepoName, WorkItem};
 use crate::store::{self, ItemLock, ItemPaths, Snapshot};
 use crate::table::Row;
@@ -41,6 +42,19 @@ struct ReplayExecutor<'a> {
     crash_after: Option<usize>,
     performed: usize,
     launched: bool,
+    /// The ids issued so far in this replay, oldest first.
+    dispatches: &'a mut Vec<String>,
+    /// The id the host claimed during this step, if any.
+    claimed: Option<String>,
+    faults: Faults,
+}
+
+/// Deliberate breaks of the protocol, for tests that show the model-based
+/// test catches them. Never set in a real replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Report a revoke as done without renaming the ticket.
+    pub skip_revoke: bool,
 }
 
 impl Executor for ReplayExecutor<'_> {
@@ -50,10 +64,22 @@ impl Executor for ReplayExecutor<'_> {
         }
         self.performed += 1;
         match effect {
-            Effect::WriteMarker { .. } | Effect::RemoveMarker { .. } | Effect::RemoveStateDir => {
-                self.files.perform(paths, effect)
+            Effect::RevokeTicket { .. } if self.faults.skip_revoke => {
+                Ok(Performed::Revoke(crate::store::Revoke::Revoked))
             }
+            Effect::WriteMarker { .. }
+            | Effect::RemoveMarker { .. }
+            | Effect::RemoveStateDir
+            | Effect::WriteTicket { .. }
+            | Effect::RevokeTicket { .. } => self.files.perform(paths, effect),
             Effect::Ssh { .. } | Effect::Local { .. } => {
+                self.launched = true;
+                if self.step.host_claims
+                    && let Some(id) = self.dispatches.last()
+                    && claim(paths, id)
+                {
+                    self.claimed = Some(id.clone());
+                }
                 Ok(Performed::Dispatched(match &self.step.dispatch_fails {
                     Some(why) => Err(why.clone()),
                     None => Ok(()),
@@ -62,6 +88,21 @@ impl Executor for ReplayExecutor<'_> {
             Effect::WriteDeployLog { .. }
             | Effect::GitPublish { .. }
             | Effect::StampMerged { .. } => Ok(Performed::Done),
+        }
+    }
+
+    fn new_dispatch_id(&mut self) -> Result<String, String> {
+        // Deterministic, so that replays print the same bytes every time.
+        let id = format!("{:016x}", self.dispatches.len() + 1);
+        self.dispatches.push(id.clone());
+        Ok(id)
+    }
+
+    fn work_tree(&mut self, _: &Settings, worktree: &Path) -> Result<(), String> {
+        if self.step.no_worktree {
+            Err(format!("{} is not a git work tree", worktree.display()))
+        } else {
+            Ok(())
         }
     }
 
@@ -106,6 +147,20 @@ pub struct Actual {
     pub had_result: bool,
     /// Whether the step launched the hook (even if it then crashed).
     pub launched: bool,
+    /// The dispatch whose ticket the host claimed during this step: the hook
+    /// started for it.
+    pub hook_started: Option<String>,
+}
+
+/// The host wrapper's first act: `mv dispatch-<id> claimed-<id>`. True when
+/// this claim won the rename.
+fn claim(paths: &ItemPaths, id: &str) -> bool {
+    use crate::markers::TicketFile;
+    fs::rename(
+        paths.ticket_file(TicketFile::Dispatch, id),
+        paths.ticket_file(TicketFile::Claimed, id),
+    )
+    .is_ok()
 }
 
 /// A fixture being replayed, one step at a time.
@@ -117,6 +172,11 @@ pub struct Replayer {
     work_item: WorkItem,
     paths: ItemPaths,
     clock: FixedClock,
+    /// Dispatch ids issued in this replay, oldest first.
+    dispatches: Vec<String>,
+    /// The last dispatch the host claimed.
+    last_claimed: Option<String>,
+    faults: Faults,
 }
 
 impl Replayer {
@@ -165,7 +225,32 @@ impl Replayer {
             work_item,
             paths,
             clock: FixedClock(Cell::new(clock)),
+            dispatches: Vec::new(),
+            last_claimed: None,
+            faults: Faults::default(),
         })
+    }
+
+    /// Breaks the protocol on purpose (tests of the tests only).
+    #[doc(hidden)]
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// The dispatch `initiated` names now, if it is ours.
+    pub fn current_dispatch(&self) -> Option<String> {
+        let snap = Snapshot::load(&self.paths).ok()?;
+        snap.dispatch.map(|d| d.id)
+    }
+
+    /// The `finalized` record on disk, if any.
+    pub fn finalized(&self) -> Option<crate::markers::FinalizedRecord> {
+        Snapshot::load(&self.paths).ok()?.finalized.flatten()
+    }
+
+    /// The dispatch ids issued so far, oldest first.
+    pub fn dispatches(&self) -> &[String] {
+        &self.dispatches
     }
 
     /// The state and files on disk now.
@@ -206,8 +291,42 @@ impl Replayer {
             Act::Crash { after, event } => self.event(event, Some(*after), false)?,
             Act::LockHeld(step) => self.event(step, None, true)?,
             Act::HostWritesResult(content) => {
-                fs::create_dir_all(&self.paths.state_dir).map_err(|e| e.to_string())?;
-                fs::write(self.paths.result_file(), content).map_err(|e| e.to_string())?;
+                let path = match &self.last_claimed {
+                    Some(id) => self.paths.ticket_file(TicketFile::Result, id),
+                    None => {
+                        fs::create_dir_all(&self.paths.state_dir).map_err(|e| e.to_string())?;
+                        self.paths.legacy_result_file()
+                    }
+                };
+                // The wrapper's redirection fails when the directory is gone.
+                let _ = fs::write(path, content);
+                self.observe()
+            }
+            Act::HostClaims => {
+                let won = self
+                    .dispatches
+                    .last()
+                    .filter(|id| claim(&self.paths, id))
+                    .cloned();
+                if won.is_some() {
+                    self.last_claimed.clone_from(&won);
+                }
+                Actual {
+                    hook_started: won,
+                    ..self.observe()
+                }
+            }
+            Act::LateResult { dispatch, content } => {
+                let id = dispatch
+                    .checked_sub(1)
+                    .and_then(|i| self.dispatches.get(i))
+                    .ok_or_else(|| {
+                        format!(
+                            "LateResult names dispatch {dispatch}, but this replay made {}",
+                            self.dispatches.len()
+                        )
+                    })?;
+                let _ = fs::write(self.paths.ticket_file(TicketFile::Result, id), content);
                 self.observe()
             }
             Act::TimePasses(seconds) => {
@@ -257,11 +376,17 @@ impl Replayer {
             crash_after,
             performed: 0,
             launched: false,
+            dispatches: &mut self.dispatches,
+            claimed: None,
+            faults: self.faults,
         };
         let (settings, clock) = (&self.settings, &self.clock);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             engine::handle(settings, &request, &mut executor, clock)
         }));
+        let (launched, claimed, performed) =
+            (executor.launched, executor.claimed.take(), executor.performed);
+        drop(executor);
         let mut actual = self.observe();
         match outcome {
             Err(payload) if payload.is::<SimulatedCrash>() => actual.crashed = true,
@@ -287,11 +412,15 @@ impl Replayer {
                 actual.effects = Some(kinds);
             }
         }
-        actual.launched = executor.launched;
+        actual.launched = launched;
+        actual.hook_started = claimed.clone();
+        if claimed.is_some() {
+            self.last_claimed = claimed;
+        }
         if crash_after.is_some() && !actual.crashed {
             actual.error = Some(format!(
                 "the event performed only {} effects, so it could not crash after {}",
-                executor.performed,
+                performed,
                 crash_after.unwrap_or_default()
             ));
         }

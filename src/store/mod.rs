@@ -21,11 +21,14 @@ pub use history::{
     HistoryEntry, Verification, append_history, head_path, read_history, verify_history,
 };
 pub use lock::{ItemLock, LockError};
-pub use snapshot::{InitiatedMarker, Snapshot, StoreError};
+pub use crate::markers::{DispatchState, Ticket};
+pub use snapshot::{
+    InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular,
+};
 
 use crate::atomic;
 use crate::exec::remote;
-use crate::markers::Marker;
+use crate::markers::{Marker, TicketFile};
 use crate::names::{RepoName, WorkItem};
 
 /// The files of one work item.
@@ -60,8 +63,40 @@ impl ItemPaths {
         self.state_dir.join(marker.file_name())
     }
 
-    pub fn result_file(&self) -> PathBuf {
-        self.state_dir.join(remote::RESULT_FILE)
+    /// A file of the claim protocol for dispatch `id`.
+    pub fn ticket_file(&self, kind: TicketFile, id: &str) -> PathBuf {
+        self.state_dir.join(kind.name(id))
+    }
+
+    /// The legacy `result` of the original engine's wrapper.
+    pub fn legacy_result_file(&self) -> PathBuf {
+        self.state_dir.join(remote::LEGACY_RESULT_FILE)
+    }
+
+    /// Writes the ticket `dispatch-<id>` durably (before the launch).
+    pub fn write_ticket(&self, id: &str, content: &str) -> io::Result<()> {
+        self.ensure_state_dir()?;
+        atomic::write(&self.ticket_file(TicketFile::Dispatch, id), content.as_bytes())
+    }
+
+    /// Revokes dispatch `id`: `rename(dispatch-<id>, revoked-<id>)`, the one
+    /// arbiter against the host's claim. Whoever renames first wins.
+    pub fn revoke_ticket(&self, id: &str) -> io::Result<Revoke> {
+        let revoked = self.ticket_file(TicketFile::Revoked, id);
+        match fs::rename(self.ticket_file(TicketFile::Dispatch, id), &revoked) {
+            Ok(()) => {
+                atomic::sync_dir(&self.state_dir)?;
+                Ok(Revoke::Revoked)
+            }
+            // A revoke after a crash finds its own earlier rename.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && revoked.exists() => {
+                Ok(Revoke::Revoked)
+            }
+            // No ticket: the host claimed it (or it is gone by hand, which
+            // must be read the same way: at most once comes first).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Revoke::Claimed),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn write_marker(&self, marker: Marker, content: &str) -> io::Result<()> {
@@ -102,14 +137,21 @@ impl ItemPaths {
     }
 }
 
+/// What a revoke found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// The ticket is `revoked-<id>` now: this dispatch never runs.
+    Revoked,
+    /// The host claimed it first: the hook is running.
+    Claimed,
+}
+
 /// Every work item with a state directory under `repos_dir`, sorted.
 pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
     let mut items = Vec::new();
-    let entries = match fs::read_dir(repos_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(items),
-        Err(e) => return Err(e),
-    };
+    // A missing REPOS_DIR is an error, never "nothing in flight": an
+    // unmounted share must be noticed.
+    let entries = fs::read_dir(repos_dir)?;
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
@@ -119,7 +161,8 @@ pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
         let Ok(repo) = RepoName::new(repo) else {
             continue;
         };
-        if !entry.path().is_dir() {
+        // The identity is lower-cased: a spelling with capitals is not ours.
+        if repo.as_str() != repo.given() || !entry.file_type()?.is_dir() {
             continue;
         }
         for item in fs::read_dir(entry.path())? {

@@ -1,20 +1,31 @@
 //! Reading a work item's state directory and deriving its state (contract
 //! sections 4 and 9).
+//!
+//! The directory is on a mount the host writes too, so nothing in it is
+//! trusted to be what its name says: every file is opened without following
+//! a symlink and without blocking on a FIFO, and must be a regular file.
 
-use std::fs::{self, File};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::ItemPaths;
 use crate::atomic::TEMP_PREFIX;
+use crate::exec::remote::LEGACY_RESULT_FILE;
 use crate::hook_result::{self, HookExit, Verdict};
 use crate::machine::StateName;
-use crate::markers::{self, ApproveRecord, FinalizedRecord, InitiatedRecord, Marker};
+use crate::markers::{
+    self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, TicketFile,
+};
 
-/// Read at most this much of `result`; anything longer is not an exit code
+/// Read at most this much of a result; anything longer is not an exit code
 /// (blank padding included, the original reads it whole).
 const RESULT_READ_LIMIT: u64 = 16 * 1024 * 1024;
+/// Markers hold one short JSON line; a larger one is not ours.
+const MARKER_READ_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +42,13 @@ pub struct InitiatedMarker {
     pub record: Option<InitiatedRecord>,
 }
 
+/// A state file that is not a regular file we can read, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub file: String,
+    pub why: String,
+}
+
 /// Everything on disk about one work item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -40,16 +58,25 @@ pub struct Snapshot {
     pub approve: Option<Option<ApproveRecord>>,
     pub initiated: Option<InitiatedMarker>,
     pub finalized: Option<Option<FinalizedRecord>>,
+    /// The current dispatch (when `initiated` is ours).
+    pub dispatch: Option<DispatchState>,
+    /// The result that decides this item: `result-<id>` of the current
+    /// dispatch, or the legacy `result` for an item the original started.
     pub result: Option<HookExit>,
-    /// `result` exists but cannot be read (why). Only a poll needs it: the
-    /// other events, reset above all, must still work.
-    pub result_unreadable: Option<String>,
+    /// Results that are not the current dispatch's: never a verdict.
+    pub stale_results: Vec<String>,
+    /// Ids of every unclaimed ticket (`dispatch-<id>`) in the directory.
+    pub open_tickets: Vec<String>,
+    /// State files that could not be read (a symlink, a FIFO, a directory,
+    /// a device, an I/O error). A poll needs `initiated` and the result, so
+    /// those block it; every other event still works, reset above all.
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Snapshot {
     pub fn load(paths: &ItemPaths) -> Result<Snapshot, StoreError> {
         let dir = &paths.state_dir;
-        let io = |path: &std::path::Path, error| StoreError::Io {
+        let io = |path: &Path, error| StoreError::Io {
             path: path.display().to_string(),
             error,
         };
@@ -71,32 +98,108 @@ impl Snapshot {
             Err(e) => return Err(io(dir, e)),
         }
         files.sort();
+        let present = |name: &str| files.binary_search_by(|f| f.as_str().cmp(name)).is_ok();
 
-        let read_marker = |marker: Marker| -> Result<Option<Vec<u8>>, StoreError> {
-            let path = paths.marker(marker);
-            if !path.is_file() {
-                return Ok(None);
+        let mut unreadable = Vec::new();
+        let mut read = |name: &str, limit: u64| -> Option<Vec<u8>> {
+            if !present(name) {
+                return None;
             }
-            fs::read(&path).map(Some).map_err(|e| io(&path, e))
+            match read_state_file(&dir.join(name), limit) {
+                Ok(bytes) => Some(bytes),
+                Err(why) => {
+                    unreadable.push(Unreadable {
+                        file: name.to_owned(),
+                        why: why.to_string(),
+                    });
+                    // Present all the same: its content is unknown.
+                    Some(Vec::new())
+                }
+            }
         };
-        let approve = read_marker(Marker::ApproveRequested)?.map(|c| markers::decode(&c));
-        let initiated = read_marker(Marker::Initiated)?.map(|c| InitiatedMarker {
-            record: markers::decode(&c),
+        let approve = read(Marker::ApproveRequested.file_name(), MARKER_READ_LIMIT)
+            .map(|c| markers::decode(&c));
+        let initiated = read(Marker::Initiated.file_name(), MARKER_READ_LIMIT).map(|c| {
+            InitiatedMarker {
+                record: markers::decode::<InitiatedRecord>(&c),
+            }
         });
         // A finalized marker we cannot read still means finalized: fail closed.
         let finalized: Option<Option<FinalizedRecord>> =
-            read_marker(Marker::Finalized)?.map(|c| markers::decode(&c));
-        let (result, result_unreadable) = match read_result(paths) {
-            Ok(result) => (result, None),
-            Err(e) => (None, Some(e.to_string())),
+            read(Marker::Finalized.file_name(), MARKER_READ_LIMIT).map(|c| markers::decode(&c));
+        let initiated_unreadable = unreadable
+            .iter()
+            .any(|u| u.file == Marker::Initiated.file_name());
+
+        let current = initiated
+            .as_ref()
+            .and_then(|m| m.record.as_ref())
+            .map(|r| r.dispatch_id.clone());
+        let mut stale_results = Vec::new();
+        let mut open_tickets = Vec::new();
+        let mut ticket = Ticket::Missing;
+        let mut result_name = None;
+        for name in &files {
+            if let Some((TicketFile::Dispatch, id)) = TicketFile::parse(name) {
+                open_tickets.push(id.to_owned());
+            }
+            match (TicketFile::parse(name), current.as_deref()) {
+                (Some((TicketFile::Result, id)), Some(cur)) if id == cur => {
+                    result_name = Some(name.clone())
+                }
+                (Some((TicketFile::Result, _)), _) => stale_results.push(name.clone()),
+                (Some((kind, id)), Some(cur)) if id == cur => {
+                    // Of the three, the furthest along wins: a claim or a
+                    // revoke is a rename, so two at once means a hand edit.
+                    let seen = match kind {
+                        TicketFile::Dispatch => Ticket::Sent,
+                        TicketFile::Claimed => Ticket::Claimed,
+                        _ => Ticket::Revoked,
+                    };
+                    if ticket == Ticket::Missing || seen != Ticket::Sent {
+                        ticket = seen;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The legacy `result` decides only for an item the original started
+        // (an `initiated` that is not ours, or none at all); beside our own
+        // record it is someone else's late result.
+        // An item with any file of the claim protocol is ours, whatever
+        // `initiated` says now.
+        let ours = current.is_some() || files.iter().any(|f| TicketFile::parse(f).is_some());
+        let legacy = present(LEGACY_RESULT_FILE) && !(ours && initiated.is_none());
+        if present(LEGACY_RESULT_FILE) && (ours || initiated_unreadable) {
+            stale_results.push(LEGACY_RESULT_FILE.to_owned());
+        } else if legacy {
+            result_name = Some(LEGACY_RESULT_FILE.to_owned());
+        }
+        let result = match result_name {
+            Some(name) => match read_state_file(&dir.join(&name), RESULT_READ_LIMIT) {
+                Ok(raw) => hook_result::parse_result(&raw),
+                Err(ReadError::TooLarge(len)) => Some(HookExit {
+                    code: "1".into(),
+                    garbage: Some(format!("<{len} bytes>")),
+                }),
+                Err(why) => {
+                    unreadable.push(Unreadable {
+                        file: name,
+                        why: why.to_string(),
+                    });
+                    None
+                }
+            },
+            None => None,
         };
+        let dispatch = current.map(|id| DispatchState { id, ticket });
 
         let state = if let Some(record) = &finalized {
             match record.as_ref().map(|r| r.deploy_status) {
                 Some(Verdict::Success) => StateName::FinalizedSuccess,
                 _ => StateName::FinalizedFailed,
             }
-        } else if initiated.is_some() || result.is_some() || result_unreadable.is_some() {
+        } else if initiated.is_some() || legacy {
             StateName::Initiated
         } else if approve.is_some() {
             StateName::ApproveRequested
@@ -109,36 +212,93 @@ impl Snapshot {
             approve,
             initiated,
             finalized,
+            dispatch,
             result,
-            result_unreadable,
+            stale_results,
+            open_tickets,
+            unreadable,
         })
+    }
+
+    /// Why a poll cannot go on: a file it must read is unreadable.
+    pub fn poll_blocker(&self) -> Option<String> {
+        let needed = |u: &&Unreadable| {
+            u.file == Marker::Initiated.file_name()
+                || u.file == LEGACY_RESULT_FILE
+                || TicketFile::parse(&u.file).is_some_and(|(k, _)| k == TicketFile::Result)
+        };
+        self.unreadable
+            .iter()
+            .find(needed)
+            .map(|u| format!("{} is unreadable: {}", u.file, u.why))
+    }
+
+    /// The record `initiated` holds, when it is ours.
+    pub fn initiated_record(&self) -> Option<&InitiatedRecord> {
+        self.initiated.as_ref().and_then(|m| m.record.as_ref())
     }
 }
 
-fn read_result(paths: &ItemPaths) -> Result<Option<HookExit>, StoreError> {
-    let path = paths.result_file();
-    let io = |error| StoreError::Io {
-        path: path.display().to_string(),
-        error,
-    };
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let meta = file.metadata().map_err(io)?;
-    if meta.is_dir() {
-        return Err(io(io::Error::other("it is a directory")));
+/// Why a state file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// Larger than the limit: for a result, garbage (never a verdict of 0).
+    TooLarge(u64),
+    /// Not a regular file, or an I/O error.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::TooLarge(n) => write!(f, "it is {n} bytes, more than a state file holds"),
+            ReadError::Unreadable(why) => f.write_str(why),
+        }
     }
-    if meta.len() > RESULT_READ_LIMIT {
-        return Ok(Some(HookExit {
-            code: "1".into(),
-            garbage: Some(format!("<{} bytes>", meta.len())),
-        }));
+}
+
+/// Reads a state file without following a symlink or waiting on a FIFO;
+/// anything but a regular file is refused with the reason. A file larger
+/// than `limit` is reported as `<N bytes>` (for a result: garbage).
+fn read_state_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let fail = |why: String| ReadError::Unreadable(why);
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => fail("it is a symbolic link (never followed)".to_owned()),
+            _ => fail(e.to_string()),
+        })?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(fail(format!("it is {what}, not a regular file")));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge(meta.len()));
     }
     let mut raw = Vec::new();
-    file.take(RESULT_READ_LIMIT)
+    file.take(limit)
         .read_to_end(&mut raw)
-        .map_err(io)?;
-    Ok(hook_result::parse_result(&raw))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(raw)
+}
+
+/// Opens `path` for reading the way every state file is read (for callers
+/// outside the snapshot that read one file, e.g. `snapshot`).
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    read_state_file(path, limit)
 }
