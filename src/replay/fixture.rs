@@ -100,7 +100,8 @@ pub struct EventStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch_fails: Option<String>,
     /// The host claims the ticket while the launch is still running (with
-    /// `dispatch_fails`: ssh ran the command, then reported a failure).
+    /// `dispatch_fails`: ssh ran the command, then reported a failure), or,
+    /// on a poll, just before the poll's revoke renames it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_claims: bool,
     /// The worktree is not a git work tree (the worktree guard says no).

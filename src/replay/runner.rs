@@ -57,21 +57,31 @@ pub struct Faults {
     pub skip_revoke: bool,
 }
 
-impl Executor for ReplayExecutor<'_> {
-    fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
-        if self.crash_after == Some(self.performed) {
-            panic::resume_unwind(Box::new(SimulatedCrash));
+impl ReplayExecutor<'_> {
+    fn perform_one(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
+        if let Effect::WriteMarker {
+            marker: crate::markers::Marker::Initiated,
+            ..
+        } = effect
+        {
+            let id = next_dispatch_id(self.dispatches);
+            self.dispatches.push(id);
         }
-        self.performed += 1;
         match effect {
             Effect::RevokeTicket { .. } if self.faults.skip_revoke => {
                 Ok(Performed::Revoke(crate::store::Revoke::Revoked))
             }
+            Effect::RevokeTicket { dispatch_id, .. } => {
+                // The host's claim lands just before the revoke's rename.
+                if self.step.host_claims && self.claimed.is_none() && claim(paths, dispatch_id) {
+                    self.claimed = Some(dispatch_id.clone());
+                }
+                self.files.perform(paths, effect)
+            }
             Effect::WriteMarker { .. }
             | Effect::RemoveMarker { .. }
             | Effect::RemoveStateDir
-            | Effect::WriteTicket { .. }
-            | Effect::RevokeTicket { .. } => self.files.perform(paths, effect),
+            | Effect::WriteTicket { .. } => self.files.perform(paths, effect),
             Effect::Ssh { .. } | Effect::Local { .. } => {
                 self.launched = true;
                 if self.step.host_claims
@@ -90,12 +100,28 @@ impl Executor for ReplayExecutor<'_> {
             | Effect::StampMerged { .. } => Ok(Performed::Done),
         }
     }
+}
+
+impl Executor for ReplayExecutor<'_> {
+    /// Performs the effect, then dies right after it when the step says so:
+    /// the effect happened (a launch launched), nothing after it did.
+    fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
+        if self.crash_after == Some(0) {
+            panic::resume_unwind(Box::new(SimulatedCrash));
+        }
+        let performed = self.perform_one(paths, effect);
+        self.performed += 1;
+        if self.crash_after == Some(self.performed) {
+            panic::resume_unwind(Box::new(SimulatedCrash));
+        }
+        performed
+    }
 
     fn new_dispatch_id(&mut self) -> Result<String, String> {
-        // Deterministic, so that replays print the same bytes every time.
-        let id = format!("{:016x}", self.dispatches.len() + 1);
-        self.dispatches.push(id.clone());
-        Ok(id)
+        // Deterministic, so that replays print the same bytes every time:
+        // the n-th dispatch of the replay is n. The id is taken when
+        // `initiated` names it, so that a refused approval takes none.
+        Ok(next_dispatch_id(self.dispatches))
     }
 
     fn work_tree(&mut self, _: &Settings, worktree: &Path) -> Result<(), String> {
@@ -150,6 +176,10 @@ pub struct Actual {
     /// The dispatch whose ticket the host claimed during this step: the hook
     /// started for it.
     pub hook_started: Option<String>,
+}
+
+fn next_dispatch_id(issued: &[String]) -> String {
+    format!("{:016x}", issued.len() + 1)
 }
 
 /// The host wrapper's first act: `mv dispatch-<id> claimed-<id>`. True when
