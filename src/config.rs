@@ -91,7 +91,7 @@ pub const REGISTRY: &[Spec] = &[
     spec("IMAGE_FRESHNESS_ENABLED", "true", Kind::Bool, "deploy target", "pass EXPECTED_REVISION so the hook refuses a stale image (self-hosting repo only)"),
     spec("AGENT_HOME_DIR", "/home/agent", Kind::Path, "git identity", "HOME for git calls"),
     spec("GIT_EMAIL_DOMAIN", "orchestrator.local", Kind::Text, "git identity", "domain of the deploy-finalizer commit e-mail"),
-    spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed and counted as failed"),
+    spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed; its ticket is then revoked, unless the host claimed it first"),
     spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
     spec("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds after a dispatch before a ticket the host has not claimed is revoked by the next poll (back to approve_requested, safe to approve again)"),
     spec("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds to wait for another process holding a work item's lock"),

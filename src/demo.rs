@@ -16,6 +16,7 @@ use crate::engine::{self, Request, SystemClock};
 use crate::exec::{HostExecutor, deploy_log, process};
 use crate::machine::{EventName, Outcome, StateName};
 use crate::names::{RepoName, WorkItem};
+use crate::store::{ItemPaths, Snapshot, Ticket};
 
 /// The hook the demo runs, shipped in the repo as an operator example.
 pub const EXAMPLE_HOOK: &str = include_str!("../docs/operations/example-deploy-hook.sh");
@@ -124,7 +125,22 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut polls = 0;
+    let paths = ItemPaths::new(&settings.repos_dir, &repo, &work_item);
+    let mut claim_shown = false;
     while last == StateName::Initiated {
+        // The host wrapper's first act is the claim: show it as it happens.
+        if !claim_shown
+            && let Ok(snap) = Snapshot::load(&paths)
+            && let Some(d) = snap.dispatch.filter(|d| d.ticket == Ticket::Claimed)
+        {
+            writeln!(
+                out,
+                "{:<16} claimed dispatch-{id} -> claimed-{id}: the hook started, and this dispatch can never be revoked or run again",
+                "host",
+                id = d.id
+            )?;
+            claim_shown = true;
+        }
         let report = deliver(EventName::Poll, None)?;
         polls += 1;
         if report.outcome == Outcome::Deferred {

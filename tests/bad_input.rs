@@ -370,19 +370,42 @@ fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
         }
     }
     // A blank --revision is no revision.
-    let (code, r) = sb.event_json(
-        "approved",
-        ITEM,
-        &["--worktree", missing, "--revision", " "],
-    );
-    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    for worktree in [empty.to_str().unwrap(), missing] {
+        let before = disk_but_journal(&sb);
+        let (code, r) = sb.event_json(
+            "approved",
+            ITEM,
+            &["--worktree", worktree, "--revision", " "],
+        );
+        assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+        assert!(r["reason"].as_str().unwrap().contains("freshness"), "{r}");
+        assert_eq!(before, disk_but_journal(&sb), "{worktree}");
+    }
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
-    assert_eq!(sb.hook_runs(), 0);
 
+    // A known revision does not make a missing worktree acceptable: the
+    // deploy log could not be recorded there, so nothing is dispatched.
+    let before = disk_but_journal(&sb);
     let (code, r) = sb.event_json(
         "approved",
         ITEM,
         &["--worktree", missing, "--revision", "abc"],
+    );
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert_eq!(r["condition"], "no worktree", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains(missing), "{r}");
+    assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+    assert_eq!(before, disk_but_journal(&sb));
+    // Refused before anything was written or launched: no hook can run.
+    assert!(!sb.item_dir(ITEM).join("initiated").exists());
+    assert_eq!(sb.hook_runs(), 0);
+
+    // The caller's revision is used where the worktree has none to give (a
+    // work tree without a commit).
+    let (code, r) = sb.event_json(
+        "approved",
+        ITEM,
+        &["--worktree", empty.to_str().unwrap(), "--revision", "abc"],
     );
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     let launch = r["effects"]
@@ -473,10 +496,27 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
         .clone();
     assert_eq!(launch["argv"][0], "bash");
     assert_eq!(launch["argv"][1], "-c");
+    assert_eq!(
+        effect_kinds(&r),
+        ["write_marker", "write_ticket", "local"],
+        "{r}"
+    );
+    let dry_id = ticket_id(&r);
     let command = launch["argv"][2].as_str().unwrap();
-    assert!(command.starts_with("setsid bash -c "), "{command}");
+    let dir = sb.item_dir(ITEM);
+    let dir = dir.to_str().unwrap();
+    assert!(
+        command.starts_with(&format!(
+            "setsid bash -c 'mv {dir}/dispatch-{dry_id} {dir}/claimed-{dry_id} || exit 75; cd "
+        )),
+        "the wrapper claims the ticket first: {command}"
+    );
     assert!(
         command.contains(&format!("EXPECTED_REVISION={}", sb.tip())),
+        "{command}"
+    );
+    assert!(
+        command.contains(&format!(" --deploy; echo $? > {dir}/result-{dry_id}'")),
         "{command}"
     );
     // The human form shows the argv too.
@@ -518,9 +558,11 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
     assert!(!sb.item_dir("ORCH-NEW").exists());
     assert_eq!(sb.hook_runs(), 0);
 
-    // The dry run showed exactly the argv a real dispatch uses.
+    // The dry run showed exactly the argv a real dispatch uses, but for the
+    // dispatch id: each dispatch (and each dry run) draws a fresh one.
     let (code, real) = sb.event_json("approved", ITEM, &args[..4]);
     assert_eq!((code, outcome(&real)), (0, "transitioned"), "{real}");
+    assert_eq!(effect_kinds(&real), effect_kinds(&r), "{real}");
     let real_launch = real["effects"]
         .as_array()
         .unwrap()
@@ -528,8 +570,42 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
         .find(|e| e["kind"] == "local")
         .unwrap()
         .clone();
-    assert_eq!(real_launch, launch);
-    sb.poll_until_final(ITEM, &[]);
+    let real_id = sb.dispatch_id(ITEM).expect("initiated records the dispatch id");
+    assert_eq!(ticket_id(&real), real_id, "{real}");
+    assert_ne!(real_id, dry_id, "a fresh id for every dispatch");
+    let shown = serde_json::to_string(&launch)
+        .unwrap()
+        .replace(&dry_id, &real_id);
+    assert_eq!(serde_json::to_string(&real_launch).unwrap(), shown);
+    let r = sb.poll_until_final(ITEM, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
+}
+
+fn effect_kinds(r: &Value) -> Vec<String> {
+    r["effects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no effects: {r}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The dispatch id of the report's `write_ticket` effect, checked to be 16
+/// lower-case hex digits.
+fn ticket_id(r: &Value) -> String {
+    let ticket = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "write_ticket")
+        .unwrap_or_else(|| panic!("a write_ticket effect: {r}"));
+    let id = ticket["dispatch_id"].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "dispatch id {id:?}"
+    );
+    id
 }
 
 #[test]
@@ -544,12 +620,7 @@ fn kill_switch_refuses_new_deploys_but_finalizes_one_in_flight() {
     );
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     sb.event_json("request-approve", "ORCH-8", &[]);
-    let result = sb.item_dir(ITEM).join("result");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while fs::read_to_string(&result).map_or(true, |s| s.trim().is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "no result in 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_eq!(sb.wait_for_result(ITEM).trim(), "0");
 
     sb.set("SELF_DEPLOY_ENABLED", "false".into());
     let before = disk_but_journal(&sb);
@@ -615,7 +686,11 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
         .join(".selfdeploy/history/orchestrator/ORCH-61.jsonl");
     fs::remove_file(&history).unwrap();
     fs::create_dir(&history).unwrap();
-    let (code, r) = sb.event_json("approved", "ORCH-61", &["--revision", "abc"]);
+    let (code, r) = sb.event_json(
+        "approved",
+        "ORCH-61",
+        &["--worktree", &wt(&sb), "--revision", "abc"],
+    );
     assert_eq!(
         (code, r["outcome"].as_str()),
         (0, Some("transitioned")),
@@ -636,6 +711,10 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // And it is finalized like any other, exactly once.
+    let r = sb.poll_until_final("ORCH-61", &["--branch", BRANCH]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
 }
 
 #[test]

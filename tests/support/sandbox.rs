@@ -251,3 +251,41 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The claim protocol's per-dispatch files (contract sections 4 and 6).
+impl Sandbox {
+    /// The `dispatch_id` the item's `initiated` records, when `initiated`
+    /// exists and holds our JSON (`None` for the original engine's).
+    pub fn dispatch_id(&self, work_item: &str) -> Option<String> {
+        let raw = fs::read(self.item_dir(work_item).join("initiated")).ok()?;
+        let record: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        record["dispatch_id"].as_str().map(str::to_owned)
+    }
+
+    /// Where the host wrapper writes the hook's exit code for the item's
+    /// current dispatch: `<item_dir>/result-<dispatch_id>`, or the legacy
+    /// `<item_dir>/result` when `initiated` is absent or not our JSON.
+    pub fn result_file(&self, work_item: &str) -> PathBuf {
+        let dir = self.item_dir(work_item);
+        match self.dispatch_id(work_item) {
+            Some(id) => dir.join(format!("result-{id}")),
+            None => dir.join("result"),
+        }
+    }
+
+    /// Waits (bounded, 30 s) until the host wrapper has written a non-blank
+    /// result for the item's current dispatch, without polling through the
+    /// engine; returns its content.
+    pub fn wait_for_result(&self, work_item: &str) -> String {
+        let path = self.result_file(work_item);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => return s,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "no {} in 30 s", path.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
