@@ -109,7 +109,8 @@ impl ItemPaths {
     }
 
     fn ensure_state_dir(&self) -> io::Result<()> {
-        if self.state_dir.exists() && !self.state_dir.is_dir() {
+        let is_dir = fs::symlink_metadata(&self.state_dir).map(|m| m.file_type().is_dir());
+        if matches!(is_dir, Ok(false)) {
             return Err(io::Error::other(format!(
                 "state directory {} is not a directory",
                 self.state_dir.display()

@@ -80,6 +80,11 @@ impl Snapshot {
             path: path.display().to_string(),
             error,
         };
+        // A symlink in place of the state directory would send every write
+        // elsewhere: it is not a state directory.
+        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::NotADirectory(dir.display().to_string()));
+        }
         let mut files = Vec::new();
         match fs::read_dir(dir) {
             Ok(entries) => {
