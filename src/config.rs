@@ -91,6 +91,7 @@ pub const REGISTRY: &[Spec] = &[
     spec("IMAGE_FRESHNESS_ENABLED", "true", Kind::Bool, "deploy target", "pass EXPECTED_REVISION so the hook refuses a stale image (self-hosting repo only)"),
     spec("AGENT_HOME_DIR", "/home/agent", Kind::Path, "git identity", "HOME for git calls"),
     spec("GIT_EMAIL_DOMAIN", "orchestrator.local", Kind::Text, "git identity", "domain of the deploy-finalizer commit e-mail"),
+    spec("SELF_DEPLOY_COMMIT_MESSAGE", "deploy(ORCH-036): finalize {status} for {work_item}", Kind::Text, "git identity", "message of the deploy log's commit; {status} (SUCCESS or FAILED) and {work_item} are replaced"),
     spec("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30", Kind::Seconds, "timeouts", "seconds before a hanging ssh dispatch is killed; its ticket is then revoked, unless the host claimed it first"),
     spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
     spec("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds after a dispatch before a ticket the host has not claimed is revoked by the next poll (back to approve_requested, safe to approve again)"),
@@ -181,6 +182,8 @@ pub struct Settings {
     pub image_freshness: bool,
     pub agent_home_dir: PathBuf,
     pub git_email_domain: String,
+    /// The deploy log's commit message, with `{status}` and `{work_item}`.
+    pub commit_message_template: String,
     pub ssh_timeout: Duration,
     pub git_timeout: Duration,
     pub lock_timeout: Duration,
@@ -307,6 +310,7 @@ impl Settings {
             image_freshness: r.bool("IMAGE_FRESHNESS_ENABLED"),
             agent_home_dir: PathBuf::from(r.text("AGENT_HOME_DIR")),
             git_email_domain: r.text("GIT_EMAIL_DOMAIN"),
+            commit_message_template: r.text("SELF_DEPLOY_COMMIT_MESSAGE"),
             ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS"),
             git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS"),
             lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS"),
@@ -363,6 +367,12 @@ impl Settings {
         if self.transport == Transport::Ssh && self.ssh_host.is_empty() {
             out.push("DEPLOY_SSH_HOST is empty; the ssh transport needs a host".to_owned());
         }
+        if self.commit_message_template.trim().is_empty() {
+            out.push(
+                "SELF_DEPLOY_COMMIT_MESSAGE is empty; git refuses an empty commit message"
+                    .to_owned(),
+            );
+        }
         if self.hook_script.trim().is_empty() {
             out.push("DEPLOY_HOOK_SCRIPT is empty; name the hook script".to_owned());
         } else if self.hook_script.starts_with('-') {
@@ -395,6 +405,17 @@ impl Settings {
         } else {
             self.repos.contains(&repo)
         }
+    }
+
+    /// The deploy log's commit message for a verdict.
+    pub fn commit_message(
+        &self,
+        status: crate::hook_result::Verdict,
+        work_item: &crate::names::WorkItem,
+    ) -> String {
+        self.commit_message_template
+            .replace("{status}", status.as_str())
+            .replace("{work_item}", work_item.as_str())
     }
 
     /// The freshness check is active for the self-hosting repo only.
@@ -438,7 +459,9 @@ pub fn unknown_settings(names: &[String]) -> Vec<String> {
                 .iter()
                 .min_by_key(|s| edit_distance(n, s.name))
                 .map_or("", |s| s.name);
-            format!("{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all")
+            format!(
+                "{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all"
+            )
         })
         .collect();
     out.sort();

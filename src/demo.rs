@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::engine::{self, Request, SystemClock};
 use crate::exec::{HostExecutor, deploy_log, process};
 use crate::machine::{EventName, Outcome, StateName};
-use crate::names::{RepoName, WorkItem};
+use crate::names::{BranchName, RepoName, WorkItem};
 use crate::store::{ItemPaths, Snapshot, Ticket};
 
 /// The hook the demo runs, shipped in the repo as an operator example.
@@ -88,12 +88,13 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
 
     let repo = RepoName::new(REPO)?;
     let work_item = WorkItem::new(WORK_ITEM)?;
+    let branch = BranchName::new(BRANCH)?;
     let deliver = |event: EventName, merged: Option<bool>| {
         let request = Request {
             repo: repo.clone(),
             work_item: work_item.clone(),
             event,
-            branch: Some(BRANCH.to_owned()),
+            branch: Some(branch.clone()),
             worktree: Some(worktree.clone()),
             revision: None,
             merged,

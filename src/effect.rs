@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::markers::Marker;
+use crate::markers::{FinalizedRecord, Marker};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -41,9 +41,17 @@ pub enum Effect {
         path: PathBuf,
         message: String,
         branch: Option<String>,
+        /// The `finalized` record to rewrite with the push's outcome (none:
+        /// nothing to record, e.g. an item the original engine finalized).
+        #[serde(skip)]
+        record: Option<FinalizedRecord>,
     },
     /// Stamp `merged_to_main` into the deploy log's frontmatter.
-    StampMerged { path: PathBuf, merged: bool },
+    StampMerged {
+        worktree: PathBuf,
+        path: PathBuf,
+        merged: bool,
+    },
     /// Remove the work item's whole state directory.
     RemoveStateDir,
 }
@@ -98,7 +106,7 @@ pub fn describe(effect: &Effect) -> String {
             path.display(),
             branch.as_deref().unwrap_or("current branch")
         ),
-        Effect::StampMerged { path, merged } => {
+        Effect::StampMerged { path, merged, .. } => {
             format!("stamp merged_to_main: {merged} into {}", path.display())
         }
         Effect::RemoveStateDir => "remove the state directory".to_owned(),

@@ -14,7 +14,7 @@ use crate::exec::{self, Executor, Performed};
 use crate::machine::{
     self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
 };
-use crate::names::{RepoName, WorkItem};
+use crate::names::{BranchName, RepoName, WorkItem};
 use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot, Ticket};
 
 /// The time, as an input: replays inject a fixed one.
@@ -37,7 +37,8 @@ pub struct Request {
     pub repo: RepoName,
     pub work_item: WorkItem,
     pub event: EventName,
-    pub branch: Option<String>,
+    /// Validated when received: git must never read it as an option.
+    pub branch: Option<BranchName>,
     pub worktree: Option<PathBuf>,
     pub revision: Option<String>,
     pub merged: Option<bool>,
@@ -179,9 +180,10 @@ pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
             "{} is not a directory",
             dir.display()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::ReposDir(
-            format!("{} does not exist", dir.display()),
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::ReposDir(format!(
+            "{} does not exist",
+            dir.display()
+        ))),
         Err(e) => Err(EngineError::ReposDir(format!(
             "{} cannot be read ({e})",
             dir.display()
@@ -194,12 +196,12 @@ pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
 fn resolve_worktree(req: &Request) -> Result<Request, EngineError> {
     let mut req = req.clone();
     if let Some(path) = req.worktree.as_ref().filter(|p| p.is_relative()) {
-        req.worktree = Some(std::path::absolute(path).map_err(|error| {
-            EngineError::Worktree {
+        req.worktree = Some(
+            std::path::absolute(path).map_err(|error| EngineError::Worktree {
                 path: path.display().to_string(),
                 error,
-            }
-        })?);
+            })?,
+        );
     }
     Ok(req)
 }
@@ -280,8 +282,10 @@ pub fn drive(
         effects: Vec::new(),
         notes: Vec::new(),
     };
-    let mut pending = vec![first];
-    while let Some(decision) = pending.pop() {
+    // Each decision, and whether it decides the outcome: what a push came to
+    // is recorded, but the event stays what it was (a finalize, a retry).
+    let mut pending = vec![(first, true)];
+    while let Some((decision, decides)) = pending.pop() {
         let Decision {
             conditions,
             to,
@@ -290,7 +294,9 @@ pub fn drive(
             effects,
         } = decision;
         driven.to = to;
-        driven.outcome = outcome;
+        if decides {
+            driven.outcome = outcome;
+        }
         driven.conditions.extend(conditions);
         // A feedback step that gives no reason keeps the one before it (the
         // launch's error stays the reason of a dispatch_failed).
@@ -312,7 +318,7 @@ pub fn drive(
                         Ok(()) => Event::Launched,
                         Err(why) => Event::LaunchFailed(why),
                     };
-                    pending.push(machine::step(to, &feedback, facts));
+                    pending.push((machine::step(to, &feedback, facts), true));
                 }
                 // A reset removes the item whatever the rename found; the
                 // operator is told whether the hook was running.
@@ -323,6 +329,18 @@ pub fn drive(
                         );
                     }
                 }
+                Performed::Published(published) => {
+                    driven.notes.extend(published.notes);
+                    let record = match driven.effects.last() {
+                        Some(Effect::GitPublish { record, .. }) => record.clone(),
+                        _ => None,
+                    };
+                    let feedback = Event::Published {
+                        push: published.pushed,
+                        record,
+                    };
+                    pending.push((machine::step(to, &feedback, facts), false));
+                }
                 Performed::Revoke(found) => {
                     if let Some(Effect::RevokeTicket { reason, detail, .. }) = driven.effects.last()
                     {
@@ -330,7 +348,7 @@ pub fn drive(
                             Revoke::Revoked => Event::TicketRevoked(*reason),
                             Revoke::Claimed => Event::TicketClaimed(*reason, detail.clone()),
                         };
-                        pending.push(machine::step(to, &feedback, facts));
+                        pending.push((machine::step(to, &feedback, facts), true));
                     }
                 }
             }
@@ -348,7 +366,7 @@ fn revoke_reason(driven: &Driven) -> Option<RevokeReason> {
 
 /// What the engine looks up outside the state directory before a step.
 struct Probed {
-    branch: Option<String>,
+    branch: Option<BranchName>,
     worktree: PathBuf,
     revision: Revision,
     worktree_check: Result<(), String>,
@@ -370,16 +388,27 @@ fn probe(
     let branch = req
         .branch
         .clone()
-        .or_else(|| record.and_then(|r| r.branch.clone()));
+        // A recorded branch is checked again: records outlive releases.
+        .or_else(|| record.and_then(|r| BranchName::new(r.branch.as_deref()?).ok()));
     let worktree = req
         .worktree
         .clone()
         .or_else(|| record.map(|r| PathBuf::from(&r.worktree)))
         .unwrap_or_else(|| {
-            settings.default_worktree(req.repo.given(), req.work_item.as_str(), branch.as_deref())
+            settings.default_worktree(
+                req.repo.given(),
+                req.work_item.as_str(),
+                branch.as_ref().map(BranchName::as_str),
+            )
         });
     let revision = if all {
-        dispatch_revision(settings, req, &worktree, branch.as_deref(), executor)
+        dispatch_revision(
+            settings,
+            req,
+            &worktree,
+            branch.as_ref().map(BranchName::as_str),
+            executor,
+        )
     } else {
         match record.and_then(|r| r.revision.clone()) {
             Some(sha) => Revision::Known(sha),
@@ -422,7 +451,7 @@ impl Probed {
             actor: &req.actor,
             force: req.force,
             merged: req.merged,
-            branch: self.branch.as_deref(),
+            branch: self.branch.as_ref().map(BranchName::as_str),
             worktree: &self.worktree,
             revision: self.revision.clone(),
             worktree_check: self.worktree_check.clone(),
@@ -432,6 +461,7 @@ impl Probed {
             open_tickets: &snapshot.open_tickets,
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
+            finalized: snapshot.finalized.as_ref().and_then(|r| r.as_ref()),
             claim_overdue: claim_overdue(settings, snapshot, now),
             deadline_passed: deadline_passed(settings, snapshot, now),
         }

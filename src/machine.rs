@@ -76,6 +76,12 @@ pub enum Event {
     /// The revoke found the ticket claimed: the hook is running. With the
     /// revoke's detail (the launch's error).
     TicketClaimed(RevokeReason, String),
+    /// What the commit and push of the deploy log came to (`Err(why)`), and
+    /// the `finalized` record to rewrite with it.
+    Published {
+        push: Result<(), String>,
+        record: Option<FinalizedRecord>,
+    },
 }
 
 /// The events a caller may deliver, by their command-line names.
@@ -206,6 +212,8 @@ pub struct Facts<'a> {
     pub result: Option<HookExit>,
     /// Who approved, read back from `initiated`, for the deploy log.
     pub approved_by: Option<&'a str>,
+    /// The `finalized` record on disk, when there is one of ours.
+    pub finalized: Option<&'a FinalizedRecord>,
     /// `Some(why)` when the current ticket is still unclaimed past the claim
     /// timeout (or past the result deadline): it must be revoked.
     pub claim_overdue: Option<String>,
@@ -215,6 +223,9 @@ pub struct Facts<'a> {
 
 /// The exit code a deploy log shows when the hook wrote no result in time.
 pub const TIMEOUT_EXIT_CODE: &str = "timeout";
+
+/// The push error `finalized` holds until the first push attempt reports.
+pub const NOT_PUSHED_YET: &str = "not pushed yet";
 
 /// The guards of a dispatch, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,6 +479,36 @@ impl Context<'_, '_> {
         }
     }
 
+    /// The `finalized` record, with the push state given. Deterministic for
+    /// one step, so the feedback of the push rewrites the same record.
+    fn finalized_record(&self, exit: &HookExit, push: Result<(), String>) -> FinalizedRecord {
+        let f = self.facts;
+        FinalizedRecord {
+            deploy_status: exit.verdict(),
+            hook_exit_code: exit.code.clone(),
+            finalized_at: f.now.to_owned(),
+            finalized_by: f.actor.to_owned(),
+            pushed: Some(push.is_ok()),
+            push_error: push.err(),
+        }
+    }
+
+    /// Commit and push the deploy log: the path, the message, the branch,
+    /// and the record that will hold the outcome.
+    fn publish(&self, message: String, record: Option<FinalizedRecord>) -> Effect {
+        let f = self.facts;
+        Effect::GitPublish {
+            worktree: f.worktree.to_path_buf(),
+            path: deploy_log::relative_path(f.work_item),
+            message,
+            branch: f.branch.map(|b| b.to_string()),
+            record,
+        }
+    }
+
+    /// Finalize: the log (not best effort), the verdict recorded as not yet
+    /// pushed (so that a crash before the push leaves a push to retry), then
+    /// the commit and push, whose outcome comes back as `Published`.
     fn finalize_plan(&self, exit: &HookExit) -> (Vec<Effect>, Verdict) {
         let f = self.facts;
         let verdict = exit.verdict();
@@ -481,28 +522,21 @@ impl Context<'_, '_> {
             },
             garbage: exit.garbage.as_deref(),
         };
-        let record = FinalizedRecord {
-            deploy_status: verdict,
-            hook_exit_code: exit.code.clone(),
-            finalized_at: f.now.to_owned(),
-            finalized_by: f.actor.to_owned(),
-        };
+        let record = self.finalized_record(exit, Err(NOT_PUSHED_YET.to_owned()));
         let effects = vec![
             Effect::WriteDeployLog {
                 worktree: f.worktree.to_path_buf(),
                 path: f.worktree.join(&rel),
                 content: deploy_log::render(f.work_item, &exit.code, verdict, &details),
             },
-            Effect::GitPublish {
-                worktree: f.worktree.to_path_buf(),
-                path: rel,
-                message: format!("deploy(ORCH-036): finalize {verdict} for {}", f.work_item),
-                branch: f.branch.map(str::to_owned),
-            },
             Effect::WriteMarker {
                 marker: Marker::Finalized,
                 content: markers::encode(&record),
             },
+            self.publish(
+                f.settings.commit_message(verdict, f.work_item),
+                Some(record),
+            ),
         ];
         (effects, verdict)
     }
@@ -654,7 +688,20 @@ impl SelfDeploy {
     #[superstate(superstate = "any")]
     fn finalized(context: &mut Context<'_, '_>, event: &Event) -> statig::Outcome<State> {
         match event {
-            Event::Poll => context.unchanged("already finalized"),
+            Event::Poll => match context.facts.finalized {
+                Some(record) if record.push_pending() => {
+                    let message = context
+                        .facts
+                        .settings
+                        .commit_message(record.deploy_status, context.facts.work_item);
+                    let publish = context.publish(message, Some(record.clone()));
+                    context.when("push pending").effects.push(publish);
+                    context.unchanged("already finalized; the pending push is retried")
+                }
+                _ => context
+                    .when("nothing to push")
+                    .unchanged("already finalized"),
+            },
             Event::MergeVerified => {
                 let f = context.facts;
                 let Some(merged) = f.merged else {
@@ -662,11 +709,41 @@ impl SelfDeploy {
                         .when("no merged value")
                         .refuse("merge-verified needs --merged true|false".into());
                 };
+                let publish = context.publish(
+                    format!("deploy: merged_to_main {merged} for {}", f.work_item),
+                    f.finalized.cloned(),
+                );
                 context.effects.push(Effect::StampMerged {
+                    worktree: f.worktree.to_path_buf(),
                     path: f.worktree.join(deploy_log::relative_path(f.work_item)),
                     merged,
                 });
+                context.effects.push(publish);
                 context.unchanged("merged_to_main stamped")
+            }
+            // The push state is recorded, and only a change of it is news.
+            // The event's outcome stays what the event decided.
+            Event::Published { push, record } => {
+                let Some(record) = record else {
+                    return Handled;
+                };
+                let updated = FinalizedRecord {
+                    pushed: Some(push.is_ok()),
+                    push_error: push.clone().err(),
+                    ..record.clone()
+                };
+                context.when(if push.is_ok() { "pushed" } else { "not pushed" });
+                context.effects.push(Effect::WriteMarker {
+                    marker: Marker::Finalized,
+                    content: markers::encode(&updated),
+                });
+                if updated != *record {
+                    context.reason = Some(match push {
+                        Ok(()) => "pushed".to_owned(),
+                        Err(why) => format!("not pushed: {why}; every later poll retries"),
+                    });
+                }
+                Handled
             }
             Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
             _ => Super,
@@ -704,6 +781,7 @@ fn event_label(event: &Event) -> &'static str {
         Event::LaunchFailed(_) => "launch-failed",
         Event::TicketRevoked(_) => "ticket-revoked",
         Event::TicketClaimed(..) => "ticket-claimed",
+        Event::Published { .. } => "published",
     }
 }
 

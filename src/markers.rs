@@ -165,6 +165,20 @@ pub struct FinalizedRecord {
     pub hook_exit_code: String,
     pub finalized_at: String,
     pub finalized_by: String,
+    /// Whether the deploy log (and any later stamp) reached `origin`; `None`
+    /// in records written before pushes were recorded (never retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<bool>,
+    /// Why the last commit or push failed, while `pushed` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_error: Option<String>,
+}
+
+impl FinalizedRecord {
+    /// Whether a poll must retry the push.
+    pub fn push_pending(&self) -> bool {
+        self.pushed == Some(false)
+    }
 }
 
 /// Serializes a record as one line of JSON (what the markers hold).

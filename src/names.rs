@@ -160,6 +160,84 @@ path_name!(
     "work item"
 );
 
+/// A git branch a caller names: the push target and the freshness guard's
+/// branch. Checked when the event is received, with git's rules for a branch
+/// name (`git check-ref-format --branch`) and never starting with `-`, so
+/// that nothing from outside can reach git as an option (`--mirror`,
+/// `--receive-pack=...`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct BranchName(String);
+
+/// Why a branch name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid branch {shown}: {problem}; use a git branch name (see git check-ref-format), not starting with '-'"
+)]
+pub struct BranchError {
+    shown: String,
+    problem: String,
+}
+
+/// The longest branch name accepted, in bytes.
+pub const MAX_BRANCH_BYTES: usize = 255;
+
+impl BranchName {
+    pub fn new(raw: &str) -> Result<Self, BranchError> {
+        let fail = |problem: &str| BranchError {
+            shown: format!("{raw:?}"),
+            problem: problem.to_owned(),
+        };
+        if raw.is_empty() {
+            return Err(fail("it is empty"));
+        }
+        if raw.len() > MAX_BRANCH_BYTES {
+            return Err(fail("it is too long"));
+        }
+        if raw.starts_with('-') {
+            return Err(fail("it starts with '-' and would be read as an option"));
+        }
+        if raw == "HEAD" || raw == "@" {
+            return Err(fail("it names no branch"));
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|c| c.is_ascii_control() || " ~^:?*[\\".contains(*c))
+        {
+            return Err(fail(&format!("it contains {c:?}")));
+        }
+        for (bad, why) in [
+            ("..", "it contains '..'"),
+            ("@{", "it contains '@{'"),
+            ("//", "it contains '//'"),
+        ] {
+            if raw.contains(bad) {
+                return Err(fail(why));
+            }
+        }
+        if raw.starts_with('/') || raw.ends_with('/') || raw.ends_with('.') {
+            return Err(fail("it begins or ends with '/', or ends with '.'"));
+        }
+        if raw
+            .split('/')
+            .any(|part| part.starts_with('.') || part.ends_with(".lock"))
+        {
+            return Err(fail("a part of it begins with '.' or ends with '.lock'"));
+        }
+        Ok(BranchName(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +278,46 @@ mod tests {
         assert_eq!(a.as_str(), "orchestrator");
         assert_eq!(a.to_string(), "orchestrator");
         assert_eq!(a.given(), "Orchestrator");
+    }
+
+    #[test]
+    fn branch_names_follow_git_and_never_look_like_options() {
+        for ok in ["main", "feat/x", "deploy/ORCH-7", "ä", "a.b", "a-b_c"] {
+            assert_eq!(BranchName::new(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "-d",
+            "--mirror",
+            "--receive-pack=touch x",
+            "-fdelete",
+            "a..b",
+            "x y",
+            "HEAD",
+            "@",
+            "a@{1}",
+            "a/",
+            "/a",
+            "a//b",
+            "a.",
+            ".a",
+            "a/.b",
+            "a.lock",
+            "a/b.lock/c",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "a\nb",
+            "a\x7fb",
+        ] {
+            let err = BranchName::new(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid branch"), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]

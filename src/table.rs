@@ -16,9 +16,9 @@ use crate::engine;
 use crate::exec::{ExecError, Performed};
 use crate::hook_result::parse_result;
 use crate::machine::{EventName, Facts, Revision, StateName};
-use crate::markers::{DispatchState, Ticket};
-use crate::store::Revoke;
+use crate::markers::{DispatchState, FinalizedRecord, Ticket};
 use crate::names::{RepoName, WorkItem};
+use crate::store::Revoke;
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
 /// with `outcome`, performing effects of these kinds in this order.
@@ -67,9 +67,11 @@ enum Scenario {
     ForcedClaimed,
     /// An item the original engine started: no ticket, the legacy `result`.
     Legacy,
+    /// A finalized item whose push failed before.
+    PushPending,
 }
 
-const SCENARIOS: [Scenario; 20] = [
+const SCENARIOS: [Scenario; 21] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
@@ -90,13 +92,16 @@ const SCENARIOS: [Scenario; 20] = [
     Scenario::TicketMissing,
     Scenario::ForcedClaimed,
     Scenario::Legacy,
+    Scenario::PushPending,
 ];
 
 /// The whole table, by state and event, conditions in the order the
 /// scenarios meet them (everything passing first).
 pub fn derive() -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
-    for scenario in SCENARIOS {
+    // Whether the push works is a dimension of its own: every scenario runs
+    // with a reachable and an unreachable remote.
+    for (scenario, push_fails) in SCENARIOS.into_iter().flat_map(|s| [(s, false), (s, true)]) {
         let settings = Settings::with_overrides(match scenario {
             Scenario::NotApplicable => &[("SELF_DEPLOY_ENABLED", "false")],
             Scenario::StagingPortEqual => &[
@@ -110,9 +115,7 @@ pub fn derive() -> Vec<Row> {
         let work_item = WorkItem::new("W-1").expect("valid");
         use Scenario as S;
         let ticket = match scenario {
-            S::TicketClaimed | S::TicketClaimedDeadlinePassed | S::ForcedClaimed => {
-                Ticket::Claimed
-            }
+            S::TicketClaimed | S::TicketClaimedDeadlinePassed | S::ForcedClaimed => Ticket::Claimed,
             S::TicketRevoked => Ticket::Revoked,
             S::TicketMissing => Ticket::Missing,
             _ => Ticket::Sent,
@@ -122,6 +125,19 @@ pub fn derive() -> Vec<Row> {
             ticket,
         };
         let open_tickets = vec![dispatch.id.clone()];
+        let pending = FinalizedRecord {
+            deploy_status: crate::hook_result::Verdict::Success,
+            hook_exit_code: "0".into(),
+            finalized_at: "1970-01-01T00:00:00Z".into(),
+            finalized_by: "table".into(),
+            pushed: Some(false),
+            push_error: Some("remote unreachable".into()),
+        };
+        let pushed = FinalizedRecord {
+            pushed: Some(true),
+            push_error: None,
+            ..pending.clone()
+        };
         let facts = Facts {
             settings: &settings,
             repo: &repo,
@@ -157,27 +173,53 @@ pub fn derive() -> Vec<Row> {
                 _ => None,
             },
             approved_by: Some("table"),
+            finalized: match scenario {
+                S::PushPending => Some(&pending),
+                S::Legacy => None,
+                _ => Some(&pushed),
+            },
             claim_overdue: matches!(scenario, S::ClaimOverdueRevoked | S::ClaimOverdueClaimed)
                 .then(|| "unclaimed".to_owned()),
             deadline_passed: (scenario == S::TicketClaimedDeadlinePassed)
                 .then(|| "deadline".to_owned()),
         };
         for from in StateName::ALL {
+            // A success is only ever read from a record of ours: a
+            // `finalized` the engine cannot read is a failure (fail closed).
+            if from == StateName::FinalizedSuccess && facts.finalized.is_none() {
+                continue;
+            }
             for event in EventName::ALL {
                 let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
                     Ok(match effect {
                         Effect::Ssh { .. } | Effect::Local { .. }
-                            if matches!(scenario, S::LaunchFailsRevoked | S::LaunchFailsClaimed) =>
+                            if matches!(
+                                scenario,
+                                S::LaunchFailsRevoked | S::LaunchFailsClaimed
+                            ) =>
                         {
                             Performed::Dispatched(Err("ssh failed".into()))
                         }
                         Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
                         Effect::RevokeTicket { .. }
-                            if matches!(scenario, S::LaunchFailsClaimed | S::ClaimOverdueClaimed) =>
+                            if matches!(
+                                scenario,
+                                S::LaunchFailsClaimed | S::ClaimOverdueClaimed
+                            ) =>
                         {
                             Performed::Revoke(Revoke::Claimed)
                         }
                         Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
+                        Effect::GitPublish { .. } => {
+                            Performed::Published(crate::exec::git::Published {
+                                pushed: if push_fails {
+                                    Err("remote unreachable".into())
+                                } else {
+                                    Ok(())
+                                },
+                                notes: Vec::new(),
+                            })
+                        }
                         _ => Performed::Done,
                     })
                 };

@@ -1,7 +1,11 @@
-//! The merge stamp must equal, byte for byte, what the original produces. The
-//! oracle is the original's algorithm as the contract (section 8) states it,
-//! run by a real Python: text read with universal newlines, `split("---", 2)`,
-//! `splitlines()`, `strip().lower()`, `strip("\n")`.
+//! The merge stamp must equal, byte for byte, what the original produces
+//! wherever the original does not corrupt the file: wherever the first `---`
+//! after the opening one begins a line. The oracle is the original's algorithm
+//! as the contract (section 8) states it, run by a real Python: text read with
+//! universal newlines, `split("---", 2)`, `splitlines()`, `strip().lower()`,
+//! `strip("\n")`. Everywhere else the oracle splits where the contract says
+//! (the first later `---` that begins a line), so a value holding `---` (a
+//! work item `A---B`) is never cut.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -18,9 +22,15 @@ for case in cases:
     value = "true" if case["merged"] else "false"
     if not content.startswith("---"):
         out.append(None); continue
-    parts = content.split("---", 2)
-    if len(parts) < 3:
-        out.append(None); continue
+    if case["original"]:
+        parts = content.split("---", 2)
+        if len(parts) < 3:
+            out.append(None); continue
+    else:
+        close = content.find("\n---", 3)
+        if close < 0:
+            out.append(None); continue
+        parts = ["", content[3:close + 1], content[close + 4:]]
     lines, replaced = [], False
     for ln in parts[1].splitlines():
         if ln.strip().lower().startswith("merged_to_main:"):
@@ -38,7 +48,9 @@ json.dump(out, sys.stdout)
 fn python(cases: &[(String, bool)]) -> Vec<Option<String>> {
     let input: Vec<_> = cases
         .iter()
-        .map(|(text, merged)| serde_json::json!({"text": text, "merged": merged}))
+        .map(|(text, merged)| {
+            serde_json::json!({"text": text, "merged": merged, "original": original_is_sound(text)})
+        })
         .collect();
     let mut child = Command::new("python3")
         .args(["-c", ORACLE])
@@ -55,6 +67,16 @@ fn python(cases: &[(String, bool)]) -> Vec<Option<String>> {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Whether the original splits where the contract does: the first `---`
+/// after the opening one begins a line (after universal newlines).
+fn original_is_sound(text: &str) -> bool {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    match text.get(3..).and_then(|rest| rest.find("---")) {
+        Some(i) => text.as_bytes()[3 + i - 1] == b'\n',
+        None => true,
+    }
 }
 
 fn ours(text: &str, merged: bool) -> Option<String> {
@@ -97,6 +119,7 @@ fn fixed_cases_match_python() {
         "------",
         "---\n\n\n---\n",
         "--- \nmerged_to_main:\n---",
+        "---\nwork_item: A---B\ndeploy_status: SUCCESS\n---\n\nbody\n",
     ]
     .iter()
     .flat_map(|t| [(t.to_string(), true), (t.to_string(), false)])
@@ -105,6 +128,15 @@ fn fixed_cases_match_python() {
     for ((text, merged), want) in cases.iter().zip(expected) {
         assert_eq!(ours(text, *merged), want, "{text:?}");
     }
+}
+
+#[test]
+fn a_value_holding_three_dashes_stays_in_the_frontmatter() {
+    let log = "---\ndeploy_status: SUCCESS\nwork_item: A---B\nhook_exit_code: 0\n---\n\nbody\n";
+    assert_eq!(
+        ours(log, false).unwrap(),
+        "---\ndeploy_status: SUCCESS\nwork_item: A---B\nhook_exit_code: 0\nmerged_to_main: false\n---\n\nbody\n"
+    );
 }
 
 proptest! {

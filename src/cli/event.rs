@@ -6,6 +6,7 @@ use selfdeploy::config::Settings;
 use selfdeploy::engine::{self, Request, SystemClock};
 use selfdeploy::exec::{HostExecutor, RecordingExecutor};
 use selfdeploy::machine::EventName;
+use selfdeploy::names::BranchName;
 
 use super::{EXIT_USAGE, item_names, print_json};
 
@@ -78,7 +79,7 @@ impl EventArgs {
             repo,
             work_item,
             event: self.event,
-            branch: self.branch,
+            branch: self.branch.as_deref().map(BranchName::new).transpose()?,
             worktree: self.worktree,
             revision: self.revision,
             merged: self.merged,

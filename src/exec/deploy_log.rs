@@ -69,19 +69,24 @@ pub enum Stamp {
     NoFrontmatter,
 }
 
-/// Stamps `merged_to_main: true|false` into the frontmatter exactly as the
-/// original does it, including its reading of the file with universal
-/// newlines and Python's `str.splitlines` line boundaries.
+/// Stamps `merged_to_main: true|false` into the frontmatter as the original
+/// does it, including its reading of the file with universal newlines and
+/// Python's `str.splitlines` line boundaries; the one difference is where the
+/// frontmatter closes (see below).
 pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
     let content = pytext::universal_newlines(content);
     if !content.starts_with("---") {
         return Stamp::NoFrontmatter;
     }
-    let mut parts = content.splitn(3, "---");
-    let (_before, Some(frontmatter), Some(rest)) = (parts.next(), parts.next(), parts.next())
-    else {
+    // The frontmatter closes at the first later `---` that begins a line.
+    // The original splits at any `---`, which cuts a value such as a work
+    // item `A---B` in two; wherever the first `---` does begin a line, the
+    // two splits are the same.
+    let after_open = &content[3..];
+    let Some(close) = after_open.find("\n---").map(|i| i + 1) else {
         return Stamp::NoFrontmatter;
     };
+    let (frontmatter, rest) = (&after_open[..close], &after_open[close + 3..]);
     let stamp = format!("merged_to_main: {merged}");
     let mut lines: Vec<&str> = Vec::new();
     let mut replaced = false;

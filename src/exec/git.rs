@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::process;
 use crate::config::{FINALIZER_NAME, Settings};
+use crate::names::BranchName;
 
 fn identity_env(settings: &Settings) -> Vec<(&'static str, OsString)> {
     let email = OsString::from(format!("{FINALIZER_NAME}@{}", settings.git_email_domain));
@@ -31,56 +32,124 @@ fn git(
     process::run("git", &argv, None, &identity_env(settings), timeout).map_err(|e| e.to_string())
 }
 
-/// `git add`, `git commit`, and `git push origin <branch>` only when the
-/// commit succeeded. Best effort: returns one line per step for the report.
+/// What publishing the deploy log came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// `Ok` once the branch is on `origin`; else why not (commit or push).
+    pub pushed: Result<(), String>,
+    /// One line per step, for the report.
+    pub notes: Vec<String>,
+}
+
+/// Commits the file at `rel` (relative to the worktree) **alone**, whatever
+/// else is staged, and pushes the branch to `origin`. Git safety, as no value
+/// from outside may steer git: `--` before every path, a full refspec for
+/// the push, a branch that was validated as a branch name, and one git at a
+/// time per worktree (items may share one; git's own `index.lock` would
+/// otherwise fail all but one of them).
 pub fn publish(
     settings: &Settings,
     worktree: &Path,
     rel: &Path,
     message: &str,
     branch: Option<&str>,
-) -> Vec<String> {
+) -> Published {
+    let mut notes = Vec::new();
+    let pushed = match WorktreeLock::acquire(settings, worktree) {
+        Ok(_lock) => commit_and_push(settings, worktree, rel, message, branch, &mut notes),
+        Err(e) => Err(e),
+    };
+    if let Err(why) = &pushed {
+        notes.push(format!("not pushed: {why}"));
+    }
+    Published { pushed, notes }
+}
+
+fn commit_and_push(
+    settings: &Settings,
+    worktree: &Path,
+    rel: &Path,
+    message: &str,
+    branch: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let t = settings.git_timeout;
     let rel = rel.to_string_lossy();
-    let mut notes = Vec::new();
-    match git(settings, worktree, &["add", &rel], t) {
-        Ok(out) if out.success() => {}
-        Ok(out) => notes.push(format!("git add failed ({})", out.summary())),
-        Err(e) => notes.push(format!("git add failed ({e})")),
-    }
-    match git(settings, worktree, &["commit", "-m", message], t) {
-        Ok(out) if out.success() => notes.push("git commit: done".to_owned()),
-        Ok(out) => {
-            notes.push(format!(
-                "git commit failed ({}); push skipped",
-                out.summary()
-            ));
-            return notes;
-        }
-        Err(e) => {
-            notes.push(format!("git commit failed ({e}); push skipped"));
-            return notes;
-        }
+    let step = |what: &str, out: Result<process::Finished, String>| match out {
+        Ok(out) if out.success() => Ok(out),
+        Ok(out) => Err(format!("git {what} failed ({})", out.summary())),
+        Err(e) => Err(format!("git {what} failed ({e})")),
+    };
+    step("add", git(settings, worktree, &["add", "--", &rel], t))?;
+    // Nothing staged for this path: it was committed before (a retry).
+    let staged = git(
+        settings,
+        worktree,
+        &["diff", "--cached", "--quiet", "--", &rel],
+        t,
+    )?;
+    if staged.code == Some(1) {
+        step(
+            "commit",
+            git(
+                settings,
+                worktree,
+                &["commit", "-q", "-m", message, "--", &rel],
+                t,
+            ),
+        )?;
+        notes.push("git commit: done".to_owned());
     }
     let branch = match branch {
         Some(b) => b.to_owned(),
-        None => match git(settings, worktree, &["symbolic-ref", "--short", "HEAD"], t) {
-            Ok(out) if out.success() => out.stdout.trim().to_owned(),
-            _ => {
-                notes.push("git push skipped: branch unknown (pass --branch)".to_owned());
-                return notes;
-            }
-        },
+        None => {
+            let out = step(
+                "symbolic-ref",
+                git(
+                    settings,
+                    worktree,
+                    &["symbolic-ref", "--short", "-q", "HEAD"],
+                    t,
+                ),
+            )
+            .map_err(|e| format!("{e}: branch unknown, pass --branch"))?;
+            out.stdout.trim().to_owned()
+        }
     };
-    match git(settings, worktree, &["push", "origin", &branch], t) {
-        Ok(out) if out.success() => notes.push(format!("git push origin {branch}: done")),
-        Ok(out) => notes.push(format!(
-            "git push origin {branch} failed ({})",
-            out.summary()
-        )),
-        Err(e) => notes.push(format!("git push origin {branch} failed ({e})")),
+    // The worktree's own branch name is checked like a caller's.
+    let branch = BranchName::new(&branch).map_err(|e| e.to_string())?;
+    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    step(
+        "push",
+        git(settings, worktree, &["push", "-q", "origin", &refspec], t),
+    )?;
+    notes.push(format!("git push origin {branch}: done"));
+    Ok(())
+}
+
+/// One git at a time per worktree: an exclusive flock on a file named after
+/// the worktree's canonical path, under REPOS_DIR (outside any worktree).
+struct WorktreeLock {
+    _file: std::fs::File,
+}
+
+impl WorktreeLock {
+    fn acquire(settings: &Settings, worktree: &Path) -> Result<WorktreeLock, String> {
+        use sha2::Digest as _;
+        let canonical = worktree
+            .canonicalize()
+            .map_err(|e| format!("worktree {}: {e}", worktree.display()))?;
+        let digest = sha2::Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+        let path = settings
+            .repos_dir
+            .join(".selfdeploy/git-locks")
+            .join(format!("{}.lock", hex::encode(&digest[..12])));
+        let lock = crate::store::ItemLock::acquire(&path, settings.lock_timeout)
+            .map_err(|e| format!("git lock of {}: {e}", canonical.display()))?;
+        Ok(WorktreeLock {
+            _file: lock.into_file(),
+        })
     }
-    notes
 }
 
 /// Whether `worktree` is a directory inside a git work tree (the dispatch's

@@ -27,6 +27,8 @@ pub enum Performed {
     Dispatched(Result<(), String>),
     /// What a revoke's rename found. Fed back to the machine.
     Revoke(Revoke),
+    /// What the commit and push came to, with a line per step. Fed back.
+    Published(git::Published),
 }
 
 /// An effect that could not be performed; the event stops there.
@@ -99,7 +101,12 @@ impl Executor for HostExecutor<'_> {
             Effect::WriteTicket { dispatch_id } => paths
                 .write_ticket(dispatch_id, "")
                 .map(|()| Performed::Done)
-                .map_err(|e| fail(format!("cannot write the ticket of dispatch {dispatch_id}"), e)),
+                .map_err(|e| {
+                    fail(
+                        format!("cannot write the ticket of dispatch {dispatch_id}"),
+                        e,
+                    )
+                }),
             Effect::RevokeTicket { dispatch_id, .. } => paths
                 .revoke_ticket(dispatch_id)
                 .map(Performed::Revoke)
@@ -118,6 +125,7 @@ impl Executor for HostExecutor<'_> {
                         worktree.display()
                     )));
                 }
+                no_symlink_below(worktree, path)?;
                 let dir = path.parent().unwrap_or(worktree);
                 atomic::create_dir_all(dir)
                     .and_then(|()| atomic::write(path, content.as_bytes()))
@@ -129,14 +137,22 @@ impl Executor for HostExecutor<'_> {
                 path,
                 message,
                 branch,
-            } => Ok(Performed::Notes(git::publish(
+                ..
+            } => Ok(Performed::Published(git::publish(
                 self.settings,
                 worktree,
                 path,
                 message,
                 branch.as_deref(),
             ))),
-            Effect::StampMerged { path, merged } => stamp(path, *merged),
+            Effect::StampMerged {
+                worktree,
+                path,
+                merged,
+            } => {
+                no_symlink_below(worktree, path)?;
+                stamp(path, *merged)
+            }
             Effect::RemoveStateDir => paths
                 .remove_state_dir()
                 .map(|()| Performed::Done)
@@ -154,6 +170,35 @@ impl HostExecutor<'_> {
             Err(e) => Err(e.to_string()),
         }
     }
+}
+
+/// The deploy log must land inside the worktree: no component of its path
+/// below the worktree may be a symbolic link (a committed symlink
+/// `docs/work-items/<item>` would send it anywhere).
+fn no_symlink_below(worktree: &std::path::Path, path: &std::path::Path) -> Result<(), ExecError> {
+    let rel = path.strip_prefix(worktree).map_err(|_| {
+        ExecError(format!(
+            "deploy log {} is not below the worktree {}",
+            path.display(),
+            worktree.display()
+        ))
+    })?;
+    let mut at = worktree.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ExecError(format!(
+                    "{} is a symbolic link: the deploy log is not written through it (the deploy stays as it is; replace the link with a directory, then poll again)",
+                    at.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(ExecError(format!("cannot inspect {}: {e}", at.display()))),
+        }
+    }
+    Ok(())
 }
 
 fn stamp(path: &std::path::Path, merged: bool) -> Result<Performed, ExecError> {
@@ -200,6 +245,10 @@ impl Executor for RecordingExecutor {
         Ok(match effect {
             Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
             Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
+            Effect::GitPublish { .. } => Performed::Published(git::Published {
+                pushed: Ok(()),
+                notes: Vec::new(),
+            }),
             _ => Performed::Done,
         })
     }

@@ -104,6 +104,9 @@ pub struct EventStep {
     /// on a poll, just before the poll's revoke renames it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub host_claims: bool,
+    /// The commit or push of the deploy log fails (the remote is unreachable).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub push_fails: bool,
     /// The worktree is not a git work tree (the worktree guard says no).
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_worktree: bool,

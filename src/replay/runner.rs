@@ -95,9 +95,15 @@ impl ReplayExecutor<'_> {
                     None => Ok(()),
                 }))
             }
-            Effect::WriteDeployLog { .. }
-            | Effect::GitPublish { .. }
-            | Effect::StampMerged { .. } => Ok(Performed::Done),
+            Effect::GitPublish { .. } => Ok(Performed::Published(crate::exec::git::Published {
+                pushed: if self.step.push_fails {
+                    Err("git push failed (exit status 128: the remote is unreachable)".into())
+                } else {
+                    Ok(())
+                },
+                notes: Vec::new(),
+            })),
+            Effect::WriteDeployLog { .. } | Effect::StampMerged { .. } => Ok(Performed::Done),
         }
     }
 }
@@ -382,7 +388,12 @@ impl Replayer {
             repo: self.repo.clone(),
             work_item: self.work_item.clone(),
             event,
-            branch: step.branch.clone(),
+            branch: step
+                .branch
+                .as_deref()
+                .map(crate::names::BranchName::new)
+                .transpose()
+                .map_err(|e| e.to_string())?,
             worktree: step.worktree.as_ref().map(PathBuf::from),
             revision: step.revision.clone(),
             merged: step.merged,
@@ -414,8 +425,11 @@ impl Replayer {
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             engine::handle(settings, &request, &mut executor, clock)
         }));
-        let (launched, claimed, performed) =
-            (executor.launched, executor.claimed.take(), executor.performed);
+        let (launched, claimed, performed) = (
+            executor.launched,
+            executor.claimed.take(),
+            executor.performed,
+        );
         drop(executor);
         let mut actual = self.observe();
         match outcome {

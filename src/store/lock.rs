@@ -24,6 +24,11 @@ pub struct ItemLock {
 }
 
 impl ItemLock {
+    /// The open, locked file (the lock is released when it is dropped).
+    pub fn into_file(self) -> File {
+        self._file
+    }
+
     pub fn acquire(path: &Path, wait: Duration) -> Result<ItemLock, LockError> {
         let io = |error| LockError::Io {
             path: path.display().to_string(),
