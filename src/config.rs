@@ -99,7 +99,45 @@ pub const REGISTRY: &[Spec] = &[
     spec("SELF_DEPLOY_RESULT_DEADLINE_SECS", "0", Kind::SecondsOrOff, "timeouts", "seconds after approval with no result before a poll finalizes as FAILED (timeout); 0 waits forever"),
     spec("SELF_DEPLOY_WATCH_RESCAN_SECS", "5", Kind::Seconds, "timeouts", "seconds between full rescans of REPOS_DIR by `selfdeploy watch` (a safety net for missed file events)"),
     spec("HISTORY_HMAC_KEY", "", Kind::Secret, "secrets", "key that signs every history entry (HMAC-SHA256 chain); empty: entries are unsigned"),
+    spec("HISTORY_HMAC_PREVIOUS_KEYS", "", Kind::Secret, "secrets", "earlier HISTORY_HMAC_KEY values (comma-separated) that still verify the entries they signed, after a key rotation"),
 ];
+
+/// A secret value: never printed. `Debug` and `Display` show `<redacted>`,
+/// so that no log, error or report can carry it by accident; `expose` is the
+/// one way to the bytes, for the code that signs with it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// What a secret shows instead of its value (and what `snapshot` records).
+pub const REDACTED: &str = "<redacted>";
+
+impl Secret {
+    pub fn new(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
 
 /// Where a resolved value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,12 +161,54 @@ impl fmt::Display for Source {
     }
 }
 
-/// One resolved setting, for `selfdeploy config`.
-#[derive(Debug, Clone, Serialize)]
+/// One resolved setting, for `selfdeploy config`. Its `Debug` and
+/// serialized forms redact a secret's value.
+#[derive(Clone)]
 pub struct Resolved {
     pub name: &'static str,
     pub value: String,
     pub source: Source,
+}
+
+impl Resolved {
+    pub fn is_secret(&self) -> bool {
+        is_secret(self.name)
+    }
+
+    /// The value as it may be shown: a set secret is `<redacted>`.
+    pub fn shown(&self) -> &str {
+        if self.is_secret() && !self.value.is_empty() {
+            REDACTED
+        } else {
+            &self.value
+        }
+    }
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("name", &self.name)
+            .field("value", &self.shown())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Serialize for Resolved {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Resolved", 3)?;
+        st.serialize_field("name", self.name)?;
+        st.serialize_field("value", self.shown())?;
+        st.serialize_field("source", &self.source)?;
+        st.end()
+    }
+}
+
+/// Whether the setting called `name` is a secret.
+pub fn is_secret(name: &str) -> bool {
+    REGISTRY.iter().any(|s| s.name == name && s.is_secret())
 }
 
 /// How the detached hook is launched.
@@ -193,7 +273,9 @@ pub struct Settings {
     pub result_deadline: Option<Duration>,
     pub watch_rescan: Duration,
     /// Signs the history when set.
-    pub history_key: Option<String>,
+    pub history_key: Option<Secret>,
+    /// Earlier keys, for verifying what they signed.
+    pub history_previous_keys: Vec<Secret>,
     /// Every setting as resolved, in registry order.
     pub resolved: Vec<Resolved>,
     /// Names that look like settings but are not (typos), with the closest
@@ -317,7 +399,16 @@ impl Settings {
             claim_timeout: r.seconds("SELF_DEPLOY_CLAIM_TIMEOUT_SECS"),
             result_deadline: r.seconds_or_off("SELF_DEPLOY_RESULT_DEADLINE_SECS"),
             watch_rescan: r.seconds("SELF_DEPLOY_WATCH_RESCAN_SECS"),
-            history_key: Some(r.text("HISTORY_HMAC_KEY")).filter(|k| !k.is_empty()),
+            history_key: Some(r.text("HISTORY_HMAC_KEY"))
+                .filter(|k| !k.is_empty())
+                .map(Secret::from),
+            history_previous_keys: r
+                .text("HISTORY_HMAC_PREVIOUS_KEYS")
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(Secret::new)
+                .collect(),
             resolved: resolved.clone(),
             warnings: Vec::new(),
         };
@@ -493,13 +584,27 @@ fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
         path: path.to_path_buf(),
         problem,
     };
-    let iter = dotenvy::from_path_iter(path).map_err(|e| err(e.to_string()))?;
+    let iter = dotenvy::from_path_iter(path).map_err(|e| err(env_file_problem(&e)))?;
     let mut values = BTreeMap::new();
     for item in iter {
-        let (k, v) = item.map_err(|e| err(e.to_string()))?;
+        let (k, v) = item.map_err(|e| err(env_file_problem(&e)))?;
         values.insert(k, v);
     }
     Ok(values)
+}
+
+/// What is wrong with an env file, without its content: the line that does
+/// not parse may hold a secret.
+fn env_file_problem(e: &dotenvy::Error) -> String {
+    match e {
+        dotenvy::Error::LineParse(line, at) => {
+            let number = line.lines().count().max(1);
+            format!(
+                "a line does not parse (at character {at} of a {number}-line entry); quote values that hold spaces or '#'"
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads typed values, collecting every problem instead of stopping at the

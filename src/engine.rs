@@ -148,24 +148,28 @@ pub fn handle(
                 effects: Vec::new(),
             },
         };
-        if let Err(error) =
-            store::append_history(&paths.history_file, &entry, settings.history_key.as_deref())
-        {
-            let error = EngineError::History {
-                path: paths.history_file.display().to_string(),
-                error,
-            };
+        let appended =
+            store::append_history(&paths.history_file, &entry, settings.history_key.as_ref());
+        let notes = match appended {
+            Ok(repaired) => repaired,
             // What was done is done (a deploy may be launched): report it
             // truthfully, with the missing history line, rather than as an error.
-            tracing::warn!(%error, "history not appended");
-            return match result {
-                Ok(mut report) => {
-                    report.notes.push(error.to_string());
-                    Ok(report)
-                }
-                Err(e) => Err(e),
-            };
-        }
+            Err(error) => {
+                let error = EngineError::History {
+                    path: paths.history_file.display().to_string(),
+                    error,
+                };
+                tracing::warn!(%error, "history not appended");
+                vec![error.to_string()]
+            }
+        };
+        return match result {
+            Ok(mut report) => {
+                report.notes.extend(notes);
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        };
     }
     result
 }

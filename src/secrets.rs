@@ -10,11 +10,12 @@ use crate::config::REGISTRY;
 /// Bytes of randomness in one generated secret (64 hex characters).
 pub const SECRET_BYTES: usize = 32;
 
-/// The names of the secret settings, in registry order.
+/// The names of the secret settings that get fresh values, in registry
+/// order. Earlier keys kept for verification are never generated.
 pub fn secret_names() -> Vec<&'static str> {
     REGISTRY
         .iter()
-        .filter(|s| s.is_secret())
+        .filter(|s| s.is_secret() && !s.name.ends_with("_PREVIOUS_KEYS"))
         .map(|s| s.name)
         .collect()
 }

@@ -4,9 +4,10 @@
 //! events and network filesystems; each due item gets an ordinary `poll`
 //! through the engine, under the same per-item lock as every other caller.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
@@ -99,13 +100,58 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
     }
 }
 
-/// Every due item under REPOS_DIR, polled once.
-pub fn rescan(settings: &Settings, stats: &mut Stats) -> anyhow::Result<()> {
+/// Finalized items whose push is pending, and when to retry each: a poll
+/// retries the push, and each retry appends to the history, so an
+/// unreachable remote is retried at growing intervals (30 s doubling up to
+/// 5 minutes) rather than at every rescan.
+#[derive(Debug, Default)]
+pub struct PushRetries {
+    next: HashMap<(RepoName, WorkItem), (Instant, Duration)>,
+}
+
+const FIRST_PUSH_RETRY: Duration = Duration::from_secs(30);
+const LONGEST_PUSH_RETRY: Duration = Duration::from_secs(300);
+
+impl PushRetries {
+    fn ready(&self, item: &(RepoName, WorkItem)) -> bool {
+        self.next.get(item).is_none_or(|(at, _)| Instant::now() >= *at)
+    }
+
+    fn after(&mut self, item: (RepoName, WorkItem), still_pending: bool) {
+        if !still_pending {
+            self.next.remove(&item);
+            return;
+        }
+        let delay = self
+            .next
+            .get(&item)
+            .map_or(FIRST_PUSH_RETRY, |(_, d)| (*d * 2).min(LONGEST_PUSH_RETRY));
+        self.next.insert(item, (Instant::now() + delay, delay));
+    }
+}
+
+/// Whether the item is finalized with its push still pending.
+fn push_pending(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
+    let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
+    Snapshot::load(&paths)
+        .ok()
+        .and_then(|snap| snap.finalized.flatten())
+        .is_some_and(|record| record.push_pending())
+}
+
+/// Every due item under REPOS_DIR, polled once; a pending push is retried
+/// when its backoff allows.
+pub fn rescan(settings: &Settings, stats: &mut Stats, retries: &mut PushRetries) -> anyhow::Result<()> {
     let items = store::list_items(&settings.repos_dir)
         .with_context(|| format!("cannot list {}", settings.repos_dir.display()))?;
     for (repo, work_item) in items {
-        if due(settings, &repo, &work_item) {
-            finalize(settings, repo, work_item, stats);
+        let attempt = due(settings, &repo, &work_item)
+            || push_pending(settings, &repo, &work_item)
+                && retries.ready(&(repo.clone(), work_item.clone()));
+        if attempt {
+            finalize(settings, repo.clone(), work_item.clone(), stats);
+            let pending = push_pending(settings, &repo, &work_item);
+            retries.after((repo, work_item), pending);
         }
     }
     Ok(())
@@ -136,6 +182,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
 
     let settings = std::sync::Arc::new(settings);
     let mut stats = Stats::default();
+    let mut retries = PushRetries::default();
     let mut ticks = tokio::time::interval(settings.watch_rescan);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -156,8 +203,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             _ = ticks.tick() => None,
         };
         let s = settings.clone();
-        stats = tokio::task::spawn_blocking(move || {
+        (stats, retries) = tokio::task::spawn_blocking(move || {
             let mut stats = stats;
+            let mut retries = retries;
             match work {
                 Some(items) => {
                     for (repo, work_item) in items {
@@ -167,13 +215,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
                     }
                 }
                 None => {
-                    if let Err(e) = rescan(&s, &mut stats) {
+                    if let Err(e) = rescan(&s, &mut stats, &mut retries) {
                         stats.errors += 1;
                         tracing::warn!(error = %format!("{e:#}"), "watch: rescan failed");
                     }
                 }
             }
-            stats
+            (stats, retries)
         })
         .await
         .context("a watch task panicked")?;

@@ -19,7 +19,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     write: Option<PathBuf>,
     /// With --write: append the missing secrets to an existing file (every
-    /// existing line and the file's mode are kept).
+    /// existing line is kept; the file becomes mode 0600).
     #[arg(long, requires = "write")]
     force: bool,
 }
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let values = secrets::generate(&missing)?;
     append(&path, secrets::addition(&existing, &values).as_bytes())
         .with_context(|| format!("cannot append to {shown}"))?;
-    println!("appended {} to {shown}", missing.join(", "));
+    println!("appended {} to {shown} (mode 0600)", missing.join(", "));
     Ok(EXIT_OK)
 }
 
@@ -94,10 +94,13 @@ fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     atomic::sync_dir(dir)
 }
 
-/// Appends in one write, so the existing bytes, the mode, the owner and a
-/// symbolic link all stay as they are.
+/// Appends in one write, so the existing bytes, the owner and a symbolic
+/// link stay as they are; the file becomes readable by its owner only
+/// before the secret is written into it (a file that holds a secret is 0600,
+/// whoever created it).
 fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().append(true).open(path)?;
+    file.set_permissions(Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()
 }

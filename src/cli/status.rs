@@ -49,6 +49,8 @@ struct Row {
     stale_results: Vec<String>,
     /// State files that are not regular files (never followed, never waited on).
     unreadable: Vec<Unreadable>,
+    /// Whether the deploy log reached the remote (finalized items of ours).
+    pushed: Option<bool>,
     note: String,
 }
 
@@ -91,11 +93,15 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
         }
         (StateName::ApproveRequested, ..) => notes.push("waiting for approval".to_owned()),
         (StateName::FinalizedSuccess | StateName::FinalizedFailed, ..) => {
-            let code = snap.finalized.clone().flatten().map(|f| f.hook_exit_code);
-            notes.push(format!(
-                "hook exit code {}",
-                code.as_deref().unwrap_or("unknown")
-            ));
+            let record = snap.finalized.clone().flatten();
+            let code = record.as_ref().map(|f| f.hook_exit_code.as_str());
+            notes.push(format!("hook exit code {}", code.unwrap_or("unknown")));
+            if let Some(record) = record.as_ref().filter(|r| r.push_pending()) {
+                notes.push(format!(
+                    "not pushed: {}; every poll (and watch) retries",
+                    record.push_error.as_deref().unwrap_or("unknown error")
+                ));
+            }
         }
         (StateName::Idle, ..) => {}
     }
@@ -114,6 +120,7 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
         result,
         stale_results: snap.stale_results,
         unreadable: snap.unreadable,
+        pushed: snap.finalized.flatten().and_then(|r| r.pushed),
         note: notes.join("; "),
     }
 }
@@ -153,6 +160,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
                     result: None,
                     stale_results: Vec::new(),
                     unreadable: Vec::new(),
+                    pushed: None,
                     note: format!("error: {e}"),
                 });
             }

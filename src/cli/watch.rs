@@ -15,7 +15,7 @@ pub struct Args {
 pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
     if args.once {
         let mut stats = watch::Stats::default();
-        watch::rescan(&settings, &mut stats)?;
+        watch::rescan(&settings, &mut stats, &mut watch::PushRetries::default())?;
         println!("finalized {}, errors {}", stats.finalized, stats.errors);
         return Ok(if stats.errors == 0 {
             EXIT_OK

@@ -2,7 +2,6 @@
 //! that an incident becomes a regression case in one command.
 
 use std::collections::BTreeMap;
-use std::fs;
 
 use super::fixture::{Expect, Fixture};
 use crate::config::{Settings, Source};
@@ -14,6 +13,9 @@ use crate::store::{self, ItemPaths, Snapshot};
 /// machine.
 const NOT_CAPTURED: [&str; 1] = ["REPOS_DIR"];
 
+/// A state file larger than this is not captured (it is no marker or result).
+const CAPTURE_LIMIT: u64 = 1024 * 1024;
+
 pub fn capture(
     settings: &Settings,
     repo: &RepoName,
@@ -23,18 +25,20 @@ pub fn capture(
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     let snapshot = Snapshot::load(&paths)?;
     let mut files = BTreeMap::new();
+    // Read as the engine reads state files: a symlink is never followed (its
+    // target could be anything on this machine), a FIFO never waited on.
     for name in &snapshot.files {
-        let path = paths.state_dir.join(name);
-        if path.is_file() {
-            let bytes = fs::read(&path)?;
+        if let Ok(bytes) = store::read_regular(&paths.state_dir.join(name), CAPTURE_LIMIT) {
             files.insert(name.clone(), String::from_utf8_lossy(&bytes).into_owned());
         }
     }
+    // A secret is recorded as `<redacted>`: fixtures are committed. A replay
+    // of the fixture signs its history with that placeholder, which works.
     let captured: BTreeMap<String, String> = settings
         .resolved
         .iter()
         .filter(|r| r.source != Source::Default && !NOT_CAPTURED.contains(&r.name))
-        .map(|r| (r.name.to_owned(), r.value.clone()))
+        .map(|r| (r.name.to_owned(), r.shown().to_owned()))
         .collect();
     Ok(Fixture {
         description: format!("captured from {repo}/{work_item} at {}", clock.now()),
@@ -43,7 +47,7 @@ pub fn capture(
         work_item: work_item.to_string(),
         clock: clock.now(),
         files,
-        history: store::read_history(&paths.history_file)?,
+        history: store::read_entries(&paths.history_file)?,
         initial: Some(Expect {
             state: snapshot.state.to_string(),
             files: Some(snapshot.files),

@@ -250,7 +250,7 @@ impl Replayer {
             fs::write(paths.state_dir.join(name), content).map_err(|e| e.to_string())?;
         }
         for entry in &f.history {
-            store::append_history(&paths.history_file, entry, settings.history_key.as_deref())
+            store::append_history(&paths.history_file, entry, settings.history_key.as_ref())
                 .map_err(|e| e.to_string())?;
         }
         Ok(Replayer {

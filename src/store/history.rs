@@ -1,21 +1,36 @@
 //! The history of a work item: append-only JSON lines that survive reset.
 //!
+//! History is evidence, so two rules hold whatever is in the file:
+//!
+//! - **Appends never fail because of the file's content.** A torn last line
+//!   (a crash mid-append) is moved aside to `<item>.jsonl.torn` and reported;
+//!   a line that is not an entry (undecodable bytes, an edit) stays where it
+//!   is and the new entry is written after it.
+//! - **Reading never stops at a damaged line**: it is shown as damaged.
+//!
 //! With `HISTORY_HMAC_KEY` set, the history is tamper-evident:
 //!
-//! - every line carries `mac`, the hex HMAC-SHA256 of the previous line's
-//!   `mac` (hex; the empty string for the first entry, or after an unsigned
-//!   line) followed by the entry's canonical bytes: its JSON without `mac`,
-//!   fields in the order of [`HistoryEntry`]. Editing, dropping or reordering
-//!   entries breaks the chain at the first entry concerned.
-//! - the head file `<item>.jsonl.head`, rewritten atomically after each signed
-//!   append, holds the number of entries and the HMAC of `head`, that number
-//!   and the last entry's `mac` (`"head\n{count}\n{last mac}"`), so that
-//!   dropping entries from the end is detected too.
+//! - every signed line carries `key_id` (a fingerprint of the key, never the
+//!   key) and `mac`, the hex HMAC-SHA256, under that key, of the previous
+//!   signed line's `mac` (empty for the first), the entry's canonical bytes
+//!   (its JSON without `key_id` and `mac`, fields in the order of
+//!   [`HistoryEntry`]), a newline and the key id. Editing, dropping or
+//!   reordering entries breaks the chain at the first entry concerned. When
+//!   the key is rotated, the first entry under the new key links to the last
+//!   one under the old; the old key verifies the older segment when it is
+//!   listed in `HISTORY_HMAC_PREVIOUS_KEYS`.
+//! - the head file `<item>.jsonl.head`, rewritten atomically after each
+//!   signed append, holds the number of entries, the signing key's id and the
+//!   HMAC of `head`, that number and the last entry's `mac`, so that dropping
+//!   entries from the end is detected too.
 //!
-//! A crash between the append and the head write leaves the head one entry
-//! behind; [`verify_history`] accepts that (and only that) lag, and the next
-//! append repairs it. The chain cannot tell a history deleted whole (with its
-//! head) from one never written.
+//! Entries written before signing was turned on are reported as unsigned and
+//! the chain starts at the first signed one; an unsigned entry after it is a
+//! break. A crash between an append and its head write leaves the head one
+//! entry behind; [`verify_history`] accepts that (and only that) lag, and the
+//! next append repairs it. The chain cannot tell a history deleted whole (with
+//! its head) from one never written. Lines signed by the previous release
+//! (a `mac` without `key_id`) are checked with that release's construction.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -26,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::atomic;
+use crate::config::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -40,69 +56,157 @@ pub struct HistoryEntry {
     pub effects: Vec<String>,
 }
 
-/// One line of the history file: the entry, and its MAC when signed. The MAC
-/// is kept out of [`HistoryEntry`] so that the entry stays what the engine
-/// records and what replay fixtures hold.
+/// One line of the history file: the entry, and its key id and MAC when
+/// signed. They are kept out of [`HistoryEntry`] so that the entry stays what
+/// the engine records and what replay fixtures hold.
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
     #[serde(flatten)]
     entry: HistoryEntry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     mac: Option<String>,
 }
 
 /// The head file: how many entries the history has and the MAC binding that
-/// count to the last entry's MAC.
+/// count to the last entry's MAC, under the key named.
 #[derive(Debug, Serialize, Deserialize)]
 struct Head {
     entries: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     mac: String,
+}
+
+/// A line of the history as read: an entry, or a line that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum HistoryLine {
+    Entry(HistoryEntry),
+    Damaged {
+        /// 1-based, as `history` numbers entries.
+        entry: usize,
+        damaged: String,
+    },
 }
 
 /// What [`verify_history`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// No key is configured: nothing can be checked.
+    /// No key is configured and nothing is signed: nothing can be checked.
     Unsigned,
-    /// Every entry is signed, the chain holds and the head matches.
-    Valid { entries: usize },
+    /// The chain holds from its first signed entry and the head matches.
+    /// `unsigned` entries before it were written before signing began.
+    Valid { entries: usize, unsigned: usize },
     /// The first entry that is not authentic (1-based) and why.
     Broken { entry: usize, why: String },
+    /// The history is signed but no key is set: nothing can be checked, and
+    /// that is an error, never a silent pass.
+    NoKey { key_id: String },
+}
+
+/// The keys that sign and verify: the current one, and earlier ones that
+/// verify older segments after a rotation.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryKeys<'a> {
+    pub current: Option<&'a Secret>,
+    pub previous: &'a [Secret],
+}
+
+impl HistoryKeys<'_> {
+    fn by_id(&self, id: &str) -> Option<&Secret> {
+        self.current
+            .into_iter()
+            .chain(self.previous)
+            .find(|k| key_id(k) == id)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Secret> {
+        self.current.into_iter().chain(self.previous)
+    }
+}
+
+/// A key's public name: the first 16 hex digits of an HMAC of a constant
+/// under it. It names the key without revealing it.
+pub fn key_id(key: &Secret) -> String {
+    let mac = keyed(key)
+        .chain_update(b"selfdeploy history key id")
+        .finalize()
+        .into_bytes();
+    hex::encode(&mac[..8])
 }
 
 /// The head file of a history file: `<item>.jsonl.head`.
 pub fn head_path(history: &Path) -> PathBuf {
-    let mut name = history.as_os_str().to_owned();
-    name.push(".head");
+    with_suffix(history, ".head")
+}
+
+/// Where a torn last line is moved: `<item>.jsonl.torn`.
+pub fn torn_path(history: &Path) -> PathBuf {
+    with_suffix(history, ".torn")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 
-/// Appends one entry, signed when `key` is given. The caller holds the
-/// per-item lock: the last line read here is still the last when this line is
-/// written.
-pub fn append_history(path: &Path, entry: &HistoryEntry, key: Option<&str>) -> io::Result<()> {
+/// Appends one entry, signed when `key` is given; returns what was repaired
+/// on the way (a torn tail moved aside), for the report. The caller holds the
+/// per-item lock: the last line read here is still the last when this line
+/// is written. Only I/O can make it fail, never the file's content.
+pub fn append_history(
+    path: &Path,
+    entry: &HistoryEntry,
+    key: Option<&Secret>,
+) -> io::Result<Vec<String>> {
     if let Some(dir) = path.parent() {
         atomic::create_dir_all(dir)?;
+    }
+    let mut notes = Vec::new();
+    let mut bytes = read_or_empty(path)?;
+    if let Some(cut) = torn_tail(&bytes) {
+        let torn = bytes.split_off(cut);
+        let mut aside = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(torn_path(path))?;
+        aside.write_all(&torn)?;
+        aside.write_all(b"\n")?;
+        aside.sync_data()?;
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(cut as u64)?;
+        file.sync_data()?;
+        notes.push(format!(
+            "the history's last line was torn (a crash mid-append): its {} bytes were moved to {}",
+            torn.len(),
+            torn_path(path).display()
+        ));
     }
     let (line, head) = match key {
         None => (
             Line {
                 entry: entry.clone(),
+                key_id: None,
                 mac: None,
             },
             None,
         ),
         Some(key) => {
-            let (count, prev) = tail(path)?;
+            let (count, prev) = tail(&bytes);
             if count == 0 {
                 // A crash after the first append then leaves the head one
                 // behind, which verification accepts, rather than missing.
                 write_head(path, key, 0, "")?;
             }
-            let mac = entry_mac(key, &prev, &canonical(entry)?);
+            let id = key_id(key);
+            let mac = entry_mac(key, &prev, &canonical(entry)?, &id);
             (
                 Line {
                     entry: entry.clone(),
+                    key_id: Some(id),
                     mac: Some(mac.clone()),
                 },
                 Some((count + 1, mac)),
@@ -111,100 +215,149 @@ pub fn append_history(path: &Path, entry: &HistoryEntry, key: Option<&str>) -> i
     };
     let mut text = serde_json::to_string(&line).map_err(io::Error::other)?;
     text.push('\n');
-    // A torn last line (a crash mid-append) must not swallow this entry too.
-    if ends_mid_line(path)? {
-        text.insert(0, '\n');
-    }
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_data()?;
     if let (Some(key), Some((count, mac))) = (key, head) {
         write_head(path, key, count, &mac)?;
     }
-    Ok(())
+    Ok(notes)
 }
 
-/// Whether the file's last byte is not a line end.
-fn ends_mid_line(path: &Path) -> io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if file.metadata()?.len() == 0 {
-        return Ok(false);
+/// Where the torn last line begins, if the file does not end with a line end.
+fn torn_tail(bytes: &[u8]) -> Option<usize> {
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        return None;
     }
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
+    Some(bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1))
 }
 
-/// The entries, oldest first. A line that does not parse is an error naming
-/// the line: history is evidence and is never silently skipped.
-pub fn read_history(path: &Path) -> io::Result<Vec<HistoryEntry>> {
-    let text = read_or_empty(path)?;
-    text.lines()
+/// The non-blank lines of the file, with their 1-based entry numbers.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| io::Error::other(format!("{}: line {}: {e}", path.display(), i + 1)))
-        })
-        .collect()
+        .map(|(i, l)| (i + 1, l))
 }
 
-/// Checks the chain of MACs and the head file with `key`. Entries are
-/// numbered from 1, blank lines not counted (as `history` shows them).
-/// An error is a file that cannot be read at all; everything about the
-/// content is in the [`Verification`].
-pub fn verify_history(path: &Path, key: Option<&str>) -> io::Result<Verification> {
-    let Some(key) = key else {
-        return Ok(Verification::Unsigned);
-    };
+fn parse(line: &[u8]) -> Option<Line> {
+    serde_json::from_slice(line).ok()
+}
+
+/// The lines, oldest first: entries, and damaged lines shown as such.
+pub fn read_history(path: &Path) -> io::Result<Vec<HistoryLine>> {
+    let bytes = read_or_empty(path)?;
+    Ok(lines(&bytes)
+        .map(|(n, l)| match parse(l) {
+            Some(line) => HistoryLine::Entry(line.entry),
+            None => HistoryLine::Damaged {
+                entry: n,
+                damaged: shown(l),
+            },
+        })
+        .collect())
+}
+
+/// The entries alone, damaged lines left out (a fixture's history).
+pub fn read_entries(path: &Path) -> io::Result<Vec<HistoryEntry>> {
+    Ok(read_history(path)?
+        .into_iter()
+        .filter_map(|l| match l {
+            HistoryLine::Entry(e) => Some(e),
+            HistoryLine::Damaged { .. } => None,
+        })
+        .collect())
+}
+
+/// A damaged line as text, for a human: lossy and cut short.
+fn shown(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut shown: String = text.chars().take(120).collect();
+    if text.chars().count() > 120 {
+        shown.push('…');
+    }
+    shown
+}
+
+/// Checks the chain of MACs and the head file. Entries are numbered from 1,
+/// blank lines not counted (as `history` shows them). An error is a file that
+/// cannot be read at all; everything about the content is in the
+/// [`Verification`].
+pub fn verify_history(path: &Path, keys: &HistoryKeys<'_>) -> io::Result<Verification> {
     let broken = |entry: usize, why: String| Ok(Verification::Broken { entry, why });
-    let text = read_or_empty(path)?;
-    let mut macs: Vec<String> = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let n = macs.len() + 1;
-        let parsed: Line = match serde_json::from_str(line) {
-            Ok(parsed) => parsed,
-            Err(e) => return broken(n, format!("it is not a history entry ({e})")),
+    let bytes = read_or_empty(path)?;
+    if keys.current.is_none() && keys.previous.is_empty() {
+        let signed = lines(&bytes).find_map(|(_, l)| {
+            let line = parse(l)?;
+            line.mac.as_ref()?;
+            Some(line.key_id.unwrap_or_else(|| "unnamed".to_owned()))
+        });
+        return Ok(match signed {
+            Some(key_id) => Verification::NoKey { key_id },
+            None => Verification::Unsigned,
+        });
+    }
+    let mut unsigned = 0;
+    let mut prev: Option<String> = None;
+    let mut entries = 0;
+    for (n, raw) in lines(&bytes) {
+        entries = n;
+        let Some(line) = parse(raw) else {
+            return broken(n, "it is damaged: not a history entry".to_owned());
         };
-        let Some(mac) = &parsed.mac else {
+        let Some(mac) = &line.mac else {
+            if prev.is_none() {
+                unsigned += 1;
+                continue;
+            }
             return broken(
                 n,
-                "it is unsigned (written while HISTORY_HMAC_KEY was unset)".to_owned(),
+                "it is unsigned, after signing began (written while HISTORY_HMAC_KEY was unset?)"
+                    .to_owned(),
             );
         };
-        let prev = macs.last().map_or("", String::as_str);
-        if !mac_matches(
-            chain_mac(key, prev).chain_update(canonical(&parsed.entry)?),
-            mac,
-        ) {
+        let chain = prev.as_deref().unwrap_or("");
+        let canonical = canonical(&line.entry)?;
+        let authentic = match &line.key_id {
+            Some(id) => match keys.by_id(id) {
+                Some(key) => mac_matches(entry_hmac(key, chain, &canonical, id), mac),
+                None => {
+                    return broken(
+                        n,
+                        format!(
+                            "it is signed by key id {id}, which is neither HISTORY_HMAC_KEY nor in HISTORY_HMAC_PREVIOUS_KEYS"
+                        ),
+                    );
+                }
+            },
+            None => keys
+                .all()
+                .any(|key| mac_matches(legacy_hmac(key, chain, &canonical), mac)),
+        };
+        if !authentic {
             return broken(
                 n,
                 "its MAC does not match: it was edited, moved, or an entry before it was \
-                 dropped (or the key is not the one that signed it)"
+                 dropped"
                     .to_owned(),
             );
         }
-        if serde_json::to_string(&parsed).map_err(io::Error::other)? != line {
+        if serde_json::to_vec(&line).map_err(io::Error::other)? != raw {
             return broken(
                 n,
                 "its line is not as selfdeploy wrote it (fields added or reformatted)".to_owned(),
             );
         }
-        macs.push(mac.clone());
+        prev = Some(mac.clone());
     }
-    let entries = macs.len();
+    let signed = entries - unsigned;
     let head_file = head_path(path);
     let head = match fs::read_to_string(&head_file) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if entries == 0 {
-                return Ok(Verification::Valid { entries });
+            if signed == 0 {
+                return Ok(Verification::Valid { entries, unsigned });
             }
             return broken(
                 entries,
@@ -245,68 +398,88 @@ pub fn verify_history(path: &Path, key: Option<&str>) -> io::Result<Verification
             ),
         );
     }
-    let last = match head.entries {
-        0 => "",
-        n => &macs[n - 1],
+    // The MAC of the entry the head counts up to (none before signing began).
+    let last = if head.entries == entries {
+        prev.clone().unwrap_or_default()
+    } else {
+        mac_of_entry(&bytes, head.entries).unwrap_or_default()
     };
-    if !mac_matches(head_mac(key, head.entries, last), &head.mac) {
+    let head_key = match &head.key_id {
+        Some(id) => keys.by_id(id),
+        None => keys.current,
+    };
+    let valid = head_key.is_some_and(|key| mac_matches(head_mac(key, head.entries, &last), &head.mac));
+    if !valid {
         return broken(
             head.entries.max(1),
             format!(
-                "the head file {} does not match the history (edited, or signed with another key)",
+                "the head file {} does not match the history (edited, or signed with a key that is not set)",
                 head_file.display()
             ),
         );
     }
-    Ok(Verification::Valid { entries })
+    Ok(Verification::Valid { entries, unsigned })
 }
 
-fn read_or_empty(path: &Path) -> io::Result<String> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+/// The `mac` of entry `n` (1-based), if it is a signed line.
+fn mac_of_entry(bytes: &[u8], n: usize) -> Option<String> {
+    lines(bytes)
+        .find(|(i, _)| *i == n)
+        .and_then(|(_, l)| parse(l)?.mac)
+}
+
+fn read_or_empty(path: &Path) -> io::Result<Vec<u8>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
 }
 
-/// How many entries the file has (non-blank lines) and the last one's MAC
-/// (empty when there is none, it is unsigned, or it does not parse: the new
-/// entry is recorded all the same, and verification names the bad line).
-fn tail(path: &Path) -> io::Result<(usize, String)> {
-    let text = read_or_empty(path)?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let count = lines.clone().count();
-    let prev = lines
-        .next_back()
-        .and_then(|l| serde_json::from_str::<Line>(l).ok())
-        .and_then(|l| l.mac)
-        .unwrap_or_default();
-    Ok((count, prev))
+/// How many entries the file has (non-blank lines) and the MAC the next
+/// entry chains to: the last signed line's (empty when there is none; a
+/// damaged line is skipped here, and verification names it).
+fn tail(bytes: &[u8]) -> (usize, String) {
+    let mut count = 0;
+    let mut prev = String::new();
+    for (n, line) in lines(bytes) {
+        count = n;
+        if let Some(mac) = parse(line).and_then(|l| l.mac) {
+            prev = mac;
+        }
+    }
+    (count, prev)
 }
 
 fn canonical(entry: &HistoryEntry) -> io::Result<Vec<u8>> {
     serde_json::to_vec(entry).map_err(io::Error::other)
 }
 
-fn keyed(key: &str) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes a key of any length")
+fn keyed(key: &Secret) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
+        .expect("HMAC takes a key of any length")
 }
 
-/// The HMAC state after the previous entry's MAC: the entry's bytes follow.
-fn chain_mac(key: &str, prev: &str) -> Hmac<Sha256> {
-    keyed(key).chain_update(prev.as_bytes())
+fn entry_hmac(key: &Secret, prev: &str, canonical: &[u8], key_id: &str) -> Hmac<Sha256> {
+    keyed(key)
+        .chain_update(prev.as_bytes())
+        .chain_update(canonical)
+        .chain_update(b"\n")
+        .chain_update(key_id.as_bytes())
 }
 
-fn entry_mac(key: &str, prev: &str, canonical: &[u8]) -> String {
-    hex::encode(
-        chain_mac(key, prev)
-            .chain_update(canonical)
-            .finalize()
-            .into_bytes(),
-    )
+/// The previous release's construction: no key id in the MAC.
+fn legacy_hmac(key: &Secret, prev: &str, canonical: &[u8]) -> Hmac<Sha256> {
+    keyed(key)
+        .chain_update(prev.as_bytes())
+        .chain_update(canonical)
 }
 
-fn head_mac(key: &str, count: usize, last: &str) -> Hmac<Sha256> {
+fn entry_mac(key: &Secret, prev: &str, canonical: &[u8], key_id: &str) -> String {
+    hex::encode(entry_hmac(key, prev, canonical, key_id).finalize().into_bytes())
+}
+
+fn head_mac(key: &Secret, count: usize, last: &str) -> Hmac<Sha256> {
     keyed(key).chain_update(format!("head\n{count}\n{last}").as_bytes())
 }
 
@@ -315,9 +488,10 @@ fn mac_matches(mac: Hmac<Sha256>, hex_mac: &str) -> bool {
     hex::decode(hex_mac).is_ok_and(|bytes| mac.verify_slice(&bytes).is_ok())
 }
 
-fn write_head(path: &Path, key: &str, count: usize, last: &str) -> io::Result<()> {
+fn write_head(path: &Path, key: &Secret, count: usize, last: &str) -> io::Result<()> {
     let head = Head {
         entries: count,
+        key_id: Some(key_id(key)),
         mac: hex::encode(head_mac(key, count, last).finalize().into_bytes()),
     };
     let mut text = serde_json::to_string(&head).map_err(io::Error::other)?;
@@ -342,16 +516,27 @@ mod tests {
         }
     }
 
-    fn signed(n: usize, key: &str) -> (tempfile::TempDir, PathBuf) {
+    fn key(k: &str) -> Secret {
+        Secret::new(k)
+    }
+
+    fn keys(current: &Secret) -> HistoryKeys<'_> {
+        HistoryKeys {
+            current: Some(current),
+            previous: &[],
+        }
+    }
+
+    fn signed(n: usize, k: &Secret) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h/W-1.jsonl");
         for i in 1..=n {
-            append_history(&path, &entry(i), Some(key)).unwrap();
+            append_history(&path, &entry(i), Some(k)).unwrap();
         }
         (dir, path)
     }
 
-    fn lines(path: &Path) -> Vec<String> {
+    fn file_lines(path: &Path) -> Vec<String> {
         fs::read_to_string(path)
             .unwrap()
             .lines()
@@ -376,20 +561,24 @@ mod tests {
 
     #[test]
     fn mac_is_the_documented_construction() {
-        let (_dir, path) = signed(2, "k");
-        let first: serde_json::Value = serde_json::from_str(&lines(&path)[0]).unwrap();
-        let second: serde_json::Value = serde_json::from_str(&lines(&path)[1]).unwrap();
-        let want1 = entry_mac("k", "", &serde_json::to_vec(&entry(1)).unwrap());
-        let want2 = entry_mac("k", &want1, &serde_json::to_vec(&entry(2)).unwrap());
+        let k = key("k");
+        let id = key_id(&k);
+        let (_dir, path) = signed(2, &k);
+        let first: serde_json::Value = serde_json::from_str(&file_lines(&path)[0]).unwrap();
+        let second: serde_json::Value = serde_json::from_str(&file_lines(&path)[1]).unwrap();
+        let want1 = entry_mac(&k, "", &serde_json::to_vec(&entry(1)).unwrap(), &id);
+        let want2 = entry_mac(&k, &want1, &serde_json::to_vec(&entry(2)).unwrap(), &id);
         assert_eq!(first["mac"], want1.as_str());
         assert_eq!(second["mac"], want2.as_str());
-        assert_eq!(want1.len(), 64);
-        // The line is the entry's JSON with `mac` last.
+        assert_eq!(first["key_id"], id.as_str());
+        assert_eq!((want1.len(), id.len()), (64, 16));
+        assert!(!file_lines(&path)[0].contains("\"k\""));
+        // The line is the entry's JSON with `key_id` and `mac` last.
         let canonical = serde_json::to_string(&entry(1)).unwrap();
         assert_eq!(
-            lines(&path)[0],
+            file_lines(&path)[0],
             format!(
-                "{},\"mac\":\"{want1}\"}}",
+                "{},\"key_id\":\"{id}\",\"mac\":\"{want1}\"}}",
                 &canonical[..canonical.len() - 1]
             )
         );
@@ -397,37 +586,53 @@ mod tests {
 
     #[test]
     fn signed_history_verifies_and_reads() {
-        let (_dir, path) = signed(3, "k");
+        let k = key("k");
+        let (_dir, path) = signed(3, &k);
         assert_eq!(
-            verify_history(&path, Some("k")).unwrap(),
-            Verification::Valid { entries: 3 }
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid {
+                entries: 3,
+                unsigned: 0
+            }
         );
         assert_eq!(
-            read_history(&path).unwrap(),
+            read_entries(&path).unwrap(),
             vec![entry(1), entry(2), entry(3)]
         );
-        assert_eq!(verify_history(&path, None).unwrap(), Verification::Unsigned);
+        assert_eq!(
+            verify_history(&path, &HistoryKeys::default()).unwrap(),
+            Verification::NoKey { key_id: key_id(&k) }
+        );
     }
 
     #[test]
     fn missing_history_is_valid_and_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("none.jsonl");
+        let k = key("k");
         assert_eq!(
-            verify_history(&path, Some("k")).unwrap(),
-            Verification::Valid { entries: 0 }
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid {
+                entries: 0,
+                unsigned: 0
+            }
+        );
+        assert_eq!(
+            verify_history(&path, &HistoryKeys::default()).unwrap(),
+            Verification::Unsigned
         );
     }
 
     #[test]
     fn tampering_names_the_entry() {
-        let (_dir, path) = signed(4, "k");
-        let orig = lines(&path);
+        let k = key("k");
+        let (_dir, path) = signed(4, &k);
+        let orig = file_lines(&path);
         let head = fs::read(head_path(&path)).unwrap();
         let check = |ls: Vec<String>, want: usize| {
             rewrite(&path, &ls);
             fs::write(head_path(&path), &head).unwrap();
-            assert_eq!(broken_at(verify_history(&path, Some("k")).unwrap()), want);
+            assert_eq!(broken_at(verify_history(&path, &keys(&k)).unwrap()), want);
         };
         let mut forged = orig.clone();
         forged[1] = forged[1].replace("\"outcome\":\"ok\"", "\"outcome\":\"no\"");
@@ -446,66 +651,159 @@ mod tests {
         rewrite(&path, &orig);
         fs::write(head_path(&path), &head).unwrap();
         assert_eq!(
-            verify_history(&path, Some("k")).unwrap(),
-            Verification::Valid { entries: 4 }
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid {
+                entries: 4,
+                unsigned: 0
+            }
         );
     }
 
     #[test]
-    fn wrong_key_breaks_the_first_entry() {
-        let (_dir, path) = signed(2, "k");
-        assert_eq!(broken_at(verify_history(&path, Some("other")).unwrap()), 1);
-    }
-
-    #[test]
-    fn unsigned_entries_are_named_when_a_key_is_set() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("W.jsonl");
-        append_history(&path, &entry(1), Some("k")).unwrap();
-        append_history(&path, &entry(2), None).unwrap();
-        append_history(&path, &entry(3), Some("k")).unwrap();
-        let v = verify_history(&path, Some("k")).unwrap();
+    fn an_unknown_key_names_the_first_entry() {
+        let k = key("k");
+        let (_dir, path) = signed(2, &k);
+        let other = key("other");
+        let v = verify_history(&path, &keys(&other)).unwrap();
         assert!(
-            matches!(&v, Verification::Broken { entry: 2, why } if why.contains("unsigned")),
+            matches!(&v, Verification::Broken { entry: 1, why } if why.contains(&key_id(&k))),
             "{v:?}"
         );
-        // An old unsigned line (no `mac` field) still reads.
-        assert_eq!(read_history(&path).unwrap().len(), 3);
-        assert!(!lines(&path)[1].contains("mac"));
+    }
+
+    #[test]
+    fn unsigned_entries_before_signing_are_reported_after_it_are_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("W.jsonl");
+        let k = key("k");
+        append_history(&path, &entry(1), None).unwrap();
+        append_history(&path, &entry(2), None).unwrap();
+        append_history(&path, &entry(3), Some(&k)).unwrap();
+        append_history(&path, &entry(4), Some(&k)).unwrap();
+        assert_eq!(
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid {
+                entries: 4,
+                unsigned: 2
+            }
+        );
+        append_history(&path, &entry(5), None).unwrap();
+        append_history(&path, &entry(6), Some(&k)).unwrap();
+        let v = verify_history(&path, &keys(&k)).unwrap();
+        assert!(
+            matches!(&v, Verification::Broken { entry: 5, why } if why.contains("unsigned")),
+            "{v:?}"
+        );
+        assert_eq!(read_entries(&path).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn a_rotated_key_chains_on_and_the_old_one_verifies_its_segment() {
+        let (old, new) = (key("old"), key("new"));
+        let (_dir, path) = signed(2, &old);
+        append_history(&path, &entry(3), Some(&new)).unwrap();
+        let previous = [old.clone()];
+        let both = HistoryKeys {
+            current: Some(&new),
+            previous: &previous,
+        };
+        assert_eq!(
+            verify_history(&path, &both).unwrap(),
+            Verification::Valid {
+                entries: 3,
+                unsigned: 0
+            }
+        );
+        // Without the old key, its segment cannot be checked: named.
+        assert_eq!(broken_at(verify_history(&path, &keys(&new)).unwrap()), 1);
+        // The first entry under the new key links to the last under the old:
+        // dropping the old segment's last entry breaks the new one.
+        let mut ls = file_lines(&path);
+        ls.remove(1);
+        rewrite(&path, &ls);
+        assert_eq!(broken_at(verify_history(&path, &both).unwrap()), 2);
     }
 
     #[test]
     fn head_one_behind_is_a_crash_and_accepted_two_behind_is_not() {
-        let (_dir, path) = signed(3, "k");
+        let k = key("k");
+        let (_dir, path) = signed(3, &k);
         let head3 = fs::read(head_path(&path)).unwrap();
-        append_history(&path, &entry(4), Some("k")).unwrap();
+        append_history(&path, &entry(4), Some(&k)).unwrap();
         fs::write(head_path(&path), &head3).unwrap();
-        assert_eq!(
-            verify_history(&path, Some("k")).unwrap(),
-            Verification::Valid { entries: 4 }
-        );
-        append_history(&path, &entry(5), Some("k")).unwrap();
+        assert!(matches!(
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid { entries: 4, .. }
+        ));
+        append_history(&path, &entry(5), Some(&k)).unwrap();
         fs::write(head_path(&path), &head3).unwrap();
-        assert_eq!(broken_at(verify_history(&path, Some("k")).unwrap()), 5);
+        assert_eq!(broken_at(verify_history(&path, &keys(&k)).unwrap()), 5);
         // The next append repairs the head.
-        append_history(&path, &entry(6), Some("k")).unwrap();
-        assert_eq!(
-            verify_history(&path, Some("k")).unwrap(),
-            Verification::Valid { entries: 6 }
-        );
+        append_history(&path, &entry(6), Some(&k)).unwrap();
+        assert!(matches!(
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid { entries: 6, .. }
+        ));
     }
 
     #[test]
     fn a_missing_or_forged_head_is_detected() {
-        let (_dir, path) = signed(2, "k");
+        let k = key("k");
+        let (_dir, path) = signed(2, &k);
         let head = fs::read_to_string(head_path(&path)).unwrap();
         fs::write(
             head_path(&path),
             head.replace("\"entries\":2", "\"entries\":1"),
         )
         .unwrap();
-        assert_eq!(broken_at(verify_history(&path, Some("k")).unwrap()), 1);
+        assert_eq!(broken_at(verify_history(&path, &keys(&k)).unwrap()), 1);
         fs::remove_file(head_path(&path)).unwrap();
-        assert_eq!(broken_at(verify_history(&path, Some("k")).unwrap()), 2);
+        assert_eq!(broken_at(verify_history(&path, &keys(&k)).unwrap()), 2);
+    }
+
+    #[test]
+    fn a_torn_tail_is_moved_aside_and_the_append_goes_on() {
+        let k = key("k");
+        let (_dir, path) = signed(2, &k);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"time\":\"2030-01-01T00:00:03Z\",\"act").unwrap();
+        drop(f);
+        // Reading shows it as damaged, and never fails.
+        assert!(matches!(
+            read_history(&path).unwrap()[2],
+            HistoryLine::Damaged { entry: 3, .. }
+        ));
+        let notes = append_history(&path, &entry(3), Some(&k)).unwrap();
+        assert!(notes[0].contains("torn"), "{notes:?}");
+        assert_eq!(
+            fs::read_to_string(torn_path(&path)).unwrap(),
+            "{\"time\":\"2030-01-01T00:00:03Z\",\"act\n"
+        );
+        assert_eq!(
+            read_entries(&path).unwrap(),
+            vec![entry(1), entry(2), entry(3)]
+        );
+        assert!(matches!(
+            verify_history(&path, &keys(&k)).unwrap(),
+            Verification::Valid { entries: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn undecodable_bytes_never_stop_an_append_and_are_named() {
+        let k = key("k");
+        let (_dir, path) = signed(2, &k);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\xff\xfe not json\n").unwrap();
+        drop(f);
+        append_history(&path, &entry(4), Some(&k)).unwrap();
+        let read = read_history(&path).unwrap();
+        assert_eq!(read.len(), 4);
+        assert!(matches!(&read[2], HistoryLine::Damaged { entry: 3, damaged } if damaged.contains("not json")));
+        let v = verify_history(&path, &keys(&k)).unwrap();
+        assert!(
+            matches!(&v, Verification::Broken { entry: 3, why } if why.contains("damaged")),
+            "{v:?}"
+        );
     }
 }

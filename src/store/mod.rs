@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 pub use crate::markers::{DispatchState, Ticket};
 pub use history::{
-    HistoryEntry, Verification, append_history, head_path, read_history, verify_history,
+    HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, key_id,
+    read_entries, read_history, torn_path, verify_history,
 };
 pub use lock::{ItemLock, LockError};
 pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
