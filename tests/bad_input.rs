@@ -570,7 +570,9 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
         .find(|e| e["kind"] == "local")
         .unwrap()
         .clone();
-    let real_id = sb.dispatch_id(ITEM).expect("initiated records the dispatch id");
+    let real_id = sb
+        .dispatch_id(ITEM)
+        .expect("initiated records the dispatch id");
     assert_eq!(ticket_id(&real), real_id, "{real}");
     assert_ne!(real_id, dry_id, "a fresh id for every dispatch");
     let shown = serde_json::to_string(&launch)
@@ -785,6 +787,9 @@ fn a_guard_that_refuses_runs_nothing_not_even_git() {
         "{r}"
     );
     assert!(fs::read_to_string(&log).unwrap().contains("rev-parse"));
+    let r = sb.poll_until_final("ORCH-62", &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
 }
 
 #[test]
