@@ -438,7 +438,9 @@ pub fn unknown_settings(names: &[String]) -> Vec<String> {
                 .iter()
                 .min_by_key(|s| edit_distance(n, s.name))
                 .map_or("", |s| s.name);
-            format!("{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all")
+            format!(
+                "{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all"
+            )
         })
         .collect();
     out.sort();

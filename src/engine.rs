@@ -179,9 +179,10 @@ pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
             "{} is not a directory",
             dir.display()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::ReposDir(
-            format!("{} does not exist", dir.display()),
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(EngineError::ReposDir(format!(
+            "{} does not exist",
+            dir.display()
+        ))),
         Err(e) => Err(EngineError::ReposDir(format!(
             "{} cannot be read ({e})",
             dir.display()
@@ -194,12 +195,12 @@ pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
 fn resolve_worktree(req: &Request) -> Result<Request, EngineError> {
     let mut req = req.clone();
     if let Some(path) = req.worktree.as_ref().filter(|p| p.is_relative()) {
-        req.worktree = Some(std::path::absolute(path).map_err(|error| {
-            EngineError::Worktree {
+        req.worktree = Some(
+            std::path::absolute(path).map_err(|error| EngineError::Worktree {
                 path: path.display().to_string(),
                 error,
-            }
-        })?);
+            })?,
+        );
     }
     Ok(req)
 }
@@ -299,10 +300,7 @@ pub fn drive(
         }
         for effect in effects {
             tracing::debug!(effect = effect.kind(), "performing");
-            let performed = match perform(&effect) {
-                Ok(performed) => performed,
-                Err(e) => return Err(e),
-            };
+            let performed = perform(&effect)?;
             driven.effects.push(effect);
             match performed {
                 Performed::Done => {}

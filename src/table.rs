@@ -17,8 +17,8 @@ use crate::exec::{ExecError, Performed};
 use crate::hook_result::parse_result;
 use crate::machine::{EventName, Facts, Revision, StateName};
 use crate::markers::{DispatchState, Ticket};
-use crate::store::Revoke;
 use crate::names::{RepoName, WorkItem};
+use crate::store::Revoke;
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
 /// with `outcome`, performing effects of these kinds in this order.
@@ -110,9 +110,7 @@ pub fn derive() -> Vec<Row> {
         let work_item = WorkItem::new("W-1").expect("valid");
         use Scenario as S;
         let ticket = match scenario {
-            S::TicketClaimed | S::TicketClaimedDeadlinePassed | S::ForcedClaimed => {
-                Ticket::Claimed
-            }
+            S::TicketClaimed | S::TicketClaimedDeadlinePassed | S::ForcedClaimed => Ticket::Claimed,
             S::TicketRevoked => Ticket::Revoked,
             S::TicketMissing => Ticket::Missing,
             _ => Ticket::Sent,
@@ -167,13 +165,19 @@ pub fn derive() -> Vec<Row> {
                 let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
                     Ok(match effect {
                         Effect::Ssh { .. } | Effect::Local { .. }
-                            if matches!(scenario, S::LaunchFailsRevoked | S::LaunchFailsClaimed) =>
+                            if matches!(
+                                scenario,
+                                S::LaunchFailsRevoked | S::LaunchFailsClaimed
+                            ) =>
                         {
                             Performed::Dispatched(Err("ssh failed".into()))
                         }
                         Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
                         Effect::RevokeTicket { .. }
-                            if matches!(scenario, S::LaunchFailsClaimed | S::ClaimOverdueClaimed) =>
+                            if matches!(
+                                scenario,
+                                S::LaunchFailsClaimed | S::ClaimOverdueClaimed
+                            ) =>
                         {
                             Performed::Revoke(Revoke::Claimed)
                         }

@@ -86,7 +86,11 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
         &SystemClock,
     ) {
         Ok(report) => {
-            if report.to != report.from {
+            if matches!(
+                report.to,
+                StateName::FinalizedSuccess | StateName::FinalizedFailed
+            ) && report.to != report.from
+            {
                 stats.finalized += 1;
             }
             tracing::info!(repo = %report.repo, work_item = %report.work_item, to = %report.to,

@@ -23,7 +23,8 @@ fn explain_names_the_failing_guard_and_writes_nothing() {
         wt.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Refused, as `event approved --dry-run` would be: exit 3.
+    assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("state on disk: approve_requested"), "{text}");
     assert!(text.contains("applies            pass"), "{text}");
     assert!(

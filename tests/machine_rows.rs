@@ -150,7 +150,9 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket
         "{}",
         argv[4]
     );
-    assert!(argv[4].contains(&format!("echo $? > /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}'")));
+    assert!(argv[4].contains(&format!(
+        "echo $? > /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}'"
+    )));
 
     // The executor reports the launch: nothing more to write.
     let d = step(Initiated, &Event::Launched, &w.facts());

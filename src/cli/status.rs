@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use selfdeploy::config::Settings;
-use selfdeploy::machine::StateName;
 use selfdeploy::engine::{Clock as _, SystemClock};
+use selfdeploy::machine::StateName;
 use selfdeploy::names::{RepoName, WorkItem};
 use selfdeploy::store::{self, DispatchState, ItemPaths, Snapshot, Ticket, Unreadable};
 

@@ -99,7 +99,12 @@ impl Executor for HostExecutor<'_> {
             Effect::WriteTicket { dispatch_id } => paths
                 .write_ticket(dispatch_id, "")
                 .map(|()| Performed::Done)
-                .map_err(|e| fail(format!("cannot write the ticket of dispatch {dispatch_id}"), e)),
+                .map_err(|e| {
+                    fail(
+                        format!("cannot write the ticket of dispatch {dispatch_id}"),
+                        e,
+                    )
+                }),
             Effect::RevokeTicket { dispatch_id, .. } => paths
                 .revoke_ticket(dispatch_id)
                 .map(Performed::Revoke)

@@ -414,8 +414,11 @@ impl Replayer {
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             engine::handle(settings, &request, &mut executor, clock)
         }));
-        let (launched, claimed, performed) =
-            (executor.launched, executor.claimed.take(), executor.performed);
+        let (launched, claimed, performed) = (
+            executor.launched,
+            executor.claimed.take(),
+            executor.performed,
+        );
         drop(executor);
         let mut actual = self.observe();
         match outcome {

@@ -17,14 +17,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use crate::markers::{DispatchState, Ticket};
 pub use history::{
     HistoryEntry, Verification, append_history, head_path, read_history, verify_history,
 };
 pub use lock::{ItemLock, LockError};
-pub use crate::markers::{DispatchState, Ticket};
-pub use snapshot::{
-    InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular,
-};
+pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
 
 use crate::atomic;
 use crate::exec::remote;
@@ -76,7 +74,10 @@ impl ItemPaths {
     /// Writes the ticket `dispatch-<id>` durably (before the launch).
     pub fn write_ticket(&self, id: &str, content: &str) -> io::Result<()> {
         self.ensure_state_dir()?;
-        atomic::write(&self.ticket_file(TicketFile::Dispatch, id), content.as_bytes())
+        atomic::write(
+            &self.ticket_file(TicketFile::Dispatch, id),
+            content.as_bytes(),
+        )
     }
 
     /// Revokes dispatch `id`: `rename(dispatch-<id>, revoked-<id>)`, the one

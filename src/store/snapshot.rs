@@ -18,7 +18,8 @@ use crate::exec::remote::LEGACY_RESULT_FILE;
 use crate::hook_result::{self, HookExit, Verdict};
 use crate::machine::StateName;
 use crate::markers::{
-    self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, TicketFile,
+    self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
+    TicketFile,
 };
 
 /// Read at most this much of a result; anything longer is not an exit code
@@ -124,11 +125,10 @@ impl Snapshot {
         };
         let approve = read(Marker::ApproveRequested.file_name(), MARKER_READ_LIMIT)
             .map(|c| markers::decode(&c));
-        let initiated = read(Marker::Initiated.file_name(), MARKER_READ_LIMIT).map(|c| {
-            InitiatedMarker {
+        let initiated =
+            read(Marker::Initiated.file_name(), MARKER_READ_LIMIT).map(|c| InitiatedMarker {
                 record: markers::decode::<InitiatedRecord>(&c),
-            }
-        });
+            });
         // A finalized marker we cannot read still means finalized: fail closed.
         let finalized: Option<Option<FinalizedRecord>> =
             read(Marker::Finalized.file_name(), MARKER_READ_LIMIT).map(|c| markers::decode(&c));
