@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use selfdeploy::config::Settings;
-use selfdeploy::markers::{self, Dispatch, InitiatedRecord};
+use selfdeploy::markers::{self, InitiatedRecord};
 use selfdeploy::watch;
 
 const ITEMS: usize = 30;
@@ -67,17 +67,20 @@ fn main() {
     let item_dir = |i: usize| state.join(format!(".deploy-state-orchestrator/BENCH-{i}"));
     for i in 0..ITEMS {
         fs::create_dir_all(item_dir(i)).unwrap();
+        let id = format!("{i:016x}");
         let record = InitiatedRecord {
+            dispatch_id: id.clone(),
             approved_by: "bench".into(),
             approved_at: "2026-01-01T00:00:00Z".into(),
             branch: Some("deploy/bench".into()),
             worktree: worktree.to_string_lossy().into_owned(),
             revision: None,
             transport: selfdeploy::config::Transport::Local,
-            dispatch: Dispatch::Confirmed,
             argv: Vec::new(),
         };
         fs::write(item_dir(i).join("initiated"), markers::encode(&record)).unwrap();
+        // The host claimed the ticket: a running deploy.
+        fs::write(item_dir(i).join(format!("claimed-{id}")), "").unwrap();
     }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -91,7 +94,7 @@ fn main() {
     let mut latencies = Vec::new();
     for i in 0..ITEMS {
         let start = Instant::now();
-        fs::write(item_dir(i).join("result"), "0\n").unwrap();
+        fs::write(item_dir(i).join(format!("result-{i:016x}")), "0\n").unwrap();
         while !item_dir(i).join("finalized").exists() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),

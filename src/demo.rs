@@ -177,7 +177,7 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
     let pushed = git_out(
         &settings,
         &root.join("remote.git"),
-        &["log", "-1", "--format=%an <%ae>: %s", BRANCH],
+        &["log", "-2", "--format=%an <%ae>: %s", BRANCH],
     )?;
     writeln!(out, "--- pushed to the remote ---\n{}", pushed.trim())?;
     writeln!(out, "\nfinal state: {last}")?;

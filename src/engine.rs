@@ -303,16 +303,19 @@ pub fn drive(
         }
         driven.conditions.extend(conditions);
         // A feedback step that gives no reason keeps the one before it (the
-        // launch's error stays the reason of a dispatch_failed).
-        if reason.is_some() {
-            driven.reason = reason;
+        // launch's error stays the reason of a dispatch_failed); what a push
+        // came to is added to the event's own reason.
+        match (reason, &mut driven.reason) {
+            (Some(more), Some(reason)) if !decides => {
+                reason.push_str("; ");
+                reason.push_str(&more);
+            }
+            (Some(reason), _) => driven.reason = Some(reason),
+            (None, _) => {}
         }
         for effect in effects {
             tracing::debug!(effect = effect.kind(), "performing");
-            let performed = match perform(&effect) {
-                Ok(performed) => performed,
-                Err(e) => return Err(e),
-            };
+            let performed = perform(&effect)?;
             driven.effects.push(effect);
             match performed {
                 Performed::Done => {}

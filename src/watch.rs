@@ -87,7 +87,11 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
         &SystemClock,
     ) {
         Ok(report) => {
-            if report.to != report.from {
+            if matches!(
+                report.to,
+                StateName::FinalizedSuccess | StateName::FinalizedFailed
+            ) && report.to != report.from
+            {
                 stats.finalized += 1;
             }
             tracing::info!(repo = %report.repo, work_item = %report.work_item, to = %report.to,
@@ -114,7 +118,9 @@ const LONGEST_PUSH_RETRY: Duration = Duration::from_secs(300);
 
 impl PushRetries {
     fn ready(&self, item: &(RepoName, WorkItem)) -> bool {
-        self.next.get(item).is_none_or(|(at, _)| Instant::now() >= *at)
+        self.next
+            .get(item)
+            .is_none_or(|(at, _)| Instant::now() >= *at)
     }
 
     fn after(&mut self, item: (RepoName, WorkItem), still_pending: bool) {
@@ -141,7 +147,11 @@ fn push_pending(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> b
 
 /// Every due item under REPOS_DIR, polled once; a pending push is retried
 /// when its backoff allows.
-pub fn rescan(settings: &Settings, stats: &mut Stats, retries: &mut PushRetries) -> anyhow::Result<()> {
+pub fn rescan(
+    settings: &Settings,
+    stats: &mut Stats,
+    retries: &mut PushRetries,
+) -> anyhow::Result<()> {
     let items = store::list_items(&settings.repos_dir)
         .with_context(|| format!("cannot list {}", settings.repos_dir.display()))?;
     for (repo, work_item) in items {

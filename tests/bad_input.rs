@@ -787,6 +787,9 @@ fn a_guard_that_refuses_runs_nothing_not_even_git() {
         "{r}"
     );
     assert!(fs::read_to_string(&log).unwrap().contains("rev-parse"));
+    let r = sb.poll_until_final("ORCH-62", &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1);
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod support;
 use std::fs;
 use std::process::Output;
 use std::sync::Barrier;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::sandbox::*;
@@ -116,6 +115,29 @@ fn eight_concurrent_approvals_dispatch_exactly_once() {
     let r = sb.poll_until_final(ITEM, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     assert_eq!(sb.hook_runs(), 1);
+    // One dispatch on disk: its ticket claimed, its result, nothing else.
+    let id = sb
+        .dispatch_id(ITEM)
+        .expect("initiated records the dispatch");
+    assert_eq!(
+        protocol_files(&sb),
+        [format!("claimed-{id}"), format!("result-{id}")]
+    );
+}
+
+/// The claim protocol's files in the item's directory, sorted.
+fn protocol_files(sb: &Sandbox) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(sb.item_dir(ITEM))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            ["dispatch-", "claimed-", "revoked-", "result"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]
@@ -136,12 +158,7 @@ fn eight_concurrent_polls_finalize_exactly_once() {
 
     // Wait (bounded) for the host wrapper's result, without polling through
     // the engine.
-    let result = sb.item_dir(ITEM).join("result");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fs::read_to_string(&result).map_or(true, |s| s.trim().is_empty()) {
-        assert!(Instant::now() < deadline, "no result within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_eq!(sb.wait_for_result(ITEM).trim(), "0");
 
     let reports = at_once(&sb, "poll", &[]);
     assert!(reports.iter().all(|(code, _)| *code == 0), "{reports:?}");
@@ -155,4 +172,11 @@ fn eight_concurrent_polls_finalize_exactly_once() {
     let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
     assert!(log.starts_with("---\ndeploy_status: SUCCESS\n"), "{log}");
     assert_eq!(sb.hook_runs(), 1);
+    let id = sb
+        .dispatch_id(ITEM)
+        .expect("initiated records the dispatch");
+    assert_eq!(
+        protocol_files(&sb),
+        [format!("claimed-{id}"), format!("result-{id}")]
+    );
 }

@@ -55,16 +55,6 @@ fn finalizer_commits(sb: &Sandbox) -> usize {
         .count()
 }
 
-/// Waits (bounded) until the host wrapper has written a non-blank `result`.
-fn wait_for_result(sb: &Sandbox, work_item: &str) {
-    let path = sb.item_dir(work_item).join("result");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while fs::read_to_string(&path).map_or(true, |s| s.trim().is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "no result in 30 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn approve_requested_left_empty_by_the_original_resumes() {
     let sb = Sandbox::new();
@@ -94,77 +84,262 @@ fn approve_requested_left_empty_by_the_original_resumes() {
     assert_eq!(sb.hook_runs(), 1);
 }
 
-/// A real `initiated` record from a dispatched run (in a throwaway sandbox),
-/// with its dispatch status set back to `pending` and pointed at `sb`: what a
-/// crash between writing `initiated` and launching ssh leaves.
-fn pending_initiated_record(sb: &Sandbox) -> Vec<u8> {
-    let donor = Sandbox::new();
-    let wt = donor.worktree();
-    let wt = wt.to_str().unwrap();
-    donor.event_json("request-approve", ITEM, &[]);
-    let (code, r) = donor.event_json("approved", ITEM, &["--worktree", wt, "--branch", BRANCH]);
+/// What `approved` writes as `initiated` for this item right now, taken from
+/// a dry run in `sb` itself (so the record's argv, worktree and revision are
+/// this sandbox's): `(dispatch id, content)`. Laying it down by hand is what
+/// a crash right after writing `initiated` leaves.
+fn initiated_as_approved_writes(sb: &Sandbox, work_item: &str) -> (String, Vec<u8>) {
+    let mut args = wt_args(sb);
+    args.push("--dry-run".into());
+    let (code, r) = event(sb, "approved", work_item, &args);
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
-    let raw = fs::read(donor.item_dir(ITEM).join("initiated")).unwrap();
-    let mut record: Value = serde_json::from_slice(&raw).expect("initiated holds JSON");
-    assert_eq!(record["dispatch"], "confirmed", "{record}");
-    record["dispatch"] = "pending".into();
-    record["worktree"] = sb.worktree().to_str().unwrap().into();
-    record["revision"] = sb.tip().into();
-    let mut bytes = serde_json::to_vec(&record).unwrap();
-    bytes.push(b'\n');
-    // Let the donor's hook finish before its sandbox is dropped.
-    donor.poll_until_final(ITEM, &[]);
-    bytes
+    let effects = r["effects"].as_array().unwrap();
+    let marker = effects
+        .iter()
+        .find(|e| e["kind"] == "write_marker" && e["marker"] == "initiated")
+        .unwrap_or_else(|| panic!("the dry run writes initiated: {r}"));
+    let content = marker["content"].as_str().unwrap().as_bytes().to_vec();
+    let record: Value = serde_json::from_slice(&content).expect("initiated holds JSON");
+    let id = record["dispatch_id"].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{record}"
+    );
+    let ticket = effects
+        .iter()
+        .find(|e| e["kind"] == "write_ticket")
+        .unwrap_or_else(|| panic!("the dry run writes the ticket: {r}"));
+    assert_eq!(ticket["dispatch_id"], id.as_str(), "{r}");
+    (id, content)
+}
+
+/// The launch command `initiated` records (the local transport's `bash -c`
+/// argument): what the crashed engine would have launched.
+fn recorded_launch(initiated: &[u8]) -> String {
+    let record: Value = serde_json::from_slice(initiated).unwrap();
+    assert_eq!(record["argv"][0], "bash", "{record}");
+    assert_eq!(record["argv"][1], "-c", "{record}");
+    record["argv"][2].as_str().unwrap().to_owned()
+}
+
+/// Runs the recorded launch late, as a host that got it after all would, and
+/// waits for the detached wrapper to exit; returns the wrapper's exit code.
+fn launch_late(sb: &Sandbox, initiated: &[u8]) -> Option<i32> {
+    let command = format!("{} wait $!", recorded_launch(initiated));
+    let out = std::process::Command::new("bash")
+        .args(["-c", &command])
+        .current_dir(sb.root())
+        .output()
+        .unwrap();
+    out.status.code()
+}
+
+/// The claim protocol's files in the item's directory, sorted.
+fn protocol_files(sb: &Sandbox, work_item: &str) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(sb.item_dir(work_item)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            ["dispatch-", "claimed-", "revoked-", "result"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// A new approval after a crash dispatches exactly once, with a new id.
+fn approve_again_runs_once(sb: &Sandbox, old_id: &str) {
+    let (code, r) = event(sb, "approved", ITEM, &wt_args(sb));
+    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
+    let kinds: Vec<&str> = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["write_marker", "write_ticket", "local"], "{r}");
+    let id = sb.dispatch_id(ITEM).expect("a new dispatch id");
+    assert_ne!(id, old_id, "every dispatch has its own id");
+    let r = sb.poll_until_final(ITEM, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(sb.hook_runs(), 1, "dispatched exactly once");
+    assert!(
+        protocol_files(sb, ITEM).contains(&format!("claimed-{id}")),
+        "{:?}",
+        protocol_files(sb, ITEM)
+    );
+    assert!(sb.result_file(ITEM).is_file());
 }
 
 #[test]
-fn pending_dispatch_is_unconfirmed_and_never_dispatched_again() {
+fn crash_after_initiated_before_the_ticket_returns_to_approval_on_the_next_poll() {
     let sb = Sandbox::new();
     let dir = sb.item_dir(ITEM);
-    write(&dir.join("approve-requested"), b"");
-    let initiated = pending_initiated_record(&sb);
+    event(&sb, "request-approve", ITEM, &[]);
+    let (id, initiated) = initiated_as_approved_writes(&sb, ITEM);
     write(&dir.join("initiated"), &initiated);
 
     let s = status(&sb, ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
-    assert_eq!(s["dispatch"], "unconfirmed", "{s}");
+    assert_eq!(
+        s["dispatch"],
+        serde_json::json!({"id": id, "ticket": "missing"}),
+        "{s}"
+    );
     let note = s["note"].as_str().unwrap_or_default();
-    assert!(note.contains("unconfirmed"), "note: {note:?}");
-    assert!(note.contains("reset --force"), "note: {note:?}");
+    assert!(note.contains("has no ticket"), "note: {note:?}");
+    assert!(note.contains("next poll"), "note: {note:?}");
     let human = sb.run(&["status", "--repo", REPO, "--work-item", ITEM]);
     let human = String::from_utf8_lossy(&human.stdout);
-    assert!(human.contains("dispatch unconfirmed"), "{human}");
+    assert!(
+        human.contains(&format!("dispatch {id} has no ticket")),
+        "{human}"
+    );
 
     // `approved` again: accepted as a no-op, nothing launched, nothing written.
     let (code, r) = event(&sb, "approved", ITEM, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
     assert_eq!(fs::read(dir.join("initiated")).unwrap(), initiated);
-    assert_eq!(sb.hook_runs(), 0);
+    assert_eq!(protocol_files(&sb, ITEM), Vec::<String>::new());
 
-    // Poll defers (no result) and does not dispatch either.
+    // Reset needs --force: this item is initiated.
+    let (code, r) = event(&sb, "reset", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
+    assert!(dir.join("initiated").is_file());
+
+    // No ticket, so nothing can have been launched: the next poll returns
+    // the item to approval at once, with no operator.
+    let (code, r) = event(&sb, "poll", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (3, "dispatch_failed"), "{r}");
+    assert_eq!(r["to"], "approve_requested", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("no ticket"), "{r}");
+    assert_eq!(r["effects"][0]["kind"], "remove_marker", "{r}");
+    assert!(!dir.join("initiated").exists());
+    assert!(dir.join("approve-requested").is_file());
+    assert_eq!(protocol_files(&sb, ITEM), Vec::<String>::new());
+    let s = status(&sb, ITEM);
+    assert_eq!(s["state"], "approve_requested", "{s}");
+    assert!(s["dispatch"].is_null(), "{s}");
+
+    // The launch the crashed engine never made cannot run late either: it
+    // has no ticket to claim.
+    assert_eq!(launch_late(&sb, &initiated), Some(75));
+    assert!(!sb.item_dir(ITEM).join(format!("result-{id}")).exists());
+    assert_eq!(sb.hook_runs(), 0, "the late launch never reached the hook");
+
+    approve_again_runs_once(&sb, &id);
+}
+
+#[test]
+fn crash_after_the_ticket_before_the_launch_is_revoked_after_the_claim_timeout() {
+    let mut sb = Sandbox::new();
+    let dir = sb.item_dir(ITEM);
+    event(&sb, "request-approve", ITEM, &[]);
+    let (id, initiated) = initiated_as_approved_writes(&sb, ITEM);
+    write(&dir.join("initiated"), &initiated);
+    write(&dir.join(format!("dispatch-{id}")), b"");
+
+    let s = status(&sb, ITEM);
+    assert_eq!(s["state"], "initiated", "{s}");
+    assert_eq!(
+        s["dispatch"],
+        serde_json::json!({"id": id, "ticket": "sent"}),
+        "{s}"
+    );
+    let note = s["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("not claimed by the host yet"),
+        "note: {note:?}"
+    );
+
+    // `approved` again: a no-op; the ticket may still be claimed.
+    let (code, r) = event(&sb, "approved", ITEM, &wt_args(&sb));
+    assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
+    assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+    assert_eq!(fs::read(dir.join("initiated")).unwrap(), initiated);
+    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
+
+    // Within the claim timeout (the default, 120 s) a poll waits.
     let (code, r) = event(&sb, "poll", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (0, "deferred"), "{r}");
+    assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
+    assert!(dir.join("initiated").is_file());
+
+    // Past it, the next poll revokes the ticket: back to approval.
+    sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, r) = event(&sb, "poll", ITEM, &[]);
+    assert_eq!((code, outcome(&r)), (3, "dispatch_failed"), "{r}");
+    assert_eq!(r["to"], "approve_requested", "{r}");
+    let kinds: Vec<&str> = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["revoke_ticket", "remove_marker"], "{r}");
+    assert_eq!(r["effects"][0]["dispatch_id"], id.as_str(), "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains(&id) && reason.contains("claim"), "{reason}");
+    assert_eq!(protocol_files(&sb, ITEM), [format!("revoked-{id}")]);
+    assert!(!dir.join("initiated").exists());
+    assert!(dir.join("approve-requested").is_file());
+    let s = status(&sb, ITEM);
+    assert_eq!(s["state"], "approve_requested", "{s}");
+    assert!(s["dispatch"].is_null(), "{s}");
+
+    // The launch arriving late loses the race it can no longer win: the
+    // claim finds no ticket, the wrapper exits 75, the hook never runs.
+    assert_eq!(launch_late(&sb, &initiated), Some(75));
+    assert_eq!(protocol_files(&sb, ITEM), [format!("revoked-{id}")]);
+    assert_eq!(sb.hook_runs(), 0, "the revoked dispatch never ran");
+
+    // A new approval dispatches exactly once.
+    approve_again_runs_once(&sb, &id);
+}
+
+#[test]
+fn crash_after_the_ticket_then_forced_reset_revokes_it_and_starts_over() {
+    let sb = Sandbox::new();
+    let dir = sb.item_dir(ITEM);
+    event(&sb, "request-approve", ITEM, &[]);
+    let (id, initiated) = initiated_as_approved_writes(&sb, ITEM);
+    write(&dir.join("initiated"), &initiated);
+    write(&dir.join(format!("dispatch-{id}")), b"");
 
     // Reset needs --force: a deploy may be in flight.
     let (code, r) = event(&sb, "reset", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
-    assert!(dir.join("initiated").is_file());
+    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
     let (code, r) = event(&sb, "reset", ITEM, &["--force".into()]);
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     assert_eq!(r["to"], "idle");
+    let kinds: Vec<&str> = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["revoke_ticket", "remove_state_dir"], "{r}");
+    assert_eq!(r["effects"][0]["dispatch_id"], id.as_str(), "{r}");
     assert!(!dir.exists(), "reset --force removes the state directory");
     assert_eq!(status(&sb, ITEM)["state"], "idle");
+
+    // A late launch finds neither the ticket nor the directory.
+    assert_ne!(launch_late(&sb, &initiated), Some(0));
+    assert!(!dir.exists(), "the late launch recreated nothing");
     assert_eq!(sb.hook_runs(), 0);
 
     // And the item starts over normally.
     let (code, r) = event(&sb, "request-approve", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
-    let (code, r) = event(&sb, "approved", ITEM, &wt_args(&sb));
-    assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
-    let r = sb.poll_until_final(ITEM, &[]);
-    assert_eq!(r["to"], "finalized_success", "{r}");
-    assert_eq!(sb.hook_runs(), 1);
+    approve_again_runs_once(&sb, &id);
 }
 
 #[test]
@@ -178,12 +353,23 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
 
     let s = status(&sb, ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
-    assert_eq!(s["dispatch"], "unknown", "not our marker: {s}");
+    // Not our marker: no dispatch id, no ticket; the legacy result decides.
+    assert!(s["dispatch"].is_null(), "not our marker: {s}");
     assert_eq!(s["result"], "0", "{s}");
+    assert_eq!(s["stale_results"], serde_json::json!([]), "{s}");
+    assert_eq!(s["unreadable"], serde_json::json!([]), "{s}");
+    assert!(
+        s["note"].as_str().unwrap().contains("result 0 waiting"),
+        "{s}"
+    );
+    assert_eq!(sb.result_file(ITEM), dir.join("result"));
 
     // Unknown dispatch: `approved` must not launch a second deploy.
+    let before = without_journal(sb.disk());
     let (code, r) = event(&sb, "approved", ITEM, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
+    assert_eq!(r["effects"], serde_json::json!([]), "{r}");
+    assert_eq!(before, without_journal(sb.disk()), "no ticket, no launch");
     assert_eq!(sb.hook_runs(), 0);
 
     let (code, r) = event(&sb, "poll", ITEM, &wt_args(&sb));
@@ -270,7 +456,7 @@ fn engine_died_after_the_log_before_finalized_refinalizes_identically() {
     event(&sb, "request-approve", ITEM, &[]);
     let (code, r) = event(&sb, "approved", ITEM, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
-    wait_for_result(&sb, ITEM);
+    assert_eq!(sb.wait_for_result(ITEM).trim(), "0");
     let out = sb.event("poll", ITEM, &[]);
     assert_eq!(parse_json(&out)["to"], "finalized_success");
     let log = fs::read(sb.deploy_log(ITEM)).unwrap();

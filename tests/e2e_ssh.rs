@@ -1,6 +1,7 @@
 //! Whole deploys over a real ssh: the binary dispatches through `ssh` found on
 //! `PATH` (the harness wrapper, which reaches a loopback OpenSSH server), the
-//! detached hook runs on the "host" and writes `result`, and the finalizer
+//! detached hook claims its ticket on the "host", runs and writes
+//! `result-<dispatch id>`, and the finalizer
 //! writes and pushes the deploy log. Also the ways a dispatch fails: ssh exits
 //! non-zero, ssh hangs, ssh is missing.
 
@@ -64,10 +65,10 @@ fn assert_shell_safe(s: &str) {
     );
 }
 
-/// The remote command of contract section 6 for this sandbox, written out by
-/// hand: every value is shell-safe, so only `inner` is quoted (it has spaces
-/// and no `'`).
-fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str) -> String {
+/// The remote command of contract section 6 for this sandbox and dispatch
+/// `id`, written out by hand: every value is shell-safe, so only `inner` is
+/// quoted (it has spaces and no `'`).
+fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str, id: &str) -> String {
     let host_repo = sb.host_repo();
     let host_repo = path_str(&host_repo);
     let prev = sb.root().join("host/prev");
@@ -78,10 +79,11 @@ fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str) -> String {
         assert_shell_safe(s);
     }
     format!(
-        "setsid bash -c 'cd {host_repo} && REPO={host_repo} SOURCE_IMAGE={SOURCE_IMAGE} \
+        "setsid bash -c 'mv {state}/dispatch-{id} {state}/claimed-{id} || exit 75; \
+         cd {host_repo} && REPO={host_repo} SOURCE_IMAGE={SOURCE_IMAGE} \
          TARGET_SERVICE={TARGET_SERVICE} TARGET_PORT={TARGET_PORT} TARGET_IMAGE={TARGET_IMAGE} \
          COMPOSE_PROFILE={PROFILE} PREV_IMAGE_FILE={prev} EXPECTED_REVISION={sha} \
-         bash hook.sh --deploy; echo $? > {state}/result' \
+         bash hook.sh --deploy; echo $? > {state}/result-{id}' \
          >> {state}/hook.log 2>&1 </dev/null &"
     )
 }
@@ -124,6 +126,39 @@ fn effect_kinds(report: &Value) -> Vec<String> {
         .iter()
         .map(|e| e["kind"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The dispatch id of the report's one `write_ticket` effect, checked to be
+/// 16 lower-case hex digits.
+fn ticket_id(report: &Value) -> String {
+    let tickets: Vec<&Value> = report["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "write_ticket")
+        .collect();
+    assert_eq!(tickets.len(), 1, "exactly one ticket: {report}");
+    let id = tickets[0]["dispatch_id"].as_str().unwrap().to_owned();
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "dispatch id {id:?}"
+    );
+    id
+}
+
+/// The claim protocol's files in the item's directory, sorted.
+fn protocol_files(sb: &Sandbox, work_item: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(sb.item_dir(work_item))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            ["dispatch-", "claimed-", "revoked-", "result"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 fn ssh_effect(report: &Value) -> &Value {
@@ -226,14 +261,25 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
         (0, Some("transitioned"), Some("initiated")),
         "{r}"
     );
-    assert_eq!(effect_kinds(&r), ["write_marker", "ssh", "write_marker"]);
+    assert_eq!(effect_kinds(&r), ["write_marker", "write_ticket", "ssh"]);
+    let id = ticket_id(&r);
+    assert_eq!(
+        sb.dispatch_id(wi).as_deref(),
+        Some(id.as_str()),
+        "initiated names it"
+    );
 
     // The argv of contract section 6, byte for byte.
-    let remote = expected_remote(&sb, wi, &tip);
+    let remote = expected_remote(&sb, wi, &tip, &id);
     let ssh = ssh_effect(&r);
     let got_remote = ssh["argv"][4].as_str().unwrap();
+    let state = sb.item_dir(wi);
     assert!(
-        got_remote.starts_with(&format!("setsid bash -c 'cd {} ", sb.host_repo().display())),
+        got_remote.starts_with(&format!(
+            "setsid bash -c 'mv {0}/dispatch-{id} {0}/claimed-{id} || exit 75; cd {1} ",
+            state.display(),
+            sb.host_repo().display()
+        )),
         "{got_remote}"
     );
     assert!(got_remote.ends_with(" 2>&1 </dev/null &"), "{got_remote}");
@@ -264,9 +310,18 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
     );
     let st = status(&sb, wi);
     assert_eq!(st["state"], "initiated", "{st}");
-    assert_eq!(st["dispatch"], "confirmed", "{st}");
+    assert_eq!(
+        st["dispatch"],
+        json!({"id": id, "ticket": "claimed"}),
+        "{st}"
+    );
+    assert!(st["result"].is_null(), "{st}");
+    assert_eq!(st["stale_results"], json!([]), "{st}");
     let files = st["files"].as_array().unwrap();
     assert!(files.contains(&json!("initiated")), "{st}");
+    assert!(files.contains(&json!(format!("claimed-{id}"))), "{st}");
+    assert!(!files.contains(&json!(format!("dispatch-{id}"))), "{st}");
+    assert!(!files.contains(&json!(format!("result-{id}"))), "{st}");
     assert!(!files.contains(&json!("result")), "{st}");
 
     hold.release();
@@ -283,8 +338,13 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
         "EXPECTED_REVISION reached the hook: {runs:?}"
     );
     assert_eq!(
-        fs::read_to_string(sb.item_dir(wi).join("result")).unwrap(),
-        "0\n"
+        sb.result_file(wi),
+        sb.item_dir(wi).join(format!("result-{id}"))
+    );
+    assert_eq!(fs::read_to_string(sb.result_file(wi)).unwrap(), "0\n");
+    assert_eq!(
+        protocol_files(&sb, wi),
+        [format!("claimed-{id}"), format!("result-{id}")]
     );
 
     sb.assert_deploy_log(wi, "SUCCESS", "0");
@@ -312,11 +372,11 @@ fn hook_failure_over_ssh_is_finalized_failed() {
     fs::write(sb.host_repo().join("hook-exit"), "1").unwrap();
 
     request_approve(&sb, wi);
-    let (code, r) = approve(&sb, wi);
+    let (code, approved) = approve(&sb, wi);
     assert_eq!(
-        (code, r["outcome"].as_str(), r["to"].as_str()),
+        (code, approved["outcome"].as_str(), approved["to"].as_str()),
         (0, Some("transitioned"), Some("initiated")),
-        "{r}"
+        "{approved}"
     );
     let r = sb.poll_until_final(wi, &[]);
     assert_eq!(
@@ -325,9 +385,15 @@ fn hook_failure_over_ssh_is_finalized_failed() {
         "{r}"
     );
     assert_eq!(sb.hook_runs(), 1);
+    let id = ticket_id(&approved);
     assert_eq!(
-        fs::read_to_string(sb.item_dir(wi).join("result")).unwrap(),
-        "1\n"
+        sb.result_file(wi),
+        sb.item_dir(wi).join(format!("result-{id}"))
+    );
+    assert_eq!(fs::read_to_string(sb.result_file(wi)).unwrap(), "1\n");
+    assert_eq!(
+        protocol_files(&sb, wi),
+        [format!("claimed-{id}"), format!("result-{id}")]
     );
     sb.assert_deploy_log(wi, "FAILED", "1");
     assert_eq!(
@@ -374,11 +440,26 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
         "called\n",
         "the fake ssh ran once"
     );
-    assert!(effect_kinds(&r).contains(&"ssh".to_owned()), "{r}");
+    // The ticket written before the launch is revoked: this dispatch can
+    // never run, whatever the host does later.
+    assert_eq!(
+        effect_kinds(&r),
+        [
+            "write_marker",
+            "write_ticket",
+            "ssh",
+            "revoke_ticket",
+            "remove_marker"
+        ],
+        "{r}"
+    );
+    let failed_id = ticket_id(&r);
+    assert_eq!(protocol_files(&sb, wi), [format!("revoked-{failed_id}")]);
     assert!(!sb.item_dir(wi).join("initiated").exists());
     assert!(sb.item_dir(wi).join("approve-requested").exists());
-    assert!(!sb.item_dir(wi).join("result").exists());
-    assert_eq!(status(&sb, wi)["state"], "approve_requested");
+    let st = status(&sb, wi);
+    assert_eq!(st["state"], "approve_requested", "{st}");
+    assert!(st["dispatch"].is_null(), "{st}");
     assert_eq!(sb.hook_runs(), 0, "the hook never ran");
 
     // A human approves again, now with a working ssh.
@@ -389,9 +470,19 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
         (0, Some("transitioned"), Some("initiated")),
         "{r}"
     );
+    let id = ticket_id(&r);
+    assert_ne!(id, failed_id, "a new dispatch, a new id");
     let r = sb.poll_until_final(wi, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     assert_eq!(sb.hook_runs(), 1);
+    assert_eq!(
+        protocol_files(&sb, wi),
+        [
+            format!("claimed-{id}"),
+            format!("result-{id}"),
+            format!("revoked-{failed_id}")
+        ]
+    );
     eprintln!("ssh exit 255, then approved again: {:?}", started.elapsed());
 }
 
@@ -432,6 +523,19 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
     );
     assert!(!sb.item_dir(wi).join("initiated").exists());
     assert_eq!(status(&sb, wi)["state"], "approve_requested");
+    let id = ticket_id(&r);
+    assert_eq!(
+        effect_kinds(&r),
+        [
+            "write_marker",
+            "write_ticket",
+            "ssh",
+            "revoke_ticket",
+            "remove_marker"
+        ],
+        "{r}"
+    );
+    assert_eq!(protocol_files(&sb, wi), [format!("revoked-{id}")]);
 
     // The script and every process it spawned were killed.
     let pids: Vec<u32> = fs::read_to_string(&pids)

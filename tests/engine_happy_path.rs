@@ -36,22 +36,41 @@ fn request_approve_dispatch_poll_finalize_stamp() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["write_marker", "local", "write_marker"]);
-    let argv = &r["effects"][1]["argv"];
+    assert_eq!(kinds, ["write_marker", "write_ticket", "local"]);
+    assert_eq!(r["effects"][0]["marker"], "initiated", "{r}");
+    let id = r["effects"][1]["dispatch_id"].as_str().unwrap().to_owned();
+    assert_eq!(sb.dispatch_id("ORCH-7").as_deref(), Some(id.as_str()));
+    let argv = &r["effects"][2]["argv"];
     assert_eq!(argv[0], "bash");
+    let command = argv[2].as_str().unwrap();
     assert!(
-        argv[2]
-            .as_str()
-            .unwrap()
-            .contains(&format!("EXPECTED_REVISION={}", sb.tip())),
+        command.contains(&format!("EXPECTED_REVISION={}", sb.tip())),
         "{argv}"
     );
+    assert!(command.contains(&format!("/dispatch-{id} ")), "{argv}");
+    assert!(command.contains(&format!("/result-{id}'")), "{argv}");
 
     // Poll needs no more than the repo and the work item: the rest was recorded.
     let r = sb.poll_until_final("ORCH-7", &[]);
     assert_eq!(r["outcome"], "transitioned", "{r}");
     assert_eq!(r["to"], "finalized_success");
     assert_eq!(sb.hook_runs(), 1);
+    assert_eq!(
+        fs::read_to_string(sb.result_file("ORCH-7")).unwrap(),
+        "0\n",
+        "the result of this dispatch"
+    );
+    assert!(
+        sb.item_dir("ORCH-7")
+            .join(format!("claimed-{id}"))
+            .is_file(),
+        "the host claimed the ticket"
+    );
+    assert!(
+        !sb.item_dir("ORCH-7")
+            .join(format!("dispatch-{id}"))
+            .exists()
+    );
 
     sb.assert_deploy_log("ORCH-7", "SUCCESS", "0");
     let pushed = git(

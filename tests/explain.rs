@@ -23,7 +23,8 @@ fn explain_names_the_failing_guard_and_writes_nothing() {
         wt.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    // Refused, as `event approved --dry-run` would be: exit 3.
+    assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("state on disk: approve_requested"), "{text}");
     assert!(text.contains("applies            pass"), "{text}");
     assert!(
@@ -34,6 +35,13 @@ fn explain_names_the_failing_guard_and_writes_nothing() {
         text.contains(&format!(
             "freshness          pass  validated revision {}",
             sb.tip()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "worktree           pass  {} is a git work tree",
+            wt.display()
         )),
         "{text}"
     );
@@ -49,21 +57,40 @@ fn explain_names_the_failing_guard_and_writes_nothing() {
 fn explain_json_shows_what_a_dispatch_would_run() {
     let sb = Sandbox::new();
     sb.event_json("request-approve", "ORCH-8", &[]);
-    let out = sb.run(&[
-        "explain",
-        "approved",
-        "--repo",
-        "orchestrator",
-        "--work-item",
-        "ORCH-8",
-        "--revision",
-        "feed",
-        "--json",
-    ]);
-    let x = support::sandbox::parse_json(&out);
-    assert_eq!(x["report"]["outcome"], "transitioned");
-    assert_eq!(x["report"]["condition"], "guards pass, dispatched");
-    assert_eq!(x["report"]["effects"][1]["kind"], "local");
+    let before = sb.disk();
+    let wt = sb.worktree();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "approved",
+            "--repo",
+            "orchestrator",
+            "--work-item",
+            "ORCH-8",
+            "--revision",
+            "feed",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        support::sandbox::parse_json(&sb.run(&args))
+    };
+    let x = explain(&["--worktree", wt.to_str().unwrap()]);
+    assert_eq!(x["report"]["outcome"], "transitioned", "{x}");
+    assert_eq!(x["report"]["condition"], "guards pass, dispatch sent");
+    let kinds: Vec<&str> = x["report"]["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["write_marker", "write_ticket", "local"], "{x}");
+    let id = x["report"]["effects"][1]["dispatch_id"].as_str().unwrap();
+    let command = x["report"]["effects"][2]["argv"][2].as_str().unwrap();
+    assert!(
+        command.contains(&format!("/dispatch-{id} "))
+            && command.contains(" EXPECTED_REVISION=feed "),
+        "{command}"
+    );
     assert!(
         x["guards"]
             .as_array()
@@ -72,6 +99,24 @@ fn explain_json_shows_what_a_dispatch_would_run() {
             .all(|g| g["passes"] == true),
         "{x}"
     );
-    assert_eq!(sb.hook_runs(), 0);
+
+    // Without a worktree there (the default path does not exist), the
+    // worktree guard fails and names the path.
+    let x = explain(&[]);
+    assert_eq!(x["report"]["outcome"], "refused", "{x}");
+    assert_eq!(x["report"]["condition"], "no worktree", "{x}");
+    assert_eq!(x["report"]["effects"], serde_json::json!([]), "{x}");
+    let failing: Vec<&str> = x["guards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["passes"] == false)
+        .map(|g| g["guard"].as_str().unwrap())
+        .collect();
+    assert_eq!(failing, ["worktree"], "{x}");
+
+    // Neither explain wrote or launched anything: no ticket, no hook.
+    assert_eq!(sb.disk(), before, "explain wrote something");
     assert!(!sb.item_dir("ORCH-8").join("initiated").exists());
+    assert_eq!(sb.hook_runs(), 0);
 }

@@ -32,7 +32,7 @@ fn printed_key(sb: &Sandbox) -> String {
     let out = sb.run(&["gen-secrets"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let secrets = REGISTRY.iter().filter(|s| s.is_secret()).count();
+    let secrets = selfdeploy::secrets::secret_names().len();
     assert_eq!(stdout.lines().count(), secrets, "{stdout}");
     let keys: Vec<&str> = stdout
         .lines()
@@ -106,7 +106,8 @@ fn an_existing_file_is_refused_unchanged_then_appended_with_force() {
         .and_then(|r| r.strip_suffix('\n'))
         .unwrap_or_else(|| panic!("{added:?}"));
     assert!(is_token(key), "{added:?}");
-    assert_eq!(mode(&path), 0o640);
+    // A file that holds a secret is readable by its owner only.
+    assert_eq!(mode(&path), 0o600);
     let values = read_env_file(&path).unwrap();
     assert_eq!(values["HISTORY_HMAC_KEY"], key);
     assert_eq!(values["GIT_EMAIL_DOMAIN"], "example.test");

@@ -164,15 +164,29 @@ fn an_unsigned_history_says_so_and_a_key_names_its_first_unsigned_entry() {
         )
     );
 
-    // The key is set from now on: the old entry is named as unsigned.
+    // The key is turned on from now on: the entry written before is
+    // reported as unsigned, and the chain starts after it (exit 0).
     sb.set("HISTORY_HMAC_KEY", KEY.into());
     let (code, r) = sb.event_json("reset", ITEM, &[]);
     assert_eq!(code, 0, "{r}");
     let (code, stdout) = verify(&sb);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "history of {REPO}/{ITEM}: 2 entries, chain valid from entry 2; warning: entries 1 to 1 were written before signing was turned on and are unsigned\n"
+        )
+    );
+    // An unsigned entry after signing began is a break.
+    sb.env.remove("HISTORY_HMAC_KEY");
+    let (code, r) = sb.event_json("request-approve", ITEM, &[]);
+    assert_eq!(code, 0, "{r}");
+    sb.set("HISTORY_HMAC_KEY", KEY.into());
+    let (code, stdout) = verify(&sb);
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.starts_with(&format!(
-            "history of {REPO}/{ITEM}: entry 1 is not authentic: it is unsigned"
+            "history of {REPO}/{ITEM}: entry 3 is not authentic: it is unsigned, after signing began"
         )),
         "{stdout}"
     );

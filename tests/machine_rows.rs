@@ -7,7 +7,9 @@ use selfdeploy::config::Settings;
 use selfdeploy::effect::{Effect, RevokeReason};
 use selfdeploy::hook_result::parse_result;
 use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
-use selfdeploy::markers::{DispatchState, InitiatedRecord, Marker, Ticket, decode};
+use selfdeploy::markers::{
+    DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, decode,
+};
 use selfdeploy::names::{RepoName, WorkItem};
 
 use StateName::*;
@@ -65,6 +67,7 @@ impl World {
             open_tickets: &self.open_tickets,
             result: None,
             approved_by: Some("alice"),
+            finalized: None,
             claim_overdue: None,
             deadline_passed: None,
         }
@@ -370,7 +373,7 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
         assert_eq!((d.to, d.outcome), (to, Outcome::Transitioned), "{raw}");
         assert_eq!(
             kinds(&d.effects),
-            ["write_deploy_log", "git_publish", "write_marker"]
+            ["write_deploy_log", "write_marker", "git_publish"]
         );
         let Effect::WriteDeployLog { path, content, .. } = &d.effects[0] else {
             panic!()
@@ -383,12 +386,28 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
             content.contains(&format!("\nhook_exit_code: {code}\n")),
             "{content}"
         );
-        let Effect::GitPublish {
-            message, branch, ..
+        // The verdict is recorded before the push, as not pushed yet: a
+        // crash between the two leaves a push for the next poll to retry.
+        let Effect::WriteMarker {
+            marker: Marker::Finalized,
+            content: before_push,
         } = &d.effects[1]
         else {
             panic!()
         };
+        let before_push: FinalizedRecord = decode(before_push.as_bytes()).unwrap();
+        assert_eq!(before_push.hook_exit_code, code);
+        assert!(before_push.push_pending(), "{before_push:?}");
+        let Effect::GitPublish {
+            message,
+            branch,
+            record,
+            ..
+        } = &d.effects[2]
+        else {
+            panic!()
+        };
+        assert_eq!(record.as_ref(), Some(&before_push));
         let status = if to == FinalizedSuccess {
             "SUCCESS"
         } else {
@@ -399,13 +418,28 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
             &format!("deploy(ORCH-036): finalize {status} for ORCH-9")
         );
         assert_eq!(branch.as_deref(), Some("deploy/ORCH-9"));
-        assert!(matches!(
-            &d.effects[2],
-            Effect::WriteMarker {
+        // What the push came to is recorded, and only a change is news.
+        for (push, pushed) in [(Ok(()), true), (Err("unreachable".to_owned()), false)] {
+            let f = step(
+                to,
+                &Event::Published {
+                    push: push.clone(),
+                    record: record.clone(),
+                },
+                &facts,
+            );
+            let Effect::WriteMarker {
                 marker: Marker::Finalized,
-                ..
-            }
-        ));
+                content,
+            } = &f.effects[0]
+            else {
+                panic!("{f:?}")
+            };
+            let after: FinalizedRecord = decode(content.as_bytes()).unwrap();
+            assert_eq!(after.pushed, Some(pushed));
+            assert_eq!(after.push_error, push.err());
+            assert_eq!(after.hook_exit_code, code);
+        }
     }
 }
 
@@ -451,12 +485,18 @@ fn finalized_poll_is_unchanged_and_merge_verified_stamps() {
         let d = step(state, &Event::MergeVerified, &w.facts());
         assert_eq!((d.to, d.outcome), (state, Outcome::Unchanged));
         assert_eq!(
-            d.effects,
-            [Effect::StampMerged {
+            d.effects[0],
+            Effect::StampMerged {
+                worktree: Path::new("/wt").to_path_buf(),
                 path: Path::new("/wt/docs/work-items/ORCH-9/14-deploy-log.md").to_path_buf(),
                 merged: true
-            }]
+            }
         );
+        let Effect::GitPublish { message, path, .. } = &d.effects[1] else {
+            panic!("{d:?}")
+        };
+        assert_eq!(message, "deploy: merged_to_main true for ORCH-9");
+        assert_eq!(path, Path::new("docs/work-items/ORCH-9/14-deploy-log.md"));
     }
 }
 

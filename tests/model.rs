@@ -35,10 +35,22 @@ fn event_step() -> impl Strategy<Value = EventStep> {
         prop::option::weighted(0.9, Just("abc123".to_owned())),
         prop::bool::weighted(0.05),
         prop::bool::weighted(0.05),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(event, force, merged, dispatch_fails, host_claims, branch_tip, no_program, no_wt)| {
+            |(
+                event,
+                force,
+                merged,
+                dispatch_fails,
+                host_claims,
+                branch_tip,
+                no_program,
+                no_wt,
+                push_fails,
+            )| {
                 EventStep {
+                    push_fails,
                     event: event.to_owned(),
                     actor: None,
                     branch: None,
@@ -167,18 +179,16 @@ fn check_run(enabled: bool, deadline: bool, acts: &[Act], faults: Faults) -> Res
             let record = replayer
                 .finalized()
                 .ok_or(format!("{at}: finalized without a record"))?;
-            let condition = actual.condition.clone().unwrap_or_default();
-            let expected = if condition.contains("deadline passed") {
-                Some("timeout".to_owned())
-            } else {
-                let written = match &current {
-                    Some(id) => results.get(id),
-                    None => legacy.as_ref(),
-                };
-                written
-                    .and_then(|c| parse_result(c.as_bytes()))
-                    .map(|e| e.code)
+            // The current dispatch's own result, or, with none, the deadline
+            // (a crashed finalize reports no condition to tell them apart).
+            let written = match &current {
+                Some(id) => results.get(id),
+                None => legacy.as_ref(),
             };
+            let expected = written
+                .and_then(|c| parse_result(c.as_bytes()))
+                .map(|e| e.code)
+                .or_else(|| deadline.then(|| "timeout".to_owned()));
             if expected.as_deref() != Some(record.hook_exit_code.as_str()) {
                 return Err(format!(
                     "{at}: verdict from exit code {:?}, but dispatch {current:?} wrote {expected:?}",
@@ -253,6 +263,7 @@ fn event(name: &str) -> EventStep {
         force: false,
         dispatch_fails: None,
         host_claims: false,
+        push_fails: false,
         no_worktree: false,
         branch_tip: Some("abc123".into()),
         no_transport_program: false,

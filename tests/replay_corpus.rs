@@ -220,9 +220,10 @@ fn a_live_deploy_captured_mid_flight_replays() {
     let more = fixture::parse(
         "(work_item: \"x\", clock: \"2026-01-01T00:00:00Z\", steps: [\n\
            (act: Event(event: \"approved\"), expect: (state: \"initiated\", outcome: Some(\"unchanged\"), effects: Some([]))),\n\
+           (act: HostClaims, expect: (state: \"initiated\")),\n\
            (act: HostWritesResult(\"0\\n\"), expect: (state: \"initiated\")),\n\
            (act: Event(event: \"poll\"), expect: (state: \"finalized_success\", outcome: Some(\"transitioned\"),\n\
-              effects: Some([\"write_deploy_log\", \"git_publish\", \"write_marker\"]))),\n\
+              effects: Some([\"write_deploy_log\", \"write_marker\", \"git_publish\", \"write_marker\"]))),\n\
          ])",
     )
     .unwrap();

@@ -39,7 +39,10 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
     assert_eq!(code, 0, "{r}");
     assert_eq!(
         (r["to"].as_str(), r["condition"].as_str()),
-        (Some("finalized_failed"), Some("no result, deadline passed")),
+        (
+            Some("finalized_failed"),
+            Some("no result, deadline passed, pushed")
+        ),
         "{r}"
     );
     assert!(

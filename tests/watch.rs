@@ -60,7 +60,40 @@ fn dispatch_held(sb: &Sandbox, item: &str) {
         item,
         &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
     );
-    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (0, Some("transitioned")),
+        "{r}"
+    );
+    // The host wrapper claimed the ticket: the hook started and is held.
+    let id = sb
+        .dispatch_id(item)
+        .expect("initiated records the dispatch");
+    let claimed = sb.item_dir(item).join(format!("claimed-{id}"));
+    let start = Instant::now();
+    while !claimed.is_file() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{item}: the host never claimed dispatch {id}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes the hook's exit code as the host wrapper would, for the item's
+/// current dispatch (`result-<id>`).
+fn host_writes_result(sb: &Sandbox, item: &str, content: &str) {
+    let path = sb.result_file(item);
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("result-"),
+        "{}",
+        path.display()
+    );
+    fs::write(path, content).unwrap();
 }
 
 fn sigterm(child: &mut Child) -> (Option<i32>, String) {
@@ -138,13 +171,13 @@ fn watch_survives_garbage_and_vanished_items_and_rescans() {
     // A result written before the watch starts is found by the first scan.
     fs::write(sb.host_repo().join("hold"), "").unwrap();
     dispatch_held(&sb, "EARLY-1");
-    fs::write(sb.item_dir("EARLY-1").join("result"), "0\n").unwrap();
+    host_writes_result(&sb, "EARLY-1", "0\n");
     let mut watch = start_watch(&sb);
     wait_for(&sb, "EARLY-1", "finalized_success", Duration::from_secs(15));
 
     // Garbage is finalized as FAILED (fail-closed) and the watch goes on.
     dispatch_held(&sb, "GARBAGE-1");
-    fs::write(sb.item_dir("GARBAGE-1").join("result"), "not a number\n").unwrap();
+    host_writes_result(&sb, "GARBAGE-1", "not a number\n");
     wait_for(
         &sb,
         "GARBAGE-1",
@@ -156,7 +189,7 @@ fn watch_survives_garbage_and_vanished_items_and_rescans() {
     dispatch_held(&sb, "GONE-1");
     fs::remove_dir_all(sb.item_dir("GONE-1")).unwrap();
     dispatch_held(&sb, "LATE-1");
-    fs::write(sb.item_dir("LATE-1").join("result"), "1\n").unwrap();
+    host_writes_result(&sb, "LATE-1", "1\n");
     wait_for(&sb, "LATE-1", "finalized_failed", Duration::from_secs(15));
     assert!(watch.try_wait().unwrap().is_none(), "watch exited");
     fs::remove_file(sb.host_repo().join("hold")).unwrap();
@@ -170,7 +203,10 @@ fn watch_once_polls_every_due_item_and_exits() {
     fs::write(sb.host_repo().join("hold"), "").unwrap();
     dispatch_held(&sb, "ONCE-1");
     dispatch_held(&sb, "ONCE-2");
-    fs::write(sb.item_dir("ONCE-1").join("result"), "0\n").unwrap();
+    host_writes_result(&sb, "ONCE-1", "0\n");
+    // A legacy `result` beside our dispatch is stale: never a verdict, so it
+    // does not make ONCE-2 due.
+    fs::write(sb.item_dir("ONCE-2").join("result"), "0\n").unwrap();
     let out = sb.run(&["watch", "--once"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
@@ -179,6 +215,17 @@ fn watch_once_polls_every_due_item_and_exits() {
     );
     assert_eq!(state(&sb, "ONCE-1"), "finalized_success");
     assert_eq!(state(&sb, "ONCE-2"), "initiated");
+    let st = sb.run(&[
+        "status",
+        "--repo",
+        "orchestrator",
+        "--work-item",
+        "ONCE-2",
+        "--json",
+    ]);
+    let st = support::sandbox::parse_json(&st);
+    assert_eq!(st["stale_results"], serde_json::json!(["result"]), "{st}");
+    assert!(st["result"].is_null(), "{st}");
     // No history line for the item that was not due.
     let history = sb.run(&[
         "history",

@@ -5,7 +5,7 @@ use selfdeploy::config::Settings;
 use selfdeploy::engine::{self, SystemClock};
 
 use super::event::{EventArgs, print_report};
-use super::{EXIT_OK, print_json};
+use super::print_json;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,9 +22,11 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     let x = engine::explain(settings, &request, &SystemClock)?;
+    // Exits as `event --dry-run` would: 3 when the event would be refused.
+    let code = x.report.outcome.exit_code() as u8;
     if args.json {
         print_json(&x);
-        return Ok(EXIT_OK);
+        return Ok(code);
     }
     let files = if x.snapshot.files.is_empty() {
         "none".to_owned()
@@ -42,5 +44,5 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     }
     println!("what {} would do now:", request.event);
     print_report(&x.report);
-    Ok(EXIT_OK)
+    Ok(code)
 }

@@ -101,9 +101,8 @@ fn verify(settings: &Settings, paths: &ItemPaths, item: &str, json: bool) -> any
     let code = match verification {
         Verification::Unsigned => {
             out.verdict = "unsigned";
-            out.message = format!(
-                "history of {item} is unsigned: set HISTORY_HMAC_KEY to sign new entries"
-            );
+            out.message =
+                format!("history of {item} is unsigned: set HISTORY_HMAC_KEY to sign new entries");
             EXIT_OK
         }
         Verification::NoKey { key_id } => {

@@ -253,6 +253,16 @@ impl Replayer {
             store::append_history(&paths.history_file, entry, settings.history_key.as_ref())
                 .map_err(|e| e.to_string())?;
         }
+        // A captured item may be mid-dispatch: its dispatch is this replay's
+        // last, and a claimed one is the wrapper that writes the result.
+        let mut dispatches = Vec::new();
+        let mut last_claimed = None;
+        if let Some(d) = Snapshot::load(&paths).ok().and_then(|s| s.dispatch) {
+            if d.ticket == crate::markers::Ticket::Claimed {
+                last_claimed = Some(d.id.clone());
+            }
+            dispatches.push(d.id);
+        }
         Ok(Replayer {
             root: tmp.path().to_path_buf(),
             _tmp: tmp,
@@ -261,8 +271,8 @@ impl Replayer {
             work_item,
             paths,
             clock: FixedClock(Cell::new(clock)),
-            dispatches: Vec::new(),
-            last_claimed: None,
+            dispatches,
+            last_claimed,
             faults: Faults::default(),
         })
     }

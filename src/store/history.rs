@@ -408,7 +408,8 @@ pub fn verify_history(path: &Path, keys: &HistoryKeys<'_>) -> io::Result<Verific
         Some(id) => keys.by_id(id),
         None => keys.current,
     };
-    let valid = head_key.is_some_and(|key| mac_matches(head_mac(key, head.entries, &last), &head.mac));
+    let valid =
+        head_key.is_some_and(|key| mac_matches(head_mac(key, head.entries, &last), &head.mac));
     if !valid {
         return broken(
             head.entries.max(1),
@@ -456,8 +457,7 @@ fn canonical(entry: &HistoryEntry) -> io::Result<Vec<u8>> {
 }
 
 fn keyed(key: &Secret) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
-        .expect("HMAC takes a key of any length")
+    Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes a key of any length")
 }
 
 fn entry_hmac(key: &Secret, prev: &str, canonical: &[u8], key_id: &str) -> Hmac<Sha256> {
@@ -476,7 +476,11 @@ fn legacy_hmac(key: &Secret, prev: &str, canonical: &[u8]) -> Hmac<Sha256> {
 }
 
 fn entry_mac(key: &Secret, prev: &str, canonical: &[u8], key_id: &str) -> String {
-    hex::encode(entry_hmac(key, prev, canonical, key_id).finalize().into_bytes())
+    hex::encode(
+        entry_hmac(key, prev, canonical, key_id)
+            .finalize()
+            .into_bytes(),
+    )
 }
 
 fn head_mac(key: &Secret, count: usize, last: &str) -> Hmac<Sha256> {
@@ -766,7 +770,8 @@ mod tests {
         let k = key("k");
         let (_dir, path) = signed(2, &k);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"time\":\"2030-01-01T00:00:03Z\",\"act").unwrap();
+        f.write_all(b"{\"time\":\"2030-01-01T00:00:03Z\",\"act")
+            .unwrap();
         drop(f);
         // Reading shows it as damaged, and never fails.
         assert!(matches!(
@@ -799,7 +804,9 @@ mod tests {
         append_history(&path, &entry(4), Some(&k)).unwrap();
         let read = read_history(&path).unwrap();
         assert_eq!(read.len(), 4);
-        assert!(matches!(&read[2], HistoryLine::Damaged { entry: 3, damaged } if damaged.contains("not json")));
+        assert!(
+            matches!(&read[2], HistoryLine::Damaged { entry: 3, damaged } if damaged.contains("not json"))
+        );
         let v = verify_history(&path, &keys(&k)).unwrap();
         assert!(
             matches!(&v, Verification::Broken { entry: 3, why } if why.contains("damaged")),

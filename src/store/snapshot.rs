@@ -171,9 +171,12 @@ impl Snapshot {
         // The legacy `result` decides only for an item the original started
         // (an `initiated` that is not ours, or none at all); beside our own
         // record it is someone else's late result.
-        // An item with any file of the claim protocol is ours, whatever
-        // `initiated` says now.
-        let ours = current.is_some() || files.iter().any(|f| TicketFile::parse(f).is_some());
+        // An item with any file of the claim protocol, or an approval record
+        // of ours, is ours, whatever `initiated` says now: a legacy `result`
+        // there is not the original's wrapper finishing.
+        let ours = current.is_some()
+            || matches!(approve, Some(Some(_)))
+            || files.iter().any(|f| TicketFile::parse(f).is_some());
         let legacy = present(LEGACY_RESULT_FILE) && !(ours && initiated.is_none());
         if present(LEGACY_RESULT_FILE) && (ours || initiated_unreadable) {
             stale_results.push(LEGACY_RESULT_FILE.to_owned());
