@@ -72,6 +72,7 @@ fn main() {
             dispatch_id: id.clone(),
             approved_by: "bench".into(),
             approved_at: "2026-01-01T00:00:00Z".into(),
+            dispatched_at: None,
             branch: Some("deploy/bench".into()),
             worktree: worktree.to_string_lossy().into_owned(),
             revision: None,

@@ -19,15 +19,27 @@ use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot, Ti
 
 /// The time, as an input: replays inject a fixed one.
 pub trait Clock {
+    /// RFC 3339 to the second: what records and the history show.
     fn now(&self) -> String;
+
+    /// The same instant to the millisecond, for the dispatch time that the
+    /// claim timeout and the result deadline count from: whole seconds would
+    /// let a timeout fire up to a second early.
+    fn precise(&self) -> String {
+        self.now()
+    }
 }
 
-/// Wall-clock time, RFC 3339 in UTC to the second.
+/// Wall-clock time, RFC 3339 in UTC.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> String {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    }
+
+    fn precise(&self) -> String {
+        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
     }
 }
 
@@ -112,7 +124,8 @@ pub fn handle(
         return Err(EngineError::ResultUnreadable(why));
     }
     let now = clock.now();
-    let result = run(settings, req, &paths, &snapshot, executor, &now);
+    let precise = clock.precise();
+    let result = run(settings, req, &paths, &snapshot, executor, (&now, &precise));
     match &result {
         Ok(r) => tracing::info!(
             repo = %req.repo, work_item = %req.work_item, event = %req.event,
@@ -216,7 +229,7 @@ fn run(
     paths: &ItemPaths,
     snapshot: &Snapshot,
     executor: &mut dyn Executor,
-    now: &str,
+    (now, precise): (&str, &str),
 ) -> Result<Report, EngineError> {
     // The contract: a dispatch refused by the applicability or staging-port
     // guard is refused before anything is run, git included.
@@ -225,7 +238,7 @@ fn run(
         && settings.applies(req.repo.as_str())
         && settings.staging_port != settings.target_port;
     let probed = probe(settings, req, snapshot, dispatching, executor)?;
-    let facts = probed.facts(settings, req, snapshot, now);
+    let facts = probed.facts(settings, req, snapshot, (now, precise));
 
     let mut perform = |effect: &Effect| executor.perform(paths, effect);
     let driven = drive(snapshot.state, &req.event.event(), &facts, &mut perform)
@@ -447,7 +460,7 @@ impl Probed {
         settings: &'a Settings,
         req: &'a Request,
         snapshot: &'a Snapshot,
-        now: &'a str,
+        (now, precise): (&'a str, &'a str),
     ) -> Facts<'a> {
         let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
         Facts {
@@ -455,6 +468,7 @@ impl Probed {
             repo: &req.repo,
             work_item: &req.work_item,
             now,
+            now_precise: precise,
             actor: &req.actor,
             force: req.force,
             merged: req.merged,
@@ -469,8 +483,8 @@ impl Probed {
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
             finalized: snapshot.finalized.as_ref().and_then(|r| r.as_ref()),
-            claim_overdue: claim_overdue(settings, snapshot, now),
-            deadline_passed: deadline_passed(settings, snapshot, now),
+            claim_overdue: claim_overdue(settings, snapshot, precise),
+            deadline_passed: deadline_passed(settings, snapshot, precise),
         }
     }
 }
@@ -485,7 +499,7 @@ pub fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> O
         return None;
     }
     let record = snapshot.initiated_record()?;
-    let waited = waited_since(&record.approved_at, now)?;
+    let waited = waited_since(record.dispatch_time(), now)?;
     (waited >= deadline).then(|| {
         format!(
             "no result {} s after the approval at {}: the result deadline is {} s",
@@ -506,7 +520,7 @@ pub fn claim_overdue(settings: &Settings, snapshot: &Snapshot, now: &str) -> Opt
         return None;
     }
     let record = snapshot.initiated_record()?;
-    let waited = waited_since(&record.approved_at, now)?;
+    let waited = waited_since(record.dispatch_time(), now)?;
     let timeout = settings.claim_timeout;
     if waited >= timeout {
         return Some(format!(
@@ -561,7 +575,8 @@ pub fn explain(
     let mut recorder = exec::RecordingExecutor::default();
     let probed = probe(settings, &req, &snapshot, true, &mut recorder)?;
     let now = clock.now();
-    let facts = probed.facts(settings, &req, &snapshot, &now);
+    let precise = clock.precise();
+    let facts = probed.facts(settings, &req, &snapshot, (&now, &precise));
     let guards = Guard::DISPATCH
         .into_iter()
         .map(|guard| {

@@ -191,6 +191,8 @@ pub struct Facts<'a> {
     pub repo: &'a RepoName,
     pub work_item: &'a WorkItem,
     pub now: &'a str,
+    /// The same instant to the millisecond (the dispatch time).
+    pub now_precise: &'a str,
     pub actor: &'a str,
     pub force: bool,
     pub merged: Option<bool>,
@@ -364,6 +366,7 @@ impl Context<'_, '_> {
             dispatch_id: f.new_dispatch_id.to_owned(),
             approved_by: f.actor.to_owned(),
             approved_at: f.now.to_owned(),
+            dispatched_at: Some(f.now_precise.to_owned()),
             branch: f.branch.map(str::to_owned),
             worktree: f.worktree.to_string_lossy().into_owned(),
             revision,
@@ -632,7 +635,19 @@ impl SelfDeploy {
                 } else {
                     "no unclaimed ticket"
                 });
-                context.transition(effects, State::idle())
+                let to = context.transition(effects, State::idle());
+                // Resetting a running deploy is allowed; it must be said.
+                if let Some(d) = context
+                    .facts
+                    .dispatch
+                    .filter(|d| d.ticket == Ticket::Claimed)
+                {
+                    context.reason = Some(format!(
+                        "the host had claimed dispatch {}: its hook may still be running on the host, and its late result will be stale",
+                        d.id
+                    ));
+                }
+                to
             }
             Event::Reset => context.when("not forced").refuse(
                 "a deploy may be in flight; reset it with --force once the host is checked".into(),

@@ -58,13 +58,23 @@ pub struct InitiatedRecord {
     /// The dispatch this approval started; names its ticket and its result.
     pub dispatch_id: String,
     pub approved_by: String,
-    /// The dispatch time: the claim timeout and the result deadline count from it.
     pub approved_at: String,
+    /// The dispatch time to the millisecond: the claim timeout and the result
+    /// deadline count from it (`approved_at`, to the second, when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<String>,
     pub branch: Option<String>,
     pub worktree: String,
     pub revision: Option<String>,
     pub transport: Transport,
     pub argv: Vec<String>,
+}
+
+impl InitiatedRecord {
+    /// When the dispatch was made, as precisely as it was recorded.
+    pub fn dispatch_time(&self) -> &str {
+        self.dispatched_at.as_deref().unwrap_or(&self.approved_at)
+    }
 }
 
 /// The files of the claim protocol (contract section 6), one set per dispatch.

@@ -143,6 +143,7 @@ pub fn derive() -> Vec<Row> {
             repo: &repo,
             work_item: &work_item,
             now: "1970-01-01T00:00:00Z",
+            now_precise: "1970-01-01T00:00:00.000Z",
             actor: "table",
             force: matches!(scenario, S::Forced | S::ForcedClaimed),
             merged: (scenario != Scenario::NoMergedValue).then_some(true),

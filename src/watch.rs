@@ -53,7 +53,7 @@ fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     match Snapshot::load(&paths) {
         Ok(snap) if snap.state == StateName::Initiated => {
-            let now = SystemClock.now();
+            let now = SystemClock.precise();
             snap.result.is_some()
                 || matches!(
                     snap.dispatch.as_ref().map(|d| d.ticket),

@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 
-use selfdeploy::config::REGISTRY;
 use selfdeploy::secrets::read_env_file;
 use support::sandbox::*;
 

@@ -54,6 +54,7 @@ impl World {
             repo: &self.repo,
             work_item: &self.work_item,
             now: "2026-01-01T00:00:00Z",
+            now_precise: "2026-01-01T00:00:00.000Z",
             actor: "alice",
             force: false,
             merged: Some(true),
