@@ -324,15 +324,6 @@ impl Settings {
         }
         let (mut settings, errors) = Settings::resolve(raw);
         settings.warnings = warnings;
-        // Safe either way (the rename decides), but a claim timeout within
-        // the launch's own timeout revokes launches that were still going on.
-        if settings.claim_timeout <= settings.ssh_timeout {
-            settings.warnings.push(format!(
-                "SELF_DEPLOY_CLAIM_TIMEOUT_SECS ({}) is not longer than SELF_DEPLOY_SSH_TIMEOUT_SECS ({}): a poll may revoke a dispatch whose launch is still under way (it is then approved again)",
-                settings.claim_timeout.as_secs(),
-                settings.ssh_timeout.as_secs()
-            ));
-        }
         Ok((settings, errors))
     }
 
