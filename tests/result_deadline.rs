@@ -24,13 +24,13 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
     let (_, r) = sb.event_json("poll", "ORCH-40", &[]);
     assert_eq!(r["outcome"], "deferred", "{r}");
 
-    // The approval happened two hours ago, as far as the record says.
+    // The dispatch happened two hours ago, as far as the record says.
     let initiated = sb.item_dir("ORCH-40").join("initiated");
     let record = fs::read_to_string(&initiated).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&record).unwrap();
-    let approved = humantime::parse_rfc3339(json["approved_at"].as_str().unwrap()).unwrap();
-    let earlier = approved - std::time::Duration::from_secs(7200);
-    json["approved_at"] = humantime::format_rfc3339_seconds(earlier)
+    let dispatched = humantime::parse_rfc3339(json["dispatched_at"].as_str().unwrap()).unwrap();
+    let earlier = dispatched - std::time::Duration::from_secs(7200);
+    json["dispatched_at"] = humantime::format_rfc3339_millis(earlier)
         .to_string()
         .into();
     fs::write(&initiated, serde_json::to_string(&json).unwrap()).unwrap();
