@@ -30,9 +30,7 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
     let mut json: serde_json::Value = serde_json::from_str(&record).unwrap();
     let dispatched = humantime::parse_rfc3339(json["dispatched_at"].as_str().unwrap()).unwrap();
     let earlier = dispatched - std::time::Duration::from_secs(7200);
-    json["dispatched_at"] = humantime::format_rfc3339_millis(earlier)
-        .to_string()
-        .into();
+    json["dispatched_at"] = humantime::format_rfc3339_millis(earlier).to_string().into();
     fs::write(&initiated, serde_json::to_string(&json).unwrap()).unwrap();
 
     let (code, r) = sb.event_json("poll", "ORCH-40", &[]);

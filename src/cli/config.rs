@@ -67,11 +67,16 @@ pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
 
 fn check(env_file: Option<&Path>) -> u8 {
     let problems: Vec<String> = match Settings::load_lenient(env_file) {
-        Ok((settings, errors)) => errors
-            .iter()
-            .map(ToString::to_string)
-            .chain(settings.problems())
-            .collect(),
+        Ok((settings, errors)) => {
+            for warning in &settings.warnings {
+                eprintln!("selfdeploy: warning: {warning}");
+            }
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .chain(settings.problems())
+                .collect()
+        }
         Err(e) => vec![e.to_string()],
     };
     if problems.is_empty() {

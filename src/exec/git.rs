@@ -80,6 +80,37 @@ fn commit_and_push(
         Ok(out) => Err(format!("git {what} failed ({})", out.summary())),
         Err(e) => Err(format!("git {what} failed ({e})")),
     };
+    let branch = match branch {
+        Some(b) => b.to_owned(),
+        None => {
+            let out = step(
+                "symbolic-ref",
+                git(
+                    settings,
+                    worktree,
+                    &["symbolic-ref", "--short", "-q", "HEAD"],
+                    t,
+                ),
+            )
+            .map_err(|e| format!("{e}: branch unknown, pass --branch"))?;
+            out.stdout.trim().to_owned()
+        }
+    };
+    // The worktree's own branch name is checked like a caller's.
+    let branch = BranchName::new(&branch).map_err(|e| e.to_string())?;
+    // The commit goes where HEAD is: pushing another branch would report a
+    // push that never carried the log.
+    let head = step(
+        "symbolic-ref",
+        git(settings, worktree, &["symbolic-ref", "-q", "HEAD"], t),
+    )?;
+    if head.stdout.trim() != format!("refs/heads/{branch}") {
+        return Err(format!(
+            "the worktree {} is on {}, not on branch {branch}, so the log would not be on the pushed branch; check out {branch} there",
+            worktree.display(),
+            head.stdout.trim(),
+        ));
+    }
     step("add", git(settings, worktree, &["add", "--", &rel], t))?;
     // Nothing staged for this path: it was committed before (a retry).
     let staged = git(
@@ -100,24 +131,6 @@ fn commit_and_push(
         )?;
         notes.push("git commit: done".to_owned());
     }
-    let branch = match branch {
-        Some(b) => b.to_owned(),
-        None => {
-            let out = step(
-                "symbolic-ref",
-                git(
-                    settings,
-                    worktree,
-                    &["symbolic-ref", "--short", "-q", "HEAD"],
-                    t,
-                ),
-            )
-            .map_err(|e| format!("{e}: branch unknown, pass --branch"))?;
-            out.stdout.trim().to_owned()
-        }
-    };
-    // The worktree's own branch name is checked like a caller's.
-    let branch = BranchName::new(&branch).map_err(|e| e.to_string())?;
     let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
     step(
         "push",

@@ -82,6 +82,10 @@ pub fn run(
     if let Some(dir) = cwd {
         expr = expr.dir(dir);
     }
+    // Secrets stay in this process: no hook, ssh or git inherits them.
+    for spec in crate::config::REGISTRY.iter().filter(|s| s.is_secret()) {
+        expr = expr.env_remove(spec.name);
+    }
     for (key, value) in env {
         expr = expr.env(key, value);
     }

@@ -289,3 +289,86 @@ impl Sandbox {
         }
     }
 }
+
+/// Helpers of the git-safety, history-damage and secret-scan tests.
+impl Sandbox {
+    /// The item's history file (contract section 11):
+    /// `<REPOS_DIR>/.selfdeploy/history/<repo>/<item>.jsonl`.
+    pub fn history_path(&self, work_item: &str) -> PathBuf {
+        self.state_root()
+            .join(".selfdeploy/history")
+            .join(REPO)
+            .join(format!("{work_item}.jsonl"))
+    }
+
+    /// `request-approve`, then `approved` with the sandbox's branch and
+    /// worktree; asserts that both transitioned.
+    pub fn approve_item(&self, work_item: &str) {
+        let (code, r) = self.event_json("request-approve", work_item, &[]);
+        assert_eq!(
+            (code, r["to"].as_str()),
+            (0, Some("approve_requested")),
+            "{r}"
+        );
+        let wt = self.worktree();
+        let (code, r) = self.event_json(
+            "approved",
+            work_item,
+            &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+        );
+        assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
+    }
+
+    /// The item's `finalized` record, parsed (panics when missing).
+    pub fn finalized_json(&self, work_item: &str) -> serde_json::Value {
+        let path = self.item_dir(work_item).join("finalized");
+        let raw = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `status --repo orchestrator --work-item W --json`, parsed.
+    pub fn status_json(&self, work_item: &str) -> serde_json::Value {
+        let out = self.run(&["status", "--repo", REPO, "--work-item", work_item, "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        parse_json(&out)
+    }
+}
+
+/// A command's exit code, stdout and stderr (lossy).
+pub fn code_out_err(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until `done` holds, at most `limit`; returns whether it did.
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Writes an executable script (mode 0755), creating its directory.
+pub fn write_executable(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `dir`, then the test process's PATH.
+pub fn path_with_first_dir(dir: &Path) -> OsString {
+    let mut path = dir.as_os_str().to_owned();
+    if let Some(current) = std::env::var_os("PATH").filter(|p| !p.is_empty()) {
+        path.push(":");
+        path.push(current);
+    }
+    path
+}
