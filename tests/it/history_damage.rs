@@ -4,14 +4,14 @@
 //! that is not authentic with exit 1, or passes with exit 0 (and a warning
 //! for entries written before signing began).
 
-mod support;
-
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::process::Command;
 
 use serde_json::Value;
-use support::sandbox::*;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
 const KEY: &str = "history-damage-key-one-0f3c2a91";
@@ -115,12 +115,6 @@ fn append_bytes(sb: &Sandbox, bytes: &[u8]) {
 fn torn_path(sb: &Sandbox) -> std::path::PathBuf {
     let mut p = sb.history_path(ITEM).into_os_string();
     p.push(".torn");
-    p.into()
-}
-
-fn head_path(sb: &Sandbox) -> std::path::PathBuf {
-    let mut p = sb.history_path(ITEM).into_os_string();
-    p.push(".head");
     p.into()
 }
 
@@ -279,7 +273,7 @@ fn tampering_names_the_first_bad_entry_and_exits_1() {
     let sb = Sandbox::new();
     entries(&sb, 5, Some(KEY), None);
     let orig = lines(&sb);
-    let head = fs::read(head_path(&sb)).unwrap();
+    let head = fs::read(sb.history_head_path(ITEM)).unwrap();
     let (code, msg, v) = verify(&sb, Some(KEY), None);
     assert_eq!(
         (code, msg.as_str()),
@@ -319,7 +313,7 @@ fn tampering_names_the_first_bad_entry_and_exits_1() {
     ];
     for (what, text, entry, why) in cases {
         write_lines(&sb, &text);
-        fs::write(head_path(&sb), &head).unwrap();
+        fs::write(sb.history_head_path(ITEM), &head).unwrap();
         let (code, msg, v) = verify(&sb, Some(KEY), None);
         assert_eq!(code, 1, "{what}: {msg}");
         let want = format!("history of {REPO}/{ITEM}: entry {entry} is not authentic: {why}");
@@ -331,7 +325,7 @@ fn tampering_names_the_first_bad_entry_and_exits_1() {
     }
     // Truncated together with its head: the head file gone is named too.
     write_lines(&sb, &orig[..4]);
-    fs::remove_file(head_path(&sb)).unwrap();
+    fs::remove_file(sb.history_head_path(ITEM)).unwrap();
     let (code, msg, _) = verify(&sb, Some(KEY), None);
     assert_eq!(code, 1, "{msg}");
     assert!(
@@ -342,7 +336,7 @@ fn tampering_names_the_first_bad_entry_and_exits_1() {
     );
     // Restored: valid again.
     write_lines(&sb, &orig);
-    fs::write(head_path(&sb), &head).unwrap();
+    fs::write(sb.history_head_path(ITEM), &head).unwrap();
     assert_eq!(verify(&sb, Some(KEY), None).0, 0);
 }
 

@@ -1,3 +1,4 @@
-#![allow(dead_code)]
+pub mod alone;
+pub mod report;
 pub mod sandbox;
 pub mod sshd;

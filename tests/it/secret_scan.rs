@@ -4,13 +4,12 @@
 //! error, no `snapshot` fixture and no file the run leaves holds them, in any
 //! of the forms a careless print would take (plain, hex, a byte list).
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::sandbox::*;
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
 /// Every configured secret starts with this marker, so that even a key cut

@@ -1,14 +1,14 @@
 //! Several processes deliver the same event to the same work item at once:
 //! the per-item lock makes exactly one of them act.
 
-mod support;
-
 use std::fs;
 use std::process::Output;
 use std::sync::Barrier;
 
 use serde_json::Value;
-use support::sandbox::*;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
 const N: usize = 8;
@@ -23,18 +23,8 @@ fn at_once(sb: &Sandbox, event: &str, extra: &[&str]) -> Vec<(i32, Value)> {
                 let barrier = &barrier;
                 s.spawn(move || {
                     let actor = format!("caller-{i}");
-                    let mut cmd = sb.cmd();
-                    cmd.args([
-                        "event",
-                        event,
-                        "--repo",
-                        REPO,
-                        "--work-item",
-                        ITEM,
-                        "--json",
-                    ])
-                    .args(extra)
-                    .args(["--actor", &actor]);
+                    let mut cmd = sb.event_cmd(event, ITEM);
+                    cmd.args(extra).args(["--actor", &actor]);
                     barrier.wait();
                     cmd.output().expect("run selfdeploy")
                 })
@@ -59,13 +49,6 @@ fn count(reports: &[(i32, Value)], outcome: &str) -> usize {
     reports
         .iter()
         .filter(|(_, r)| r["outcome"] == outcome)
-        .count()
-}
-
-fn finalizer_commits(sb: &Sandbox) -> usize {
-    git(&sb.remote(), &["log", "--format=%an", BRANCH])
-        .lines()
-        .filter(|l| *l == "deploy-finalizer")
         .count()
 }
 
@@ -120,24 +103,9 @@ fn eight_concurrent_approvals_dispatch_exactly_once() {
         .dispatch_id(ITEM)
         .expect("initiated records the dispatch");
     assert_eq!(
-        protocol_files(&sb),
+        sb.protocol_files(ITEM),
         [format!("claimed-{id}"), format!("result-{id}")]
     );
-}
-
-/// The claim protocol's files in the item's directory, sorted.
-fn protocol_files(sb: &Sandbox) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(sb.item_dir(ITEM))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            ["dispatch-", "claimed-", "revoked-", "result"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 #[test]
@@ -168,7 +136,7 @@ fn eight_concurrent_polls_finalize_exactly_once() {
         reports.iter().all(|(_, r)| r["to"] == "finalized_success"),
         "{reports:?}"
     );
-    assert_eq!(finalizer_commits(&sb), 1);
+    assert_eq!(sb.finalizer_commits().len(), 1);
     let log = fs::read_to_string(sb.deploy_log(ITEM)).unwrap();
     assert!(log.starts_with("---\ndeploy_status: SUCCESS\n"), "{log}");
     assert_eq!(sb.hook_runs(), 1);
@@ -176,7 +144,7 @@ fn eight_concurrent_polls_finalize_exactly_once() {
         .dispatch_id(ITEM)
         .expect("initiated records the dispatch");
     assert_eq!(
-        protocol_files(&sb),
+        sb.protocol_files(ITEM),
         [format!("claimed-{id}"), format!("result-{id}")]
     );
 }

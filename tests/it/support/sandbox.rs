@@ -2,7 +2,6 @@
 //! a state directory, a host checkout with a hook, a git worktree with a bare
 //! remote, and the settings pointing at them (passed as environment, so the
 //! binary is tested exactly as a stage engine runs it).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -11,8 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use super::report::{code, parse_json};
+
 pub const REPO: &str = "orchestrator";
 pub const BRANCH: &str = "deploy/ORCH-7";
+/// The host alias the ssh sandboxes dispatch to (the sshd harness's client
+/// config sends every alias to the loopback server).
+pub const SSH_HOST: &str = "deploy-host.test";
 
 /// A hook that exits with the code in `hook-exit` (0 when missing) after
 /// appending one line per run to `runs`, so tests can count dispatches.
@@ -62,6 +68,11 @@ impl Sandbox {
 
     pub fn root(&self) -> &Path {
         self.dir.path()
+    }
+    /// The sandbox's home directory: `HOME` (and `AGENT_HOME_DIR`) of every
+    /// command.
+    pub fn home(&self) -> PathBuf {
+        self.root().join("home")
     }
     pub fn state_root(&self) -> PathBuf {
         self.root().join("state")
@@ -132,15 +143,19 @@ impl Sandbox {
             .to_owned()
     }
 
-    /// A `selfdeploy` command with the sandbox's settings and nothing else
-    /// from the caller's environment that could change its behaviour.
+    /// A `selfdeploy` command, run in the sandbox root, with a clean
+    /// environment: `PATH` (the test process's), `HOME` (the sandbox's
+    /// home), then the sandbox's settings, which win (a test may set its own
+    /// `PATH`). Nothing else of the caller's environment reaches it: no
+    /// `RUST_LOG` unless the test sets it, no history key, no `USER`.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfdeploy"));
-        cmd.current_dir(self.root());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
+        cmd.current_dir(self.root()).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
         }
-        cmd.env_remove("RUST_LOG");
+        cmd.env("HOME", self.home());
+        cmd.envs(&self.env);
         cmd
     }
 
@@ -148,9 +163,11 @@ impl Sandbox {
         self.cmd().args(args).output().expect("run selfdeploy")
     }
 
-    /// `selfdeploy event <event> --repo orchestrator --work-item W --json ...`
-    pub fn event(&self, event: &str, work_item: &str, extra: &[&str]) -> Output {
-        let mut args = vec![
+    /// The command `selfdeploy event <event> --repo orchestrator
+    /// --work-item W --json`, for more arguments.
+    pub fn event_cmd(&self, event: &str, work_item: &str) -> Command {
+        let mut cmd = self.cmd();
+        cmd.args([
             "event",
             event,
             "--repo",
@@ -158,24 +175,60 @@ impl Sandbox {
             "--work-item",
             work_item,
             "--json",
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args)
+        ]);
+        cmd
+    }
+
+    /// `selfdeploy event <event> --repo orchestrator --work-item W --json ...`
+    pub fn event(&self, event: &str, work_item: &str, extra: &[&str]) -> Output {
+        self.event_cmd(event, work_item)
+            .args(extra)
+            .output()
+            .expect("run selfdeploy")
     }
 
     /// Like `event`, parsing the one JSON line of stdout.
-    pub fn event_json(
-        &self,
-        event: &str,
-        work_item: &str,
-        extra: &[&str],
-    ) -> (i32, serde_json::Value) {
+    pub fn event_json(&self, event: &str, work_item: &str, extra: &[&str]) -> (i32, Value) {
         let out = self.event(event, work_item, extra);
-        (out.status.code().unwrap_or(-1), parse_json(&out))
+        (code(&out), parse_json(&out))
+    }
+
+    /// `request-approve`; asserts that it transitioned to
+    /// `approve_requested`.
+    pub fn request_approve(&self, work_item: &str) {
+        let (c, r) = self.event_json("request-approve", work_item, &[]);
+        assert_eq!(
+            (c, r["outcome"].as_str(), r["to"].as_str()),
+            (0, Some("transitioned"), Some("approve_requested")),
+            "{r}"
+        );
+    }
+
+    /// `--branch <BRANCH> --worktree <the sandbox's worktree>`.
+    pub fn approve_args(&self) -> Vec<String> {
+        vec![
+            "--branch".into(),
+            BRANCH.into(),
+            "--worktree".into(),
+            path_str(&self.worktree()).into(),
+        ]
+    }
+
+    /// `approved` with the sandbox's branch and worktree.
+    pub fn approve(&self, work_item: &str) -> (i32, Value) {
+        self.approve_with(work_item, &[])
+    }
+
+    /// `approved` with the sandbox's branch and worktree, then `extra`.
+    pub fn approve_with(&self, work_item: &str, extra: &[&str]) -> (i32, Value) {
+        let args = self.approve_args();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        self.event_json("approved", work_item, &args)
     }
 
     /// Polls until the item leaves `initiated` (bounded).
-    pub fn poll_until_final(&self, work_item: &str, extra: &[&str]) -> serde_json::Value {
+    pub fn poll_until_final(&self, work_item: &str, extra: &[&str]) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, report) = self.event_json("poll", work_item, extra);
@@ -187,12 +240,46 @@ impl Sandbox {
         }
     }
 
+    /// The claim protocol's files in the item's directory
+    /// (`dispatch-*`, `claimed-*`, `revoked-*`, `result*`), sorted.
+    pub fn protocol_files(&self, work_item: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.item_dir(work_item))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                ["dispatch-", "claimed-", "revoked-", "result"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The finalizer's commits on the remote branch, newest first.
+    pub fn finalizer_commits(&self) -> Vec<Commit> {
+        commits(&self.remote(), BRANCH)
+            .into_iter()
+            .filter(|(_, author, _)| author == "deploy-finalizer")
+            .collect()
+    }
+
     /// Every file under the state root, with its bytes: to check that a
     /// command changed nothing.
     pub fn disk(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         let mut all = BTreeMap::new();
         walk(&self.state_root(), &mut all);
         walk(&self.worktree().join("docs"), &mut all);
+        all
+    }
+
+    /// [`Self::disk`] without `state/.selfdeploy` and what it holds (the
+    /// history, the locks): what an event that writes nothing may still
+    /// touch.
+    pub fn disk_but_own(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let own = self.state_root().join(".selfdeploy");
+        let mut all = self.disk();
+        all.retain(|path, _| !path.starts_with(&own));
         all
     }
 }
@@ -220,18 +307,6 @@ pub fn deploy_frontmatter(work_item: &str, status: &str, code: &str) -> String {
     )
 }
 
-pub fn parse_json(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().next().unwrap_or_else(|| {
-        panic!(
-            "no JSON on stdout (exit {:?}); stderr: {}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
-}
-
 /// Runs git with a fixed identity; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -252,13 +327,31 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A commit as `(sha, author name, subject)`.
+pub type Commit = (String, String, String);
+
+/// `(sha, author, subject)` of each commit in `range`, newest first.
+pub fn commits(dir: &Path, range: &str) -> Vec<Commit> {
+    git(dir, &["log", "--format=%H%x09%an%x09%s", range])
+        .lines()
+        .map(|l| {
+            let mut parts = l.splitn(3, '\t').map(str::to_owned);
+            (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// The claim protocol's per-dispatch files (contract sections 4 and 6).
 impl Sandbox {
     /// The `dispatch_id` the item's `initiated` records, when `initiated`
     /// exists and holds our JSON (`None` for the original engine's).
     pub fn dispatch_id(&self, work_item: &str) -> Option<String> {
         let raw = fs::read(self.item_dir(work_item).join("initiated")).ok()?;
-        let record: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        let record: Value = serde_json::from_slice(&raw).ok()?;
         record["dispatch_id"].as_str().map(str::to_owned)
     }
 
@@ -301,46 +394,34 @@ impl Sandbox {
             .join(format!("{work_item}.jsonl"))
     }
 
+    /// The history's head file: the history path with `.head` appended.
+    pub fn history_head_path(&self, work_item: &str) -> PathBuf {
+        let mut name = self.history_path(work_item).into_os_string();
+        name.push(".head");
+        name.into()
+    }
+
     /// `request-approve`, then `approved` with the sandbox's branch and
     /// worktree; asserts that both transitioned.
     pub fn approve_item(&self, work_item: &str) {
-        let (code, r) = self.event_json("request-approve", work_item, &[]);
-        assert_eq!(
-            (code, r["to"].as_str()),
-            (0, Some("approve_requested")),
-            "{r}"
-        );
-        let wt = self.worktree();
-        let (code, r) = self.event_json(
-            "approved",
-            work_item,
-            &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
-        );
+        self.request_approve(work_item);
+        let (code, r) = self.approve(work_item);
         assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
     }
 
     /// The item's `finalized` record, parsed (panics when missing).
-    pub fn finalized_json(&self, work_item: &str) -> serde_json::Value {
+    pub fn finalized_json(&self, work_item: &str) -> Value {
         let path = self.item_dir(work_item).join("finalized");
         let raw = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     /// `status --repo orchestrator --work-item W --json`, parsed.
-    pub fn status_json(&self, work_item: &str) -> serde_json::Value {
+    pub fn status_json(&self, work_item: &str) -> Value {
         let out = self.run(&["status", "--repo", REPO, "--work-item", work_item, "--json"]);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         parse_json(&out)
     }
-}
-
-/// A command's exit code, stdout and stderr (lossy).
-pub fn code_out_err(out: &Output) -> (i32, String, String) {
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Waits until `done` holds, at most `limit`; returns whether it did.
@@ -363,6 +444,20 @@ pub fn write_executable(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// The absolute path of a tool on the test process's PATH.
+pub fn tool(name: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap();
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && path.starts_with('/'),
+        "{name} not found on PATH"
+    );
+    path
+}
+
 /// `dir`, then the test process's PATH.
 pub fn path_with_first_dir(dir: &Path) -> OsString {
     let mut path = dir.as_os_str().to_owned();
@@ -371,4 +466,90 @@ pub fn path_with_first_dir(dir: &Path) -> OsString {
         path.push(current);
     }
     path
+}
+
+/// Writes an executable script `<dir>/<name>` (mode 0755), creating `dir`;
+/// returns its path.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    write_executable(&path, body);
+    path
+}
+
+/// Writes `bytes` to `path`, creating its directory.
+pub fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+/// A temporary path as UTF-8.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temporary path")
+}
+
+/// Whether a process is still running (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z" | "X"))
+        }
+        Err(_) => false,
+    }
+}
+
+/// A sandbox that dispatches over ssh to [`SSH_HOST`] as `user`, with `path`
+/// as its `PATH` (the sshd harness's, so that `ssh` reaches its server), and
+/// nothing else set for ssh.
+pub fn over_ssh(user: &str, path: OsString) -> Sandbox {
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_TRANSPORT", "ssh".into());
+    sb.set("DEPLOY_SSH_HOST", SSH_HOST.into());
+    sb.set("DEPLOY_SSH_USER", user.into());
+    sb.set("PATH", path);
+    sb
+}
+
+/// [`over_ssh`], enabled for every repo, with the ports and the ssh timeout
+/// set explicitly.
+pub fn ssh_sandbox(user: &str, path: OsString) -> Sandbox {
+    let mut sb = over_ssh(user, path);
+    for (key, value) in [
+        ("SELF_DEPLOY_ENABLED", "true"),
+        ("SELF_DEPLOY_REPOS", ""),
+        ("STAGING_PORT", "8501"),
+        ("DEPLOY_PROD_TARGET_PORT", "8500"),
+        ("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30"),
+    ] {
+        sb.set(key, value.into());
+    }
+    sb
+}
+
+/// Holds a hook while its file exists; removes the file when dropped, so a
+/// failing test never leaves a hook waiting.
+pub struct Hold(PathBuf);
+
+impl Hold {
+    /// Creates the hold file `path`.
+    pub fn new(path: PathBuf) -> Hold {
+        fs::write(&path, "").unwrap();
+        Hold(path)
+    }
+    /// Holds every run of the sandbox's hook (`<host repo>/hold`).
+    pub fn hook(sb: &Sandbox) -> Hold {
+        Hold::new(sb.host_repo().join("hold"))
+    }
+    /// Removes the hold file: the held hooks go on.
+    pub fn release(&self) {
+        fs::remove_file(&self.0).unwrap();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }

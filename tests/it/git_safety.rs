@@ -5,8 +5,6 @@
 //! push that fails is recorded and retried; a symlink never redirects the log;
 //! the merge stamp keeps a frontmatter whose values hold `---`.
 
-mod support;
-
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -15,9 +13,11 @@ use std::{fs, thread};
 
 use proptest::prelude::*;
 use serde_json::Value;
-use support::sandbox::*;
 
 use selfdeploy::names::BranchName;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
 const DEFAULT_MESSAGE: &str = "deploy(ORCH-036): finalize SUCCESS for ORCH-7";
@@ -41,34 +41,12 @@ fn remote_branches(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-/// `(sha, author, subject)` of each commit in `range`, newest first.
-fn commits(dir: &Path, range: &str) -> Vec<(String, String, String)> {
-    git(dir, &["log", "--format=%H%x09%an%x09%s", range])
-        .lines()
-        .map(|l| {
-            let mut parts = l.splitn(3, '\t').map(str::to_owned);
-            (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// The paths a commit touches.
 fn files_of(dir: &Path, sha: &str) -> Vec<String> {
     git(dir, &["show", "--name-only", "--format=", sha])
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
-        .collect()
-}
-
-fn finalizer_commits(sb: &Sandbox) -> Vec<(String, String, String)> {
-    commits(&sb.remote(), BRANCH)
-        .into_iter()
-        .filter(|(_, author, _)| author == "deploy-finalizer")
         .collect()
 }
 
@@ -103,9 +81,7 @@ fn wait_output(mut child: Child, limit: Duration) -> Output {
 }
 
 fn spawn_poll(sb: &Sandbox, work_item: &str) -> Child {
-    sb.cmd()
-        .args(["event", "poll", "--repo", REPO, "--work-item", work_item])
-        .arg("--json")
+    sb.event_cmd("poll", work_item)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -494,7 +470,7 @@ fn items_sharing_a_worktree_each_commit_their_log_alone() {
 /// the background, whose pid goes to `<marker>.bg`); any other git call runs
 /// the real git.
 fn slow_git(sb: &mut Sandbox, op: &str) -> PathBuf {
-    let real = which::which("git").expect("git on PATH");
+    let real = tool("git");
     let bin = sb.root().join("slow-bin");
     let marker = sb.root().join(format!("git-{op}-sleeping"));
     let m = marker.display();
@@ -511,8 +487,7 @@ for a in "$@"; do
   fi
 done
 exec "{real}" "$@"
-"#,
-            real = real.display()
+"#
         ),
     );
     sb.set("PATH", path_with_first_dir(&bin));
@@ -525,16 +500,6 @@ fn read_pid(path: &Path) -> i32 {
         .trim()
         .parse()
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Whether the process is gone or a zombie (it can do nothing more).
-fn dead(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-    }
 }
 
 fn kill_group(pid: i32) {
@@ -551,7 +516,7 @@ fn retried_to_the_right_end(sb: &Sandbox) {
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["outcome"], "unchanged", "{r}");
     assert_eq!(r["condition"], "push pending, pushed", "{r}");
-    let mine = finalizer_commits(sb);
+    let mine = sb.finalizer_commits();
     assert_eq!(mine.len(), 1, "exactly one finalizer commit: {mine:?}");
     let (sha, _, subject) = &mine[0];
     assert_eq!(subject, DEFAULT_MESSAGE);
@@ -607,7 +572,7 @@ fn a_kill_during_a_slow_commit_or_push_is_retried_to_one_right_commit() {
         );
         sb.assert_deploy_log(ITEM, "SUCCESS", "0");
         assert!(
-            finalizer_commits(&sb).is_empty(),
+            sb.finalizer_commits().is_empty(),
             "{op}: nothing pushed yet"
         );
         let local = commits(&sb.worktree(), BRANCH);
@@ -648,7 +613,8 @@ fn a_hanging_git_is_killed_with_its_group_at_the_timeout() {
     // The whole group went, the background grandchild included.
     let (git_pid, bg_pid) = (read_pid(&marker), read_pid(&marker.with_extension("bg")));
     assert!(
-        wait_for(Duration::from_secs(5), || dead(git_pid) && dead(bg_pid)),
+        wait_for(Duration::from_secs(5), || !alive(git_pid as u32)
+            && !alive(bg_pid as u32)),
         "the hanging git's group survived the timeout"
     );
 
@@ -738,7 +704,7 @@ fn a_failed_push_is_recorded_retried_and_pushed_once_the_remote_is_back() {
     let (code, r) = sb.event_json("poll", ITEM, &[]);
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["condition"], "push pending, pushed", "{r}");
-    let mine = finalizer_commits(&sb);
+    let mine = sb.finalizer_commits();
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].2, DEFAULT_MESSAGE);
     let f = sb.finalized_json(ITEM);

@@ -1,29 +1,13 @@
 //! A signed history through the binary: a real deploy verifies, and every
 //! kind of tampering is named by `history --verify`.
 
-mod support;
-
 use std::fs;
-use std::path::PathBuf;
 use std::process::Output;
 
-use support::sandbox::*;
+use crate::support::sandbox::*;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const ITEM: &str = "ORCH-7";
-
-fn history_file(sb: &Sandbox) -> PathBuf {
-    sb.state_root()
-        .join(".selfdeploy/history")
-        .join(REPO)
-        .join(format!("{ITEM}.jsonl"))
-}
-
-fn head_file(sb: &Sandbox) -> PathBuf {
-    let mut name = history_file(sb).into_os_string();
-    name.push(".head");
-    name.into()
-}
 
 fn verify(sb: &Sandbox) -> (i32, String) {
     let out = sb.run(&["history", "--verify", "--repo", REPO, "--work-item", ITEM]);
@@ -44,15 +28,7 @@ fn outcome(out: Output) -> (i32, String) {
 fn signed_deploy() -> Sandbox {
     let mut sb = Sandbox::new();
     sb.set("HISTORY_HMAC_KEY", KEY.into());
-    let wt = sb.worktree();
-    let (code, r) = sb.event_json("request-approve", ITEM, &[]);
-    assert_eq!(code, 0, "{r}");
-    let (code, r) = sb.event_json(
-        "approved",
-        ITEM,
-        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
-    );
-    assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
+    sb.approve_item(ITEM);
     let r = sb.poll_until_final(ITEM, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     sb
@@ -69,9 +45,9 @@ fn join(lines: &[String]) -> String {
 #[test]
 fn a_signed_deploy_verifies_and_tampering_is_named() {
     let sb = signed_deploy();
-    let path = history_file(&sb);
+    let path = sb.history_path(ITEM);
     let original = fs::read_to_string(&path).unwrap();
-    let head = fs::read(head_file(&sb)).unwrap();
+    let head = fs::read(sb.history_head_path(ITEM)).unwrap();
     let orig = lines(&original);
     let n = orig.len();
     assert!(n >= 3, "{original}");
@@ -101,7 +77,7 @@ fn a_signed_deploy_verifies_and_tampering_is_named() {
 
     let check = |what: &str, text: String, entry: usize| {
         fs::write(&path, text).unwrap();
-        fs::write(head_file(&sb), &head).unwrap();
+        fs::write(sb.history_head_path(ITEM), &head).unwrap();
         let (code, stdout) = verify(&sb);
         let want = format!("history of {REPO}/{ITEM}: entry {entry} is not authentic: ");
         assert_eq!(code, 1, "{what}: {stdout}");
@@ -128,7 +104,7 @@ fn a_signed_deploy_verifies_and_tampering_is_named() {
 
     // Back as it was: valid again; a wrong key breaks the first entry.
     fs::write(&path, &original).unwrap();
-    fs::write(head_file(&sb), &head).unwrap();
+    fs::write(sb.history_head_path(ITEM), &head).unwrap();
     assert_eq!(verify(&sb).0, 0);
     let out = sb
         .cmd()
@@ -151,9 +127,9 @@ fn an_unsigned_history_says_so_and_a_key_names_its_first_unsigned_entry() {
     let mut sb = Sandbox::new();
     let (code, r) = sb.event_json("request-approve", ITEM, &[]);
     assert_eq!(code, 0, "{r}");
-    let text = fs::read_to_string(history_file(&sb)).unwrap();
+    let text = fs::read_to_string(sb.history_path(ITEM)).unwrap();
     assert!(!text.contains("\"mac\""), "{text}");
-    assert!(!head_file(&sb).exists());
+    assert!(!sb.history_head_path(ITEM).exists());
     assert_eq!(
         verify(&sb),
         (

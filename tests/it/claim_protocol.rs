@@ -11,12 +11,9 @@
 //! claim attempt and whether it won, and the hook logs the dispatch id it
 //! runs for (read from its parent wrapper's command line).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Barrier;
@@ -25,8 +22,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::sandbox::*;
-use support::sshd::Sshd;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
+use crate::support::sshd::Sshd;
 
 /// The counting hook, plus: it logs the dispatch id it runs for (`run <id>`),
 /// found in its parent's command line (the wrapper `bash -c 'mv ... claimed-<id>
@@ -45,51 +44,12 @@ if [ -e "hook-exit-$id" ]; then exit "$(cat "hook-exit-$id")"; fi
 exit "$(cat hook-exit 2>/dev/null || echo 0)"
 "#;
 
-const SSH_HOST: &str = "deploy-host.test";
-
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
 
 fn install_id_hook(sb: &Sandbox) {
     fs::write(sb.host_repo().join("hook.sh"), ID_HOOK).unwrap();
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
-}
-
-/// The absolute path of a tool on PATH.
-fn tool(name: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .unwrap();
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && path.starts_with('/'),
-        "{name} not found on PATH"
-    );
-    path
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let path = dir.join(name);
-    fs::write(&path, body).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// `dirs`, then the current PATH.
-fn path_with_first(dirs: &[&Path]) -> OsString {
-    let mut path = OsString::new();
-    for dir in dirs {
-        path.push(dir.as_os_str());
-        path.push(":");
-    }
-    path.push(std::env::var_os("PATH").unwrap_or_default());
-    path
 }
 
 /// Runs a command with stdin null; kills it and fails the test if it has not
@@ -119,14 +79,6 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
             panic!("{shown} did not finish within {limit:?} and was killed");
         }
     }
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Whether `text` names `setting` as a whole word (`REPOS_DIR` is not named
@@ -206,66 +158,13 @@ fn event_as(sb: &Sandbox, repo: &str, event: &str, wi: &str, extra: &[&str]) -> 
     (code(&out), parse_json(&out))
 }
 
-fn approve_args(sb: &Sandbox) -> Vec<String> {
-    vec![
-        "--branch".into(),
-        BRANCH.into(),
-        "--worktree".into(),
-        s(&sb.worktree()).into(),
-    ]
-}
-
-fn approve(sb: &Sandbox, wi: &str) -> (i32, Value) {
-    let args = approve_args(sb);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    sb.event_json("approved", wi, &args)
-}
-
-fn request_approve(sb: &Sandbox, wi: &str) {
-    let (c, r) = sb.event_json("request-approve", wi, &[]);
-    assert_eq!(
-        (c, r["outcome"].as_str(), r["to"].as_str()),
-        (0, Some("transitioned"), Some("approve_requested")),
-        "{r}"
-    );
-}
-
-fn status(sb: &Sandbox, wi: &str) -> Value {
-    let out = sb.run(&["status", "--repo", REPO, "--work-item", wi, "--json"]);
-    assert_eq!(code(&out), 0, "{out:?}");
-    parse_json(&out)
-}
-
-/// The ids of the effects of `kind` in a report (`write_ticket`, `revoke_ticket`).
-fn effect_ids(report: &Value, kind: &str) -> Vec<String> {
-    report["effects"]
-        .as_array()
-        .map(|effects| {
-            effects
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .map(|e| e["dispatch_id"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn kinds(report: &Value) -> Vec<String> {
-    report["effects"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no effects: {report}"))
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 /// The dispatch id of the item's `initiated` record.
 fn initiated_id(sb: &Sandbox, wi: &str) -> String {
     let raw = fs::read_to_string(sb.item_dir(wi).join("initiated")).expect("initiated");
     let record: Value = serde_json::from_str(&raw).expect("initiated is our JSON");
     let id = record["dispatch_id"].as_str().unwrap().to_owned();
     assert!(
-        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        is_dispatch_id(&id),
         "dispatch_id is 16 lower-case hex digits: {id:?}"
     );
     id
@@ -280,45 +179,6 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Removes a hold file when dropped, so a failing test never leaves a hook
-/// waiting.
-struct Hold(PathBuf);
-
-impl Hold {
-    fn new(path: PathBuf) -> Hold {
-        fs::write(&path, "").unwrap();
-        Hold(path)
-    }
-    fn release(&self) {
-        fs::remove_file(&self.0).unwrap();
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// A sandbox that dispatches over ssh to `deploy-host.test` as `user`.
-fn ssh_sandbox(user: &str, path: OsString) -> Sandbox {
-    let mut sb = Sandbox::new();
-    for (key, value) in [
-        ("SELF_DEPLOY_ENABLED", "true"),
-        ("SELF_DEPLOY_REPOS", ""),
-        ("SELF_DEPLOY_TRANSPORT", "ssh"),
-        ("DEPLOY_SSH_HOST", SSH_HOST),
-        ("DEPLOY_SSH_USER", user),
-        ("STAGING_PORT", "8501"),
-        ("DEPLOY_PROD_TARGET_PORT", "8500"),
-        ("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30"),
-    ] {
-        sb.set(key, value.into());
-    }
-    sb.set("PATH", path);
-    sb
 }
 
 // ---------------------------------------------------------------------------
@@ -371,21 +231,11 @@ struct Fired {
 }
 
 fn fire(sb: &Sandbox, wi: &str, event: &'static str, actor: &str) -> Fired {
-    let mut cmd = sb.cmd();
-    cmd.args([
-        "event",
-        event,
-        "--repo",
-        REPO,
-        "--work-item",
-        wi,
-        "--json",
-        "--actor",
-        actor,
-    ]);
+    let mut cmd = sb.event_cmd(event, wi);
+    cmd.args(["--actor", actor]);
     match event {
         "approved" => {
-            cmd.args(approve_args(sb));
+            cmd.args(sb.approve_args());
         }
         "reset" => {
             cmd.arg("--force");
@@ -428,7 +278,7 @@ fn actor(sb: &Sandbox, wi: &str, i: usize, deadline: Instant) -> Vec<Fired> {
 /// Every round thus ends with at least one real claim and a verdict.
 fn settle(sb: &Sandbox, wi: &str) -> Vec<Fired> {
     let mut fired = Vec::new();
-    let state = status(sb, wi)["state"].as_str().unwrap().to_owned();
+    let state = sb.status_json(wi)["state"].as_str().unwrap().to_owned();
     if state == "idle" {
         fired.push(fire(sb, wi, "request-approve", "settle"));
     }
@@ -521,7 +371,7 @@ fn claim_race(sb: &Sandbox, claims: &Path, procs: usize, rounds: usize, round: D
     for r in 0..rounds {
         let wi = format!("RACE-{r}");
         let dir = sb.item_dir(&wi);
-        request_approve(sb, &wi);
+        sb.request_approve(&wi);
         let stop = AtomicBool::new(false);
         let barrier = Barrier::new(procs);
         let deadline = Instant::now() + round;
@@ -556,7 +406,7 @@ fn claim_race(sb: &Sandbox, claims: &Path, procs: usize, rounds: usize, round: D
                 f.out.stderr.is_empty(),
                 "{} wrote to stderr: {}",
                 f.event,
-                stderr(&f.out)
+                text(&f.out.stderr)
             );
             let allowed: &[&str] = match f.event {
                 "approved" => &["transitioned", "unchanged", "illegal"],
@@ -722,7 +572,7 @@ fn claim_race(sb: &Sandbox, claims: &Path, procs: usize, rounds: usize, round: D
 
         // The settled item is decided by its own dispatch; nothing is left
         // in flight: every ticket is resolved.
-        let end = status(sb, &wi);
+        let end = sb.status_json(&wi);
         assert_eq!(end["state"], "finalized_success", "{end}");
         sb.assert_deploy_log(&wi, "SUCCESS", "0");
         let left: Vec<String> = names_in(&dir)
@@ -757,7 +607,7 @@ fn claim_race_over_the_local_transport() {
     let mut sb = Sandbox::new();
     install_id_hook(&sb);
     let (bin, claims) = race_bin(sb.root(), 400);
-    sb.set("PATH", path_with_first(&[&bin]));
+    sb.set("PATH", path_with_first_dir(&bin));
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
     claim_race(&sb, &claims, 6, 5, Duration::from_millis(2000));
 }
@@ -781,7 +631,7 @@ fn claim_race_over_ssh() {
             bin = bin.display()
         ),
     );
-    let mut sb = ssh_sandbox(&sshd.user(), path_with_first(&[&front]));
+    let mut sb = ssh_sandbox(&sshd.user(), path_with_first_dir(&front));
     install_id_hook(&sb);
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
     claim_race(&sb, &claims, 4, 3, Duration::from_millis(2500));
@@ -805,7 +655,7 @@ fn ssh_that_claims_then(sshd: &Sshd, dir: &Path, then: &str) -> OsString {
             wrapper = sshd.wrapper_dir().join("ssh").display()
         ),
     );
-    path_with_first(&[dir])
+    path_with_first_dir(dir)
 }
 
 fn claimed_although_ssh_failed(then: &str, timeout: &str, reason_has: &[&str]) {
@@ -816,11 +666,11 @@ fn claimed_although_ssh_failed(then: &str, timeout: &str, reason_has: &[&str]) {
     let mut sb = ssh_sandbox(&sshd.user(), path);
     sb.set("SELF_DEPLOY_SSH_TIMEOUT_SECS", timeout.into());
     let wi = "ORCH-301";
-    request_approve(&sb, wi);
-    let hold = Hold::new(sb.host_repo().join("hold"));
+    sb.request_approve(wi);
+    let hold = Hold::hook(&sb);
 
     let t = Instant::now();
-    let (c, r) = approve(&sb, wi);
+    let (c, r) = sb.approve(wi);
     let took = t.elapsed();
     assert!(took < Duration::from_secs(20), "approved took {took:?}");
     assert_eq!(
@@ -829,7 +679,7 @@ fn claimed_although_ssh_failed(then: &str, timeout: &str, reason_has: &[&str]) {
         "the host claimed: the dispatch counts as done: {r}"
     );
     assert_eq!(
-        kinds(&r),
+        effect_kinds(&r),
         ["write_marker", "write_ticket", "ssh", "revoke_ticket"],
         "{r}"
     );
@@ -850,17 +700,17 @@ fn claimed_although_ssh_failed(then: &str, timeout: &str, reason_has: &[&str]) {
     wait_until(Duration::from_secs(10), "the hook started", || {
         sb.hook_runs() == 1
     });
-    let st = status(&sb, wi);
+    let st = sb.status_json(wi);
     assert_eq!(st["state"], "initiated", "{st}");
     assert_eq!(st["dispatch"]["ticket"], "claimed", "{st}");
     // Never a second dispatch while it runs.
-    let (c, again) = approve(&sb, wi);
+    let (c, again) = sb.approve(wi);
     assert_eq!(
         (c, again["outcome"].as_str()),
         (0, Some("unchanged")),
         "{again}"
     );
-    assert!(kinds(&again).is_empty(), "{again}");
+    assert!(effect_kinds(&again).is_empty(), "{again}");
 
     hold.release();
     let r = sb.poll_until_final(wi, &[]);
@@ -871,13 +721,13 @@ fn claimed_although_ssh_failed(then: &str, timeout: &str, reason_has: &[&str]) {
     );
     sb.assert_deploy_log(wi, "SUCCESS", "0");
     // Finalized: approved has no meaning any more, and dispatches nothing.
-    let (c, late) = approve(&sb, wi);
+    let (c, late) = sb.approve(wi);
     assert_eq!(
         (c, late["outcome"].as_str()),
         (3, Some("illegal")),
         "{late}"
     );
-    assert!(kinds(&late).is_empty(), "{late}");
+    assert!(effect_kinds(&late).is_empty(), "{late}");
     wait_for_wrappers(&sb.item_dir(wi), Duration::from_secs(10));
     assert_eq!(sb.hook_runs(), 1, "the hook ran exactly once");
     eprintln!("ssh claimed, then `{then}`: {:?}", started.elapsed());
@@ -902,9 +752,9 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
     install_id_hook(&sb);
     let wi = "ORCH-401";
     let host = sb.host_repo();
-    request_approve(&sb, wi);
-    let hold = Hold::new(host.join("hold"));
-    let (c, r) = approve(&sb, wi);
+    sb.request_approve(wi);
+    let hold = Hold::hook(&sb);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let old = initiated_id(&sb, wi);
     wait_until(Duration::from_secs(10), "the first hook started", || {
@@ -920,14 +770,14 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
         "{r}"
     );
     // The ticket is claimed: nothing to revoke, the directory goes.
-    assert_eq!(kinds(&r), ["remove_state_dir"], "{r}");
+    assert_eq!(effect_kinds(&r), ["remove_state_dir"], "{r}");
     assert!(
         !sb.item_dir(wi).exists(),
         "reset removes the state directory"
     );
 
-    request_approve(&sb, wi);
-    let (c, r) = approve(&sb, wi);
+    sb.request_approve(wi);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let new = initiated_id(&sb, wi);
     assert_ne!(new, old, "a new dispatch has a new id");
@@ -948,7 +798,7 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
         (0, Some("deferred"), Some("initiated")),
         "a stale result is never a verdict: {r}"
     );
-    let st = status(&sb, wi);
+    let st = sb.status_json(wi);
     assert_eq!(st["state"], "initiated", "{st}");
     assert!(st["result"].is_null(), "{st}");
     assert_eq!(
@@ -1001,17 +851,17 @@ fn unclaimed_ticket_is_revoked_by_poll_and_by_reset_and_never_runs() {
             tool("setsid")
         ),
     );
-    sb.set("PATH", path_with_first(&[&bin]));
+    sb.set("PATH", path_with_first_dir(&bin));
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
 
     // By poll.
     let wi = "ORCH-501";
-    request_approve(&sb, wi);
+    sb.request_approve(wi);
     let stall = Hold::new(stall_file.clone());
-    let (c, r) = approve(&sb, wi);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let id = initiated_id(&sb, wi);
-    assert_eq!(status(&sb, wi)["dispatch"]["ticket"], "sent");
+    assert_eq!(sb.status_json(wi)["dispatch"]["ticket"], "sent");
     let deadline = Instant::now() + Duration::from_secs(10);
     let revoked = loop {
         let (c, r) = sb.event_json("poll", wi, &[]);
@@ -1047,7 +897,7 @@ fn unclaimed_ticket_is_revoked_by_poll_and_by_reset_and_never_runs() {
     assert!(!names_in(&sb.item_dir(wi)).contains(&format!("result-{id}")));
 
     // A human approves again: a new dispatch, which runs.
-    let (c, r) = approve(&sb, wi);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let second = initiated_id(&sb, wi);
     assert_ne!(second, id);
@@ -1057,9 +907,9 @@ fn unclaimed_ticket_is_revoked_by_poll_and_by_reset_and_never_runs() {
 
     // By reset --force.
     let wi = "ORCH-502";
-    request_approve(&sb, wi);
+    sb.request_approve(wi);
     let stall = Hold::new(stall_file);
-    let (c, r) = approve(&sb, wi);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let id = initiated_id(&sb, wi);
     let (c, r) = sb.event_json("reset", wi, &["--force"]);
@@ -1195,14 +1045,8 @@ fn worktree_guard_refuses_and_a_relative_worktree_is_recorded_absolute() {
     fs::write(&file, "not a directory\n").unwrap();
     let tip = sb.tip();
     let wi = "ORCH-601";
-    request_approve(&sb, wi);
-    let own = sb.state_root().join(".selfdeploy");
-    let disk = || {
-        let mut all = sb.disk();
-        all.retain(|path, _| !path.starts_with(&own));
-        all
-    };
-    let before = disk();
+    sb.request_approve(wi);
+    let before = sb.disk_but_own();
     let bad: [(&str, PathBuf, bool); 7] = [
         ("missing", root.join("missing"), true),
         ("missing, no --revision", root.join("missing"), false),
@@ -1213,7 +1057,7 @@ fn worktree_guard_refuses_and_a_relative_worktree_is_recorded_absolute() {
         ("relative, not a work tree", PathBuf::from("plain"), true),
     ];
     for (what, worktree, with_revision) in bad {
-        let mut args = vec!["--branch", BRANCH, "--worktree", s(&worktree)];
+        let mut args = vec!["--branch", BRANCH, "--worktree", path_str(&worktree)];
         if with_revision {
             args.extend(["--revision", &tip]);
         }
@@ -1227,8 +1071,12 @@ fn worktree_guard_refuses_and_a_relative_worktree_is_recorded_absolute() {
             let reason = r["reason"].as_str().unwrap_or_default();
             assert!(reason.contains("worktree"), "{what}: {r}");
         }
-        assert!(kinds(&r).is_empty(), "{what}: {r}");
-        assert_eq!(disk(), before, "{what}: a refused approval writes nothing");
+        assert!(effect_kinds(&r).is_empty(), "{what}: {r}");
+        assert_eq!(
+            sb.disk_but_own(),
+            before,
+            "{what}: a refused approval writes nothing"
+        );
     }
     wait_for_wrappers(&sb.item_dir(wi), Duration::from_secs(5));
     assert_eq!(sb.hook_runs(), 0, "no hook ran");
@@ -1281,9 +1129,9 @@ fn worktree_guard_refuses_and_a_relative_worktree_is_recorded_absolute() {
 fn invalid_settings_stop_every_command_before_it_acts() {
     let sb = Sandbox::new();
     // A waits for approval; B's hook has written its result, not yet polled.
-    request_approve(&sb, "SET-A");
-    request_approve(&sb, "SET-B");
-    let (c, r) = approve(&sb, "SET-B");
+    sb.request_approve("SET-A");
+    sb.request_approve("SET-B");
+    let (c, r) = sb.approve("SET-B");
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let id = initiated_id(&sb, "SET-B");
     let result = sb.item_dir("SET-B").join(format!("result-{id}"));
@@ -1295,7 +1143,7 @@ fn invalid_settings_stop_every_command_before_it_acts() {
     let runs = sb.hook_runs();
     assert_eq!(runs, 1);
 
-    let wt = s(&sb.worktree()).to_owned();
+    let wt = path_str(&sb.worktree()).to_owned();
     let item = |event: &'static str, wi: &'static str| -> Vec<String> {
         ["event", event, "--repo", REPO, "--work-item", wi, "--json"]
             .map(str::to_owned)
@@ -1340,7 +1188,7 @@ fn invalid_settings_stop_every_command_before_it_acts() {
                 cmd.env(key, value);
             }
             let out = run_bounded(cmd, Duration::from_secs(30));
-            let err = stderr(&out);
+            let err = text(&out.stderr);
             let what = format!("{setting} / {}", args[..2].join(" "));
             assert_eq!(code(&out), 1, "{what}: {out:?}");
             assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
@@ -1359,7 +1207,7 @@ fn invalid_settings_stop_every_command_before_it_acts() {
         .env("SELF_DEPLOY_ENABLE", "true")
         .output()
         .unwrap();
-    let err = stderr(&out);
+    let err = text(&out.stderr);
     let r = parse_json(&out);
     assert_eq!(
         (code(&out), r["outcome"].as_str()),
@@ -1378,7 +1226,7 @@ fn invalid_settings_stop_every_command_before_it_acts() {
         .unwrap();
     assert_eq!(code(&out), 0, "{out:?}");
     assert!(
-        names_setting(&stderr(&out), "SELF_DEPLOY_ENABLED"),
+        names_setting(&text(&out.stderr), "SELF_DEPLOY_ENABLED"),
         "{out:?}"
     );
 }
@@ -1423,7 +1271,7 @@ fn missing_or_non_directory_repos_dir_is_an_error_for_every_reader() {
             let mut cmd = sb.cmd();
             cmd.args(args).env("REPOS_DIR", repos_dir);
             let out = run_bounded(cmd, Duration::from_secs(30));
-            let err = stderr(&out);
+            let err = text(&out.stderr);
             let what = format!("{} with REPOS_DIR {}", args.join(" "), repos_dir.display());
             assert_eq!(code(&out), 1, "{what}: {out:?}");
             assert_eq!(err.lines().count(), 1, "{what}: {err}");
@@ -1486,11 +1334,11 @@ fn special_setup(sb: &Sandbox, wi: &str, target: Target) -> String {
         fs::write(dir.join("initiated"), "approved by the original engine\n").unwrap();
         return "result".to_owned();
     }
-    request_approve(sb, wi);
+    sb.request_approve(wi);
     if target == Target::ApproveRequested {
         return "approve-requested".to_owned();
     }
-    let (c, r) = approve(sb, wi);
+    let (c, r) = sb.approve(wi);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let id = initiated_id(sb, wi);
     let result = dir.join(format!("result-{id}"));
@@ -1578,7 +1426,7 @@ fn special_files_are_never_followed_or_waited_on_and_reset_clears_them() {
             };
             assert_eq!(code(&out), expected, "{what}: {out:?}");
             if expected == 1 {
-                let err = stderr(&out);
+                let err = text(&out.stderr);
                 assert_eq!(err.lines().count(), 1, "{what}: {err}");
                 assert!(err.contains(&file), "{what}: names the file: {err}");
                 assert!(!sb.deploy_log(&wi).exists(), "{what}: nothing finalized");

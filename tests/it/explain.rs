@@ -1,8 +1,7 @@
 //! `selfdeploy explain` shows each guard and what would happen, writing nothing.
 
-mod support;
-
-use support::sandbox::Sandbox;
+use crate::support::report::effect_kinds;
+use crate::support::sandbox::Sandbox;
 
 #[test]
 fn explain_names_the_failing_guard_and_writes_nothing() {
@@ -72,18 +71,16 @@ fn explain_json_shows_what_a_dispatch_would_run() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        support::sandbox::parse_json(&sb.run(&args))
+        crate::support::report::parse_json(&sb.run(&args))
     };
     let x = explain(&["--worktree", wt.to_str().unwrap()]);
     assert_eq!(x["report"]["outcome"], "transitioned", "{x}");
     assert_eq!(x["report"]["condition"], "guards pass, dispatch sent");
-    let kinds: Vec<&str> = x["report"]["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["write_marker", "write_ticket", "local"], "{x}");
+    assert_eq!(
+        effect_kinds(&x["report"]),
+        ["write_marker", "write_ticket", "local"],
+        "{x}"
+    );
     let id = x["report"]["effects"][1]["dispatch_id"].as_str().unwrap();
     let command = x["report"]["effects"][2]["argv"][2].as_str().unwrap();
     assert!(

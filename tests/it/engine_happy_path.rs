@@ -1,10 +1,9 @@
 //! A whole deploy through the binary, local transport.
 
-mod support;
-
 use std::fs;
 
-use support::sandbox::{BRANCH, Sandbox, git};
+use crate::support::report::effect_kinds;
+use crate::support::sandbox::{BRANCH, Sandbox, git};
 
 #[test]
 fn request_approve_dispatch_poll_finalize_stamp() {
@@ -30,13 +29,7 @@ fn request_approve_dispatch_poll_finalize_stamp() {
         "{r}"
     );
     assert_eq!(r["to"], "initiated");
-    let kinds: Vec<_> = r["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["write_marker", "write_ticket", "local"]);
+    assert_eq!(effect_kinds(&r), ["write_marker", "write_ticket", "local"]);
     assert_eq!(r["effects"][0]["marker"], "initiated", "{r}");
     let id = r["effects"][1]["dispatch_id"].as_str().unwrap().to_owned();
     assert_eq!(sb.dispatch_id("ORCH-7").as_deref(), Some(id.as_str()));

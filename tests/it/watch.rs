@@ -2,14 +2,12 @@
 //! finalizes results as they are written, shares the lock with stage-engine
 //! polls, survives bad items, and stops cleanly on SIGTERM.
 
-mod support;
-
 use std::fs;
 use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::sandbox::{BRANCH, Sandbox, git};
+use crate::support::sandbox::{BRANCH, Sandbox, git};
 
 fn start_watch(sb: &Sandbox) -> Child {
     let mut cmd = sb.cmd();
@@ -33,7 +31,7 @@ fn state(sb: &Sandbox, item: &str) -> String {
         item,
         "--json",
     ]);
-    support::sandbox::parse_json(&out)["state"]
+    crate::support::report::parse_json(&out)["state"]
         .as_str()
         .unwrap_or("?")
         .to_owned()
@@ -223,7 +221,7 @@ fn watch_once_polls_every_due_item_and_exits() {
         "ONCE-2",
         "--json",
     ]);
-    let st = support::sandbox::parse_json(&st);
+    let st = crate::support::report::parse_json(&st);
     assert_eq!(st["stale_results"], serde_json::json!(["result"]), "{st}");
     assert!(st["result"].is_null(), "{st}");
     // No history line for the item that was not due.

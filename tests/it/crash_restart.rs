@@ -2,32 +2,14 @@
 //! original engine) can leave on disk. Each state is laid down by hand, then
 //! a new `selfdeploy` process is run on it.
 
-mod support;
-
 use std::fs;
-use std::path::Path;
 
 use serde_json::Value;
-use support::sandbox::*;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
-
-/// `status --repo orchestrator --work-item W --json`, parsed.
-fn status(sb: &Sandbox, work_item: &str) -> Value {
-    let out = sb.run(&["status", "--repo", REPO, "--work-item", work_item, "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "status failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_json(&out)
-}
-
-fn write(path: &Path, bytes: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
-}
 
 fn wt_args(sb: &Sandbox) -> Vec<String> {
     vec![
@@ -43,18 +25,6 @@ fn event(sb: &Sandbox, event: &str, work_item: &str, extra: &[String]) -> (i32, 
     sb.event_json(event, work_item, &extra)
 }
 
-fn outcome(r: &Value) -> &str {
-    r["outcome"].as_str().unwrap_or("<none>")
-}
-
-/// The finalizer's commits on the remote branch.
-fn finalizer_commits(sb: &Sandbox) -> usize {
-    git(&sb.remote(), &["log", "--format=%an", BRANCH])
-        .lines()
-        .filter(|l| *l == "deploy-finalizer")
-        .count()
-}
-
 #[test]
 fn approve_requested_left_empty_by_the_original_resumes() {
     let sb = Sandbox::new();
@@ -65,7 +35,7 @@ fn approve_requested_left_empty_by_the_original_resumes() {
         ("ORCH-8", &b"approval requested\n"[..]),
     ] {
         write(&sb.item_dir(item).join("approve-requested"), content);
-        let s = status(&sb, item);
+        let s = sb.status_json(item);
         assert_eq!(s["state"], "approve_requested", "{s}");
         assert_eq!(s["files"], serde_json::json!(["approve-requested"]), "{s}");
     }
@@ -101,10 +71,7 @@ fn initiated_as_approved_writes(sb: &Sandbox, work_item: &str) -> (String, Vec<u
     let content = marker["content"].as_str().unwrap().as_bytes().to_vec();
     let record: Value = serde_json::from_slice(&content).expect("initiated holds JSON");
     let id = record["dispatch_id"].as_str().unwrap().to_owned();
-    assert!(
-        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "{record}"
-    );
+    assert!(is_dispatch_id(&id), "{record}");
     let ticket = effects
         .iter()
         .find(|e| e["kind"] == "write_ticket")
@@ -134,43 +101,24 @@ fn launch_late(sb: &Sandbox, initiated: &[u8]) -> Option<i32> {
     out.status.code()
 }
 
-/// The claim protocol's files in the item's directory, sorted.
-fn protocol_files(sb: &Sandbox, work_item: &str) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(sb.item_dir(work_item)) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            ["dispatch-", "claimed-", "revoked-", "result"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 /// A new approval after a crash dispatches exactly once, with a new id.
 fn approve_again_runs_once(sb: &Sandbox, old_id: &str) {
     let (code, r) = event(sb, "approved", ITEM, &wt_args(sb));
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
-    let kinds: Vec<&str> = r["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["write_marker", "write_ticket", "local"], "{r}");
+    assert_eq!(
+        effect_kinds(&r),
+        ["write_marker", "write_ticket", "local"],
+        "{r}"
+    );
     let id = sb.dispatch_id(ITEM).expect("a new dispatch id");
     assert_ne!(id, old_id, "every dispatch has its own id");
     let r = sb.poll_until_final(ITEM, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     assert_eq!(sb.hook_runs(), 1, "dispatched exactly once");
     assert!(
-        protocol_files(sb, ITEM).contains(&format!("claimed-{id}")),
+        sb.protocol_files(ITEM).contains(&format!("claimed-{id}")),
         "{:?}",
-        protocol_files(sb, ITEM)
+        sb.protocol_files(ITEM)
     );
     assert!(sb.result_file(ITEM).is_file());
 }
@@ -183,7 +131,7 @@ fn crash_after_initiated_before_the_ticket_returns_to_approval_on_the_next_poll(
     let (id, initiated) = initiated_as_approved_writes(&sb, ITEM);
     write(&dir.join("initiated"), &initiated);
 
-    let s = status(&sb, ITEM);
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
     assert_eq!(
         s["dispatch"],
@@ -205,7 +153,7 @@ fn crash_after_initiated_before_the_ticket_returns_to_approval_on_the_next_poll(
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
     assert_eq!(fs::read(dir.join("initiated")).unwrap(), initiated);
-    assert_eq!(protocol_files(&sb, ITEM), Vec::<String>::new());
+    assert_eq!(sb.protocol_files(ITEM), Vec::<String>::new());
 
     // Reset needs --force: this item is initiated.
     let (code, r) = event(&sb, "reset", ITEM, &[]);
@@ -221,8 +169,8 @@ fn crash_after_initiated_before_the_ticket_returns_to_approval_on_the_next_poll(
     assert_eq!(r["effects"][0]["kind"], "remove_marker", "{r}");
     assert!(!dir.join("initiated").exists());
     assert!(dir.join("approve-requested").is_file());
-    assert_eq!(protocol_files(&sb, ITEM), Vec::<String>::new());
-    let s = status(&sb, ITEM);
+    assert_eq!(sb.protocol_files(ITEM), Vec::<String>::new());
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "approve_requested", "{s}");
     assert!(s["dispatch"].is_null(), "{s}");
 
@@ -244,7 +192,7 @@ fn crash_after_the_ticket_before_the_launch_is_revoked_after_the_claim_timeout()
     write(&dir.join("initiated"), &initiated);
     write(&dir.join(format!("dispatch-{id}")), b"");
 
-    let s = status(&sb, ITEM);
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
     assert_eq!(
         s["dispatch"],
@@ -262,13 +210,13 @@ fn crash_after_the_ticket_before_the_launch_is_revoked_after_the_claim_timeout()
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
     assert_eq!(fs::read(dir.join("initiated")).unwrap(), initiated);
-    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
+    assert_eq!(sb.protocol_files(ITEM), [format!("dispatch-{id}")]);
 
     // Within the claim timeout (the default, 120 s) a poll waits.
     let (code, r) = event(&sb, "poll", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (0, "deferred"), "{r}");
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
-    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
+    assert_eq!(sb.protocol_files(ITEM), [format!("dispatch-{id}")]);
     assert!(dir.join("initiated").is_file());
 
     // Past it, the next poll revokes the ticket: back to approval.
@@ -277,27 +225,21 @@ fn crash_after_the_ticket_before_the_launch_is_revoked_after_the_claim_timeout()
     let (code, r) = event(&sb, "poll", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (3, "dispatch_failed"), "{r}");
     assert_eq!(r["to"], "approve_requested", "{r}");
-    let kinds: Vec<&str> = r["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["revoke_ticket", "remove_marker"], "{r}");
+    assert_eq!(effect_kinds(&r), ["revoke_ticket", "remove_marker"], "{r}");
     assert_eq!(r["effects"][0]["dispatch_id"], id.as_str(), "{r}");
     let reason = r["reason"].as_str().unwrap();
     assert!(reason.contains(&id) && reason.contains("claim"), "{reason}");
-    assert_eq!(protocol_files(&sb, ITEM), [format!("revoked-{id}")]);
+    assert_eq!(sb.protocol_files(ITEM), [format!("revoked-{id}")]);
     assert!(!dir.join("initiated").exists());
     assert!(dir.join("approve-requested").is_file());
-    let s = status(&sb, ITEM);
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "approve_requested", "{s}");
     assert!(s["dispatch"].is_null(), "{s}");
 
     // The launch arriving late loses the race it can no longer win: the
     // claim finds no ticket, the wrapper exits 75, the hook never runs.
     assert_eq!(launch_late(&sb, &initiated), Some(75));
-    assert_eq!(protocol_files(&sb, ITEM), [format!("revoked-{id}")]);
+    assert_eq!(sb.protocol_files(ITEM), [format!("revoked-{id}")]);
     assert_eq!(sb.hook_runs(), 0, "the revoked dispatch never ran");
 
     // A new approval dispatches exactly once.
@@ -316,20 +258,18 @@ fn crash_after_the_ticket_then_forced_reset_revokes_it_and_starts_over() {
     // Reset needs --force: a deploy may be in flight.
     let (code, r) = event(&sb, "reset", ITEM, &[]);
     assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
-    assert_eq!(protocol_files(&sb, ITEM), [format!("dispatch-{id}")]);
+    assert_eq!(sb.protocol_files(ITEM), [format!("dispatch-{id}")]);
     let (code, r) = event(&sb, "reset", ITEM, &["--force".into()]);
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     assert_eq!(r["to"], "idle");
-    let kinds: Vec<&str> = r["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["revoke_ticket", "remove_state_dir"], "{r}");
+    assert_eq!(
+        effect_kinds(&r),
+        ["revoke_ticket", "remove_state_dir"],
+        "{r}"
+    );
     assert_eq!(r["effects"][0]["dispatch_id"], id.as_str(), "{r}");
     assert!(!dir.exists(), "reset --force removes the state directory");
-    assert_eq!(status(&sb, ITEM)["state"], "idle");
+    assert_eq!(sb.status_json(ITEM)["state"], "idle");
 
     // A late launch finds neither the ticket nor the directory.
     assert_ne!(launch_late(&sb, &initiated), Some(0));
@@ -351,7 +291,7 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
     // The host wrapper wrote the result while no engine ran.
     write(&dir.join("result"), b"0\n");
 
-    let s = status(&sb, ITEM);
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
     // Not our marker: no dispatch id, no ticket; the legacy result decides.
     assert!(s["dispatch"].is_null(), "not our marker: {s}");
@@ -377,8 +317,8 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
     assert_eq!(r["to"], "finalized_success");
     sb.assert_deploy_log(ITEM, "SUCCESS", "0");
     assert!(dir.join("finalized").is_file());
-    assert_eq!(finalizer_commits(&sb), 1);
-    assert_eq!(status(&sb, ITEM)["state"], "finalized_success");
+    assert_eq!(sb.finalizer_commits().len(), 1);
+    assert_eq!(sb.status_json(ITEM)["state"], "finalized_success");
     assert_eq!(sb.hook_runs(), 0, "the finalizer never dispatches");
 }
 
@@ -388,7 +328,7 @@ fn result_without_initiated_reads_as_initiated_and_finalizes() {
     let dir = sb.item_dir(ITEM);
     write(&dir.join("result"), b"2\n");
 
-    let s = status(&sb, ITEM);
+    let s = sb.status_json(ITEM);
     assert_eq!(s["state"], "initiated", "{s}");
     assert_eq!(s["files"], serde_json::json!(["result"]), "{s}");
 
@@ -397,7 +337,7 @@ fn result_without_initiated_reads_as_initiated_and_finalizes() {
     assert_eq!(r["from"], "initiated");
     assert_eq!(r["to"], "finalized_failed");
     sb.assert_deploy_log(ITEM, "FAILED", "2");
-    assert_eq!(status(&sb, ITEM)["state"], "finalized_failed");
+    assert_eq!(sb.status_json(ITEM)["state"], "finalized_failed");
 }
 
 #[test]
@@ -421,13 +361,13 @@ fn finalized_marker_makes_poll_a_no_op() {
     write(&dir.join("initiated"), b"");
     write(&dir.join("result"), b"0\n");
     write(&dir.join("finalized"), b"");
-    assert_eq!(status(&sb, other)["state"], "finalized_failed");
+    assert_eq!(sb.status_json(other)["state"], "finalized_failed");
     let before = sb.disk();
     let (code, r) = event(&sb, "poll", other, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
     assert_eq!(without_journal(before), without_journal(sb.disk()));
     assert!(!sb.deploy_log(other).exists(), "no deploy log written");
-    assert_eq!(finalizer_commits(&sb), 1);
+    assert_eq!(sb.finalizer_commits().len(), 1);
 }
 
 /// The disk without the history and the locks (which every event may touch).
@@ -460,11 +400,11 @@ fn engine_died_after_the_log_before_finalized_refinalizes_identically() {
     let out = sb.event("poll", ITEM, &[]);
     assert_eq!(parse_json(&out)["to"], "finalized_success");
     let log = fs::read(sb.deploy_log(ITEM)).unwrap();
-    assert_eq!(finalizer_commits(&sb), 1);
+    assert_eq!(sb.finalizer_commits().len(), 1);
 
     // The crash: the log is written (and committed), `finalized` is not.
     fs::remove_file(sb.item_dir(ITEM).join("finalized")).unwrap();
-    assert_eq!(status(&sb, ITEM)["state"], "initiated");
+    assert_eq!(sb.status_json(ITEM)["state"], "initiated");
 
     // Another second and another caller: neither may show in the log.
     next_second();
@@ -484,9 +424,9 @@ fn engine_died_after_the_log_before_finalized_refinalizes_identically() {
         "log rewritten byte for byte"
     );
     assert!(sb.item_dir(ITEM).join("finalized").is_file());
-    assert_eq!(status(&sb, ITEM)["state"], "finalized_success");
+    assert_eq!(sb.status_json(ITEM)["state"], "finalized_success");
     assert_eq!(
-        finalizer_commits(&sb),
+        sb.finalizer_commits().len(),
         1,
         "an identical log is no new commit"
     );

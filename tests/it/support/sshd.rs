@@ -30,8 +30,6 @@
 //!
 //! If OpenSSH is not installed the harness panics: it never skips.
 
-#![allow(dead_code)]
-
 use std::ffi::OsString;
 use std::fs;
 use std::net::TcpListener;
@@ -42,6 +40,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use super::sandbox::path_with_first_dir;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const SSH: &str = "/usr/bin/ssh";
@@ -66,7 +66,7 @@ pub struct Sshd {
     user: String,
     wrapper_dir: PathBuf,
     /// Declared last so that it is removed after the server is killed.
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl Sshd {
@@ -174,7 +174,7 @@ impl Sshd {
                         port,
                         user,
                         wrapper_dir,
-                        dir,
+                        _dir: dir,
                     };
                 }
                 Ready::PortTaken => last_log = read_log(&log),
@@ -194,12 +194,7 @@ impl Sshd {
     /// [`Self::wrapper_dir`], `:`, then the current `PATH`: a `PATH` under
     /// which `ssh` reaches this server.
     pub fn path_with_wrapper(&self) -> OsString {
-        let mut path = OsString::from(self.wrapper_dir.as_os_str());
-        if let Some(current) = std::env::var_os("PATH").filter(|p| !p.is_empty()) {
-            path.push(":");
-            path.push(current);
-        }
-        path
+        path_with_first_dir(&self.wrapper_dir)
     }
 
     /// The loopback port the server listens on.

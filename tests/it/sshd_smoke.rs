@@ -2,15 +2,13 @@
 //! `ssh` wrapper found on PATH, and a detached remote command outlives both
 //! the ssh invocation and the server.
 
-mod support;
-
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::sshd::Sshd;
+use crate::support::sandbox::wait_for;
+use crate::support::sshd::Sshd;
 
 /// Runs `ssh -o StrictHostKeyChecking=no <host> <remote>` the way a program
 /// would: `ssh` is looked up on the wrapper-prefixed PATH. Fails the test if
@@ -48,17 +46,6 @@ fn ssh(sshd: &Sshd, host: &str, remote: &str, stdin: &[u8], limit: Duration) -> 
         stdout: fs::read(&out_path).unwrap(),
         stderr: fs::read(&err_path).unwrap(),
     }
-}
-
-fn wait_for(path: &Path, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if path.exists() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    path.exists()
 }
 
 #[test]
@@ -148,7 +135,7 @@ fn detached_remote_command_survives_ssh_and_sshd() {
     drop(sshd);
     fs::write(&go, "").unwrap();
     assert!(
-        wait_for(&out, Duration::from_secs(10)),
+        wait_for(Duration::from_secs(10), || out.exists()),
         "the detached job did not survive; its log: {:?}",
         fs::read_to_string(&log).unwrap_or_default()
     );

@@ -1,15 +1,15 @@
 //! Bad input of every kind: a clear one-line error (or the contract's
 //! outcome), the documented exit status, and nothing changed on disk.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
-use support::sandbox::*;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
 
@@ -55,17 +55,8 @@ fn disk_but_journal(sb: &Sandbox) -> Disk {
     disk_except(sb, &["history", "locks"])
 }
 
-fn write(path: &Path, bytes: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, bytes).unwrap();
-}
-
 fn wt(sb: &Sandbox) -> String {
     sb.worktree().to_str().unwrap().to_owned()
-}
-
-fn outcome(r: &Value) -> &str {
-    r["outcome"].as_str().unwrap_or("<none>")
 }
 
 /// Some state on disk, so that "nothing changed" has something to compare.
@@ -584,32 +575,6 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
     assert_eq!(sb.hook_runs(), 1);
 }
 
-fn effect_kinds(r: &Value) -> Vec<String> {
-    r["effects"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no effects: {r}"))
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The dispatch id of the report's `write_ticket` effect, checked to be 16
-/// lower-case hex digits.
-fn ticket_id(r: &Value) -> String {
-    let ticket = r["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "write_ticket")
-        .unwrap_or_else(|| panic!("a write_ticket effect: {r}"));
-    let id = ticket["dispatch_id"].as_str().unwrap().to_owned();
-    assert!(
-        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "dispatch id {id:?}"
-    );
-    id
-}
-
 #[test]
 fn kill_switch_refuses_new_deploys_but_finalizes_one_in_flight() {
     let mut sb = Sandbox::new();
@@ -727,25 +692,14 @@ fn a_guard_that_refuses_runs_nothing_not_even_git() {
     // A git that logs each call, first on PATH.
     let bin = sb.root().join("logging-bin");
     fs::create_dir_all(&bin).unwrap();
-    let real_git = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
     let log = sb.root().join("git-calls");
     let wrapper = format!(
         "#!/bin/sh\necho \"$@\" >> {}\nexec {} \"$@\"\n",
         log.display(),
-        real_git.trim()
+        tool("git")
     );
-    fs::write(bin.join("git"), wrapper).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(bin.join("git"), fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    sb.set("PATH", path.into());
+    write_executable(&bin.join("git"), &wrapper);
+    sb.set("PATH", path_with_first_dir(&bin));
     let wt = sb.worktree();
     let wt = wt.to_str().unwrap();
     for (name, value) in [("STAGING_PORT", "8500"), ("SELF_DEPLOY_ENABLED", "false")] {

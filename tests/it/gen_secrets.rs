@@ -1,30 +1,21 @@
 //! `selfdeploy gen-secrets` through the binary: printed secrets, and env files
 //! created private, refused unchanged, or appended to without touching a byte.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::Output;
 
 use selfdeploy::secrets::read_env_file;
-use support::sandbox::*;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
 
 fn is_token(value: &str) -> bool {
     value.len() == 64 && value.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
 }
 
 fn printed_key(sb: &Sandbox) -> String {

@@ -5,54 +5,37 @@
 //! writes and pushes the deploy log. Also the ways a dispatch fails: ssh exits
 //! non-zero, ssh hangs, ssh is missing.
 
-mod support;
-
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{sandbox::*, sshd::Sshd};
 
-const SSH_HOST: &str = "deploy-host.test";
+use crate::support::{report::*, sandbox::*, sshd::Sshd};
+
 const SOURCE_IMAGE: &str = "orch:staging-e2e";
 const TARGET_SERVICE: &str = "orch-e2e";
 const TARGET_PORT: &str = "8500";
 const TARGET_IMAGE: &str = "orch:prod-e2e";
 const PROFILE: &str = "prod";
 
-/// A sandbox that dispatches over ssh to `deploy-host.test` as the sshd user.
-/// Every value that goes into the remote command is set explicitly, so the
-/// expected command does not depend on the caller's environment.
-fn ssh_sandbox(user: &str, path: OsString) -> Sandbox {
-    let mut sb = Sandbox::new();
+/// A sandbox that dispatches over ssh to `deploy-host.test` as the sshd user
+/// ([`ssh_sandbox`]). Every value that goes into the remote command is set
+/// explicitly, so the expected command does not depend on the caller's
+/// environment.
+fn pinned_ssh_sandbox(user: &str, path: OsString) -> Sandbox {
+    let mut sb = ssh_sandbox(user, path);
     for (key, value) in [
-        ("SELF_DEPLOY_ENABLED", "true"),
-        ("SELF_DEPLOY_REPOS", ""),
-        ("SELF_DEPLOY_TRANSPORT", "ssh"),
-        ("DEPLOY_SSH_HOST", SSH_HOST),
-        ("DEPLOY_SSH_USER", user),
         ("DEPLOY_PROD_SOURCE_IMAGE", SOURCE_IMAGE),
         ("DEPLOY_PROD_TARGET_SERVICE", TARGET_SERVICE),
         ("DEPLOY_PROD_TARGET_PORT", TARGET_PORT),
         ("DEPLOY_PROD_TARGET_IMAGE", TARGET_IMAGE),
         ("DEPLOY_PROD_COMPOSE_PROFILE", PROFILE),
-        ("STAGING_PORT", "8501"),
         ("IMAGE_FRESHNESS_ENABLED", "true"),
-        ("SELF_DEPLOY_SSH_TIMEOUT_SECS", "30"),
     ] {
         sb.set(key, value.into());
     }
-    sb.set("PATH", path);
     sb
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temporary path")
 }
 
 /// The hand-built expectation below writes paths unquoted: true only when
@@ -88,77 +71,9 @@ fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str, id: &str) -> String
     )
 }
 
+/// `approved` as alice.
 fn approve(sb: &Sandbox, work_item: &str) -> (i32, Value) {
-    let wt = sb.worktree();
-    sb.event_json(
-        "approved",
-        work_item,
-        &[
-            "--branch",
-            BRANCH,
-            "--worktree",
-            path_str(&wt),
-            "--actor",
-            "alice",
-        ],
-    )
-}
-
-fn request_approve(sb: &Sandbox, work_item: &str) {
-    let (code, r) = sb.event_json("request-approve", work_item, &[]);
-    assert_eq!(
-        (code, r["outcome"].as_str(), r["to"].as_str()),
-        (0, Some("transitioned"), Some("approve_requested")),
-        "{r}"
-    );
-}
-
-fn status(sb: &Sandbox, work_item: &str) -> Value {
-    let out = sb.run(&["status", "--repo", REPO, "--work-item", work_item, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    parse_json(&out)
-}
-
-fn effect_kinds(report: &Value) -> Vec<String> {
-    report["effects"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no effects list: {report}"))
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The dispatch id of the report's one `write_ticket` effect, checked to be
-/// 16 lower-case hex digits.
-fn ticket_id(report: &Value) -> String {
-    let tickets: Vec<&Value> = report["effects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "write_ticket")
-        .collect();
-    assert_eq!(tickets.len(), 1, "exactly one ticket: {report}");
-    let id = tickets[0]["dispatch_id"].as_str().unwrap().to_owned();
-    assert!(
-        id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
-        "dispatch id {id:?}"
-    );
-    id
-}
-
-/// The claim protocol's files in the item's directory, sorted.
-fn protocol_files(sb: &Sandbox, work_item: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(sb.item_dir(work_item))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            ["dispatch-", "claimed-", "revoked-", "result"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
-        .collect();
-    names.sort();
-    names
+    sb.approve_with(work_item, &["--actor", "alice"])
 }
 
 fn ssh_effect(report: &Value) -> &Value {
@@ -172,35 +87,6 @@ fn ssh_effect(report: &Value) -> &Value {
     ssh[0]
 }
 
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    done()
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let path = dir.join(name);
-    fs::write(&path, body).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// `dir` then the current PATH.
-fn path_with_first(dir: &Path) -> OsString {
-    let mut path = dir.as_os_str().to_owned();
-    if let Some(current) = std::env::var_os("PATH").filter(|p| !p.is_empty()) {
-        path.push(":");
-        path.push(current);
-    }
-    path
-}
-
 fn git_log_line(sb: &Sandbox) -> String {
     git(
         &sb.remote(),
@@ -210,51 +96,17 @@ fn git_log_line(sb: &Sandbox) -> String {
     .to_owned()
 }
 
-/// Whether a process is still running (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z" | "X"))
-        }
-        Err(_) => false,
-    }
-}
-
-/// Removes the hold file when dropped, so a failing test never leaves the
-/// detached hook waiting.
-struct Hold(PathBuf);
-
-impl Hold {
-    fn new(sb: &Sandbox) -> Hold {
-        let path = sb.host_repo().join("hold");
-        fs::write(&path, "").unwrap();
-        Hold(path)
-    }
-    fn release(&self) {
-        fs::remove_file(&self.0).unwrap();
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn deploy_over_ssh_succeeds_and_is_finalized() {
     let started = Instant::now();
     let sshd = Sshd::start();
     let user = sshd.user();
-    let sb = ssh_sandbox(&user, sshd.path_with_wrapper());
+    let sb = pinned_ssh_sandbox(&user, sshd.path_with_wrapper());
     let wi = "ORCH-101";
     let tip = sb.tip();
 
-    request_approve(&sb, wi);
-    let hold = Hold::new(&sb);
+    sb.request_approve(wi);
+    let hold = Hold::hook(&sb);
     let (code, r) = approve(&sb, wi);
     assert_eq!(
         (code, r["outcome"].as_str(), r["to"].as_str()),
@@ -298,7 +150,7 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
 
     // The hook really started on the host, and is held there.
     assert!(
-        wait_until(Duration::from_secs(10), || sb.hook_runs() == 1),
+        wait_for(Duration::from_secs(10), || sb.hook_runs() == 1),
         "the hook did not start over ssh; hook.log: {:?}",
         fs::read_to_string(sb.item_dir(wi).join("hook.log")).unwrap_or_default()
     );
@@ -308,7 +160,7 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
         (0, Some("deferred"), Some("initiated")),
         "{r}"
     );
-    let st = status(&sb, wi);
+    let st = sb.status_json(wi);
     assert_eq!(st["state"], "initiated", "{st}");
     assert_eq!(
         st["dispatch"],
@@ -343,7 +195,7 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
     );
     assert_eq!(fs::read_to_string(sb.result_file(wi)).unwrap(), "0\n");
     assert_eq!(
-        protocol_files(&sb, wi),
+        sb.protocol_files(wi),
         [format!("claimed-{id}"), format!("result-{id}")]
     );
 
@@ -367,11 +219,11 @@ fn deploy_over_ssh_succeeds_and_is_finalized() {
 fn hook_failure_over_ssh_is_finalized_failed() {
     let started = Instant::now();
     let sshd = Sshd::start();
-    let sb = ssh_sandbox(&sshd.user(), sshd.path_with_wrapper());
+    let sb = pinned_ssh_sandbox(&sshd.user(), sshd.path_with_wrapper());
     let wi = "ORCH-102";
     fs::write(sb.host_repo().join("hook-exit"), "1").unwrap();
 
-    request_approve(&sb, wi);
+    sb.request_approve(wi);
     let (code, approved) = approve(&sb, wi);
     assert_eq!(
         (code, approved["outcome"].as_str(), approved["to"].as_str()),
@@ -392,7 +244,7 @@ fn hook_failure_over_ssh_is_finalized_failed() {
     );
     assert_eq!(fs::read_to_string(sb.result_file(wi)).unwrap(), "1\n");
     assert_eq!(
-        protocol_files(&sb, wi),
+        sb.protocol_files(wi),
         [format!("claimed-{id}"), format!("result-{id}")]
     );
     sb.assert_deploy_log(wi, "FAILED", "1");
@@ -404,7 +256,7 @@ fn hook_failure_over_ssh_is_finalized_failed() {
              deploy(ORCH-036): finalize FAILED for {wi}"
         )
     );
-    let st = status(&sb, wi);
+    let st = sb.status_json(wi);
     assert_eq!(st["state"], "finalized_failed", "{st}");
     eprintln!("ssh deploy (hook exit 1): {:?}", started.elapsed());
 }
@@ -423,10 +275,10 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
             called.display()
         ),
     );
-    let mut sb = ssh_sandbox(&sshd.user(), path_with_first(&fake.path().join("bin")));
+    let mut sb = pinned_ssh_sandbox(&sshd.user(), path_with_first_dir(&fake.path().join("bin")));
     let wi = "ORCH-103";
 
-    request_approve(&sb, wi);
+    sb.request_approve(wi);
     let (code, r) = approve(&sb, wi);
     assert_eq!(
         (code, r["outcome"].as_str(), r["to"].as_str()),
@@ -454,10 +306,10 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
         "{r}"
     );
     let failed_id = ticket_id(&r);
-    assert_eq!(protocol_files(&sb, wi), [format!("revoked-{failed_id}")]);
+    assert_eq!(sb.protocol_files(wi), [format!("revoked-{failed_id}")]);
     assert!(!sb.item_dir(wi).join("initiated").exists());
     assert!(sb.item_dir(wi).join("approve-requested").exists());
-    let st = status(&sb, wi);
+    let st = sb.status_json(wi);
     assert_eq!(st["state"], "approve_requested", "{st}");
     assert!(st["dispatch"].is_null(), "{st}");
     assert_eq!(sb.hook_runs(), 0, "the hook never ran");
@@ -476,7 +328,7 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
     assert_eq!(r["to"], "finalized_success", "{r}");
     assert_eq!(sb.hook_runs(), 1);
     assert_eq!(
-        protocol_files(&sb, wi),
+        sb.protocol_files(wi),
         [
             format!("claimed-{id}"),
             format!("result-{id}"),
@@ -501,11 +353,11 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
         ),
     );
     // No server: the fake ssh never connects anywhere.
-    let mut sb = ssh_sandbox("deploy", path_with_first(&fake.path().join("bin")));
+    let mut sb = pinned_ssh_sandbox("deploy", path_with_first_dir(&fake.path().join("bin")));
     sb.set("SELF_DEPLOY_SSH_TIMEOUT_SECS", "1".into());
     let wi = "ORCH-104";
 
-    request_approve(&sb, wi);
+    sb.request_approve(wi);
     let started = Instant::now();
     let (code, r) = approve(&sb, wi);
     let took = started.elapsed();
@@ -522,7 +374,7 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
         "reason mentions the timeout: {r}"
     );
     assert!(!sb.item_dir(wi).join("initiated").exists());
-    assert_eq!(status(&sb, wi)["state"], "approve_requested");
+    assert_eq!(sb.status_json(wi)["state"], "approve_requested");
     let id = ticket_id(&r);
     assert_eq!(
         effect_kinds(&r),
@@ -535,7 +387,7 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
         ],
         "{r}"
     );
-    assert_eq!(protocol_files(&sb, wi), [format!("revoked-{id}")]);
+    assert_eq!(sb.protocol_files(wi), [format!("revoked-{id}")]);
 
     // The script and every process it spawned were killed.
     let pids: Vec<u32> = fs::read_to_string(&pids)
@@ -545,7 +397,7 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
         .collect();
     assert_eq!(pids.len(), 3, "{pids:?}");
     assert!(
-        wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))),
+        wait_for(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p))),
         "left running: {:?}",
         pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
     );
@@ -554,26 +406,14 @@ fn hanging_ssh_times_out_as_dispatch_failed() {
 #[test]
 fn missing_ssh_binary_is_refused_and_writes_nothing() {
     let bin = tempfile::tempdir().unwrap();
-    for tool in ["bash", "git", "setsid"] {
-        let out = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .unwrap();
-        let real = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(out.status.success() && !real.is_empty(), "{tool} not found");
-        std::os::unix::fs::symlink(&real, bin.path().join(tool)).unwrap();
+    for name in ["bash", "git", "setsid"] {
+        std::os::unix::fs::symlink(tool(name), bin.path().join(name)).unwrap();
     }
-    let sb = ssh_sandbox("deploy", bin.path().as_os_str().to_owned());
+    let sb = pinned_ssh_sandbox("deploy", bin.path().as_os_str().to_owned());
     let wi = "ORCH-105";
 
-    request_approve(&sb, wi);
-    let own = sb.state_root().join(".selfdeploy");
-    let disk = || {
-        let mut all = sb.disk();
-        all.retain(|path, _| !path.starts_with(&own));
-        all
-    };
-    let before = disk();
+    sb.request_approve(wi);
+    let before = sb.disk_but_own();
     let (code, r) = approve(&sb, wi);
     assert_eq!(
         (code, r["outcome"].as_str(), r["to"].as_str()),
@@ -583,7 +423,11 @@ fn missing_ssh_binary_is_refused_and_writes_nothing() {
     let reason = r["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("ssh"), "reason names ssh: {r}");
     assert_eq!(effect_kinds(&r), Vec::<String>::new(), "{r}");
-    assert_eq!(disk(), before, "a refused approval writes nothing");
+    assert_eq!(
+        sb.disk_but_own(),
+        before,
+        "a refused approval writes nothing"
+    );
     assert_eq!(sb.hook_runs(), 0);
 
     // The refusal is in the history.

@@ -1,11 +1,9 @@
 //! A result deadline, through the binary: measured from the approval time in
 //! `initiated`, so a restarted engine does not reset it.
 
-mod support;
-
 use std::fs;
 
-use support::sandbox::{BRANCH, Sandbox};
+use crate::support::sandbox::{BRANCH, Sandbox};
 
 #[test]
 fn silence_past_the_deadline_finalizes_as_failed_timeout() {

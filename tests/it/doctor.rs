@@ -1,12 +1,10 @@
 //! `selfdeploy doctor` over the local transport and over a real loopback
 //! sshd: one passing and one failing installation each.
 
-mod support;
-
 use std::fs;
 
-use support::sandbox::Sandbox;
-use support::sshd::Sshd;
+use crate::support::sandbox::{Sandbox, over_ssh};
+use crate::support::sshd::Sshd;
 
 fn doctor(sb: &Sandbox) -> (i32, String) {
     let out = sb.run(&["doctor"]);
@@ -74,19 +72,10 @@ fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
     no_probe_left(&sb);
 }
 
-fn over_ssh(sshd: &Sshd) -> Sandbox {
-    let mut sb = Sandbox::new();
-    sb.set("SELF_DEPLOY_TRANSPORT", "ssh".into());
-    sb.set("DEPLOY_SSH_HOST", "deploy-host.test".into());
-    sb.set("DEPLOY_SSH_USER", sshd.user().into());
-    sb.set("PATH", sshd.path_with_wrapper());
-    sb
-}
-
 #[test]
 fn ssh_install_passes() {
     let sshd = Sshd::start();
-    let sb = over_ssh(&sshd);
+    let sb = over_ssh(&sshd.user(), sshd.path_with_wrapper());
     let (code, text) = doctor(&sb);
     assert_all_pass(code, &text);
     assert!(
@@ -98,7 +87,7 @@ fn ssh_install_passes() {
 #[test]
 fn ssh_install_with_a_bad_config_fails() {
     let sshd = Sshd::start();
-    let mut sb = over_ssh(&sshd);
+    let mut sb = over_ssh(&sshd.user(), sshd.path_with_wrapper());
     sb.set(
         "DEPLOY_HOST_REPO_PATH",
         sb.root().join("no-such-checkout").into_os_string(),

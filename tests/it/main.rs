@@ -1,0 +1,30 @@
+//! The integration tests, as one test binary (one link instead of one per
+//! area). Each module is one area; `support` holds the sandbox, the loopback
+//! sshd harness and the helpers the areas share.
+
+mod support;
+
+mod bad_input;
+mod claim_protocol;
+mod concurrency;
+mod crash_restart;
+mod demo;
+mod doctor;
+mod e2e_ssh;
+mod engine_happy_path;
+mod env_example;
+mod explain;
+mod gen_secrets;
+mod git_safety;
+mod history_damage;
+mod history_hmac;
+mod machine_rows;
+mod machine_table;
+mod merge_stamp_oracle;
+mod model;
+mod no_host_literals;
+mod replay_corpus;
+mod result_deadline;
+mod secret_scan;
+mod sshd_smoke;
+mod watch;
