@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use selfdeploy::config::Settings;
-use selfdeploy::markers::{self, InitiatedRecord};
+use selfdeploy::contract::markers::{self, InitiatedRecord};
 use selfdeploy::watch;
 
 const ITEMS: usize = 30;

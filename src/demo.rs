@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::config::Settings;
+use crate::contract::deploy_log;
+use crate::contract::names::{BranchName, RepoName, WorkItem};
 use crate::engine::{self, Request, SystemClock};
-use crate::exec::{HostExecutor, deploy_log, process};
+use crate::exec::{HostExecutor, process};
 use crate::machine::{EventName, Outcome, StateName};
-use crate::names::{BranchName, RepoName, WorkItem};
 use crate::store::{ItemPaths, Snapshot, Ticket};
 
 /// The hook the demo runs, shipped in the repo as an operator example.

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::atomic;
 use crate::config::{Settings, Transport};
+use crate::contract::remote::{self, shell_quote};
 use crate::exec::process;
-use crate::exec::remote::{self, shell_quote};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {

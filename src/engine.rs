@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::{Settings, Transport};
+use crate::contract::names::{BranchName, RepoName, WorkItem};
 use crate::effect::{Effect, RevokeReason};
 use crate::exec::{self, Executor, Performed};
 use crate::machine::{
     self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
 };
-use crate::names::{BranchName, RepoName, WorkItem};
 use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot, Ticket};
 
 /// The time, as an input: replays inject a fixed one.

@@ -3,16 +3,14 @@
 
 pub mod atomic;
 pub mod config;
+pub mod contract;
 pub mod demo;
 pub mod doctor;
 pub mod effect;
 pub mod engine;
 pub mod exec;
-pub mod hook_result;
+mod load_settings;
 pub mod machine;
-pub mod markers;
-pub mod names;
-pub mod pytext;
 pub mod replay;
 pub mod secrets;
 pub mod store;

@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
 use crate::config::{Settings, Transport};
-use crate::effect::{Effect, RevokeReason};
-use crate::exec::{deploy_log, remote};
-use crate::hook_result::{HookExit, Verdict};
-use crate::markers::{
+use crate::contract::hook_result::{HookExit, Verdict};
+use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
 };
-use crate::names::{RepoName, WorkItem};
+use crate::contract::names::{RepoName, WorkItem};
+use crate::contract::{deploy_log, remote};
+use crate::effect::{Effect, RevokeReason};
 
 /// The states, by the names operators and the stage engine see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -223,8 +223,7 @@ pub struct Facts<'a> {
     pub deadline_passed: Option<String>,
 }
 
-/// The exit code a deploy log shows when the hook wrote no result in time.
-pub const TIMEOUT_EXIT_CODE: &str = "timeout";
+pub use crate::contract::hook_result::TIMEOUT_EXIT_CODE;
 
 /// The push error `finalized` holds until the first push attempt reports.
 pub const NOT_PUSHED_YET: &str = "not pushed yet";

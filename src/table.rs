@@ -11,13 +11,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::contract::hook_result::parse_result;
+use crate::contract::markers::{DispatchState, FinalizedRecord, Ticket};
+use crate::contract::names::{RepoName, WorkItem};
 use crate::effect::Effect;
 use crate::engine;
 use crate::exec::{ExecError, Performed};
-use crate::hook_result::parse_result;
 use crate::machine::{EventName, Facts, Revision, StateName};
-use crate::markers::{DispatchState, FinalizedRecord, Ticket};
-use crate::names::{RepoName, WorkItem};
 use crate::store::Revoke;
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
@@ -126,7 +126,7 @@ pub fn derive() -> Vec<Row> {
         };
         let open_tickets = vec![dispatch.id.clone()];
         let pending = FinalizedRecord {
-            deploy_status: crate::hook_result::Verdict::Success,
+            deploy_status: crate::contract::hook_result::Verdict::Success,
             hook_exit_code: "0".into(),
             finalized_at: "1970-01-01T00:00:00Z".into(),
             finalized_by: "table".into(),

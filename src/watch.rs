@@ -13,10 +13,10 @@ use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
 
 use crate::config::Settings;
+use crate::contract::names::{RepoName, WorkItem};
 use crate::engine::{self, Clock, Request, SystemClock};
 use crate::exec::HostExecutor;
 use crate::machine::{EventName, StateName};
-use crate::names::{RepoName, WorkItem};
 use crate::store::{self, ItemPaths, Snapshot, Ticket};
 
 /// What a watch did, for its last log line and for tests.
@@ -33,10 +33,10 @@ fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
     let repo = parts.next()??.strip_prefix(".deploy-state-")?;
     let work_item = parts.next()??;
     let file = parts.next()??;
-    let is_result = file == crate::exec::remote::LEGACY_RESULT_FILE
+    let is_result = file == crate::contract::remote::LEGACY_RESULT_FILE
         || matches!(
-            crate::markers::TicketFile::parse(file),
-            Some((crate::markers::TicketFile::Result, _))
+            crate::contract::markers::TicketFile::parse(file),
+            Some((crate::contract::markers::TicketFile::Result, _))
         );
     if !is_result || parts.next().is_some() {
         return None;

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use support::sandbox::*;
 
-use selfdeploy::names::BranchName;
+use selfdeploy::contract::names::BranchName;
 
 const ITEM: &str = "ORCH-7";
 const DEFAULT_MESSAGE: &str = "deploy(ORCH-036): finalize SUCCESS for ORCH-7";

@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use selfdeploy::config::Settings;
-use selfdeploy::effect::{Effect, RevokeReason};
-use selfdeploy::hook_result::parse_result;
-use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
-use selfdeploy::markers::{
+use selfdeploy::contract::hook_result::parse_result;
+use selfdeploy::contract::markers::{
     DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, decode,
 };
-use selfdeploy::names::{RepoName, WorkItem};
+use selfdeploy::contract::names::{RepoName, WorkItem};
+use selfdeploy::effect::{Effect, RevokeReason};
+use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
 
 use StateName::*;
 

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use selfdeploy::config::Settings;
+use selfdeploy::contract::names::BranchName;
 use selfdeploy::engine::{self, Request, SystemClock};
 use selfdeploy::exec::{HostExecutor, RecordingExecutor};
 use selfdeploy::machine::EventName;
-use selfdeploy::names::BranchName;
 
 use super::{EXIT_USAGE, item_names, print_json};
 

@@ -3,9 +3,9 @@
 use serde::Serialize;
 
 use selfdeploy::config::Settings;
+use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::engine::{Clock as _, SystemClock};
 use selfdeploy::machine::StateName;
-use selfdeploy::names::{RepoName, WorkItem};
 use selfdeploy::store::{self, DispatchState, ItemPaths, Snapshot, Ticket, Unreadable};
 
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::process;
 use crate::config::{FINALIZER_NAME, Settings};
-use crate::names::BranchName;
+use crate::contract::names::BranchName;
 
 fn identity_env(settings: &Settings) -> Vec<(&'static str, OsString)> {
     let email = OsString::from(format!("{FINALIZER_NAME}@{}", settings.git_email_domain));

@@ -3,18 +3,17 @@
 //! is the one place where ssh is spawned and files outside the state
 //! directory are written.
 
-pub mod deploy_log;
 pub mod git;
 pub mod process;
-pub mod remote;
 
 use std::fs;
 use std::io;
 
 use crate::atomic;
 use crate::config::Settings;
+use crate::contract::deploy_log;
+use crate::contract::markers;
 use crate::effect::Effect;
-use crate::markers;
 use crate::store::{ItemPaths, Revoke};
 
 /// What performing an effect produced, as far as the caller cares.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::fixture::{Expect, Fixture};
 use crate::config::{Settings, Source};
+use crate::contract::names::{RepoName, WorkItem};
 use crate::engine::Clock;
-use crate::names::{RepoName, WorkItem};
 use crate::store::{self, ItemPaths, Snapshot};
 
 /// Settings a replay sets itself: a captured value would only point at this

@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use super::fixture::{Act, EventStep, Expect, Fixture};
 use crate::config::Settings;
+use crate::contract::markers::TicketFile;
+use crate::contract::names::{RepoName, WorkItem};
 use crate::effect::Effect;
 use crate::engine::{self, Clock, Request};
 use crate::exec::{ExecError, Executor, HostExecutor, Performed};
 use crate::machine::EventName;
-use crate::markers::TicketFile;
-use crate::names::{RepoName, WorkItem};
 use crate::store::{self, ItemLock, ItemPaths, Snapshot};
 use crate::table::Row;
 
@@ -60,7 +60,7 @@ pub struct Faults {
 impl ReplayExecutor<'_> {
     fn perform_one(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
         if let Effect::WriteMarker {
-            marker: crate::markers::Marker::Initiated,
+            marker: crate::contract::markers::Marker::Initiated,
             ..
         } = effect
         {
@@ -191,7 +191,7 @@ fn next_dispatch_id(issued: &[String]) -> String {
 /// The host wrapper's first act: `mv dispatch-<id> claimed-<id>`. True when
 /// this claim won the rename.
 fn claim(paths: &ItemPaths, id: &str) -> bool {
-    use crate::markers::TicketFile;
+    use crate::contract::markers::TicketFile;
     fs::rename(
         paths.ticket_file(TicketFile::Dispatch, id),
         paths.ticket_file(TicketFile::Claimed, id),
@@ -258,7 +258,7 @@ impl Replayer {
         let mut dispatches = Vec::new();
         let mut last_claimed = None;
         if let Some(d) = Snapshot::load(&paths).ok().and_then(|s| s.dispatch) {
-            if d.ticket == crate::markers::Ticket::Claimed {
+            if d.ticket == crate::contract::markers::Ticket::Claimed {
                 last_claimed = Some(d.id.clone());
             }
             dispatches.push(d.id);
@@ -290,7 +290,7 @@ impl Replayer {
     }
 
     /// The `finalized` record on disk, if any.
-    pub fn finalized(&self) -> Option<crate::markers::FinalizedRecord> {
+    pub fn finalized(&self) -> Option<crate::contract::markers::FinalizedRecord> {
         Snapshot::load(&self.paths).ok()?.finalized.flatten()
     }
 
@@ -401,7 +401,7 @@ impl Replayer {
             branch: step
                 .branch
                 .as_deref()
-                .map(crate::names::BranchName::new)
+                .map(crate::contract::names::BranchName::new)
                 .transpose()
                 .map_err(|e| e.to_string())?,
             worktree: step.worktree.as_ref().map(PathBuf::from),

@@ -14,13 +14,13 @@ use serde::Serialize;
 
 use super::ItemPaths;
 use crate::atomic::TEMP_PREFIX;
-use crate::exec::remote::LEGACY_RESULT_FILE;
-use crate::hook_result::{self, HookExit, Verdict};
-use crate::machine::StateName;
-use crate::markers::{
+use crate::contract::hook_result::{self, HookExit, Verdict};
+use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
     TicketFile,
 };
+use crate::contract::remote::LEGACY_RESULT_FILE;
+use crate::machine::StateName;
 
 /// Read at most this much of a result; anything longer is not an exit code
 /// (blank padding included, the original reads it whole).

@@ -7,11 +7,11 @@
 use std::path::Path;
 
 use crate::config::{Settings, Transport};
-use crate::markers::TicketFile;
-use crate::names::{RepoName, WorkItem};
+use crate::contract::markers::TicketFile;
+use crate::contract::names::{RepoName, WorkItem};
 
 /// File the original engine's wrapper writes the hook's exit code into; ours
-/// writes `result-<id>` (see [`crate::markers::TicketFile`]).
+/// writes `result-<id>` (see [`crate::contract::markers::TicketFile`]).
 pub const LEGACY_RESULT_FILE: &str = "result";
 /// Exit status of the host wrapper when its ticket was gone (revoked, or
 /// claimed by another): the hook did not run.

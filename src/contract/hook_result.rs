@@ -5,6 +5,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The exit code a deploy log shows when the hook wrote no result before the
+/// result deadline: not a number, so it can never read as success.
+pub const TIMEOUT_EXIT_CODE: &str = "timeout";
+
 /// The verdict written into the deploy log's frontmatter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -64,7 +68,7 @@ pub fn parse_result(raw: &[u8]) -> Option<HookExit> {
     let Ok(text) = std::str::from_utf8(raw) else {
         return garbage(&String::from_utf8_lossy(raw));
     };
-    let text = crate::pytext::strip(text);
+    let text = crate::contract::pytext::strip(text);
     if text.is_empty() {
         return None;
     }

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Transport;
-use crate::hook_result::Verdict;
+use crate::contract::hook_result::Verdict;
 
 /// A sentinel file the engine writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
