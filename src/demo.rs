@@ -2,10 +2,9 @@
 //! through the local transport, with the example hook, a real git worktree
 //! and a bare remote. Nothing outside the sandbox is touched.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -172,7 +171,8 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
         log_path.strip_prefix(root).unwrap_or(&log_path).display()
     )?;
     write!(out, "{}", fs::read_to_string(&log_path)?)?;
-    let hook_log = state.join(format!(".deploy-state-{REPO}/{WORK_ITEM}/hook.log"));
+    let hook_log = crate::contract::remote::state_dir_under(&state, &repo, &work_item)
+        .join(crate::contract::remote::HOOK_LOG_FILE);
     writeln!(out, "--- hook.log (written on the host) ---")?;
     write!(out, "{}", fs::read_to_string(&hook_log).unwrap_or_default())?;
     let pushed = git_out(
@@ -247,17 +247,7 @@ fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Res
 fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let mut argv: Vec<String> = vec!["-C".into(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let email = format!("demo@{}", settings.git_email_domain);
-    let env: Vec<(&str, OsString)> = vec![
-        (
-            "HOME",
-            PathBuf::from(&settings.agent_home_dir).into_os_string(),
-        ),
-        ("GIT_AUTHOR_NAME", "demo".into()),
-        ("GIT_AUTHOR_EMAIL", email.clone().into()),
-        ("GIT_COMMITTER_NAME", "demo".into()),
-        ("GIT_COMMITTER_EMAIL", email.into()),
-    ];
+    let env = crate::exec::git::identity_env(settings, "demo");
     let done = process::run("git", &argv, None, &env, settings.git_timeout)?;
     if !done.success() {
         bail!("git {} failed: {}", args.join(" "), done.summary());

@@ -51,7 +51,7 @@ impl Settings {
     }
 }
 
-fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let err = |problem: String| ConfigError::EnvFile {
         path: path.to_path_buf(),
         problem,

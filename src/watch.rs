@@ -30,7 +30,9 @@ pub struct Stats {
 fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
     let rel = path.strip_prefix(repos_dir).ok()?;
     let mut parts = rel.iter().map(|p| p.to_str());
-    let repo = parts.next()??.strip_prefix(".deploy-state-")?;
+    let repo = parts
+        .next()??
+        .strip_prefix(crate::contract::remote::STATE_DIR_PREFIX)?;
     let work_item = parts.next()??;
     let file = parts.next()??;
     let is_result = file == crate::contract::remote::LEGACY_RESULT_FILE

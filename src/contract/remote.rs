@@ -29,10 +29,14 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
+/// The name of a repo's directory of state directories is this prefix and
+/// the repo's identity.
+pub const STATE_DIR_PREFIX: &str = ".deploy-state-";
+
 /// The state directory of a work item under a base directory, joined as path
 /// components (a trailing `/` on the base is not doubled).
 pub fn state_dir_under(base: &Path, repo: &RepoName, work_item: &WorkItem) -> std::path::PathBuf {
-    base.join(format!(".deploy-state-{repo}"))
+    base.join(format!("{STATE_DIR_PREFIX}{repo}"))
         .join(work_item.as_str())
 }
 

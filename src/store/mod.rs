@@ -158,7 +158,10 @@ pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(repo) = name.to_str().and_then(|n| n.strip_prefix(".deploy-state-")) else {
+        let Some(repo) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(remote::STATE_DIR_PREFIX))
+        else {
             continue;
         };
         let Ok(repo) = RepoName::new(repo) else {
