@@ -13,9 +13,10 @@ use anyhow::{Context as _, bail};
 use crate::config::Settings;
 use crate::contract::deploy_log;
 use crate::contract::names::{BranchName, RepoName, WorkItem};
-use crate::engine::{self, Request, SystemClock};
-use crate::exec::{HostExecutor, process};
+use crate::engine::{self, Request};
+use crate::exec::{HostPerformer, process};
 use crate::machine::{EventName, Outcome, StateName};
+use crate::probe::HostProbe;
 use crate::store::{ItemPaths, Snapshot, Ticket};
 
 /// The hook the demo runs, shipped in the repo as an operator example.
@@ -100,15 +101,14 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
             merged,
             force: false,
             actor: "demo".to_owned(),
-            dry_run: false,
         };
         engine::handle(
             &settings,
             &request,
-            &mut HostExecutor {
+            &mut HostProbe,
+            &mut HostPerformer {
                 settings: &settings,
             },
-            &SystemClock,
         )
     };
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod exec;
 mod load_settings;
 pub mod machine;
+pub mod probe;
 pub mod replay;
 pub mod secrets;
 pub mod store;

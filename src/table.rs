@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +109,7 @@ pub fn derive() -> Vec<Row> {
                 ("STAGING_PORT", "9500"),
                 ("DEPLOY_PROD_TARGET_PORT", "9500"),
             ],
+            Scenario::TicketClaimedDeadlinePassed => &[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "60")],
             _ => &[],
         })
         .expect("scenario settings parse");
@@ -142,8 +144,15 @@ pub fn derive() -> Vec<Row> {
             settings: &settings,
             repo: &repo,
             work_item: &work_item,
-            now: "1970-01-01T00:00:00Z",
-            now_precise: "1970-01-01T00:00:00.000Z",
+            // Time is an input: past the claim timeout, or past the result
+            // deadline (60 s in that scenario), or right at the dispatch.
+            now: UNIX_EPOCH
+                + Duration::from_secs(match scenario {
+                    S::ClaimOverdueRevoked | S::ClaimOverdueClaimed => 121,
+                    S::TicketClaimedDeadlinePassed => 61,
+                    _ => 0,
+                }),
+            dispatched_at: Some("1970-01-01T00:00:00Z"),
             actor: "table",
             force: matches!(scenario, S::Forced | S::ForcedClaimed),
             merged: (scenario != Scenario::NoMergedValue).then_some(true),
@@ -179,10 +188,6 @@ pub fn derive() -> Vec<Row> {
                 S::Legacy => None,
                 _ => Some(&pushed),
             },
-            claim_overdue: matches!(scenario, S::ClaimOverdueRevoked | S::ClaimOverdueClaimed)
-                .then(|| "unclaimed".to_owned()),
-            deadline_passed: (scenario == S::TicketClaimedDeadlinePassed)
-                .then(|| "deadline".to_owned()),
         };
         for from in StateName::ALL {
             // A success is only ever read from a record of ours: a

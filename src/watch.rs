@@ -14,9 +14,10 @@ use notify::{RecursiveMode, Watcher as _};
 
 use crate::config::Settings;
 use crate::contract::names::{RepoName, WorkItem};
-use crate::engine::{self, Clock, Request, SystemClock};
-use crate::exec::HostExecutor;
-use crate::machine::{EventName, StateName};
+use crate::engine::{self, Request};
+use crate::exec::HostPerformer;
+use crate::machine::{self, EventName, StateName};
+use crate::probe::HostProbe;
 use crate::store::{self, ItemPaths, Snapshot, Ticket};
 
 /// What a watch did, for its last log line and for tests.
@@ -55,14 +56,17 @@ fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     match Snapshot::load(&paths) {
         Ok(snap) if snap.state == StateName::Initiated => {
-            let now = SystemClock.precise();
-            snap.result.is_some()
+            let now = std::time::SystemTime::now();
+            let at = snap.initiated_record().map(|r| r.dispatch_time());
+            let has_result = snap.result.is_some();
+            has_result
                 || matches!(
                     snap.dispatch.as_ref().map(|d| d.ticket),
                     Some(Ticket::Revoked | Ticket::Missing)
                 )
-                || engine::claim_overdue(settings, &snap, &now).is_some()
-                || engine::deadline_passed(settings, &snap, &now).is_some()
+                || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now)
+                    .is_some()
+                || machine::deadline_passed(settings, at, has_result, now).is_some()
         }
         _ => false,
     }
@@ -80,13 +84,12 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
         merged: None,
         force: false,
         actor: "watch".to_owned(),
-        dry_run: false,
     };
     match engine::handle(
         settings,
         &request,
-        &mut HostExecutor { settings },
-        &SystemClock,
+        &mut HostProbe,
+        &mut HostPerformer { settings },
     ) {
         Ok(report) => {
             if matches!(

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use super::fixture::{Expect, Fixture};
 use crate::config::{Settings, Source};
 use crate::contract::names::{RepoName, WorkItem};
-use crate::engine::Clock;
 use crate::store::{self, ItemPaths, Snapshot};
 
 /// Settings a replay sets itself: a captured value would only point at this
@@ -20,7 +19,7 @@ pub fn capture(
     settings: &Settings,
     repo: &RepoName,
     work_item: &WorkItem,
-    clock: &dyn Clock,
+    now: std::time::SystemTime,
 ) -> anyhow::Result<Fixture> {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     let snapshot = Snapshot::load(&paths)?;
@@ -41,11 +40,14 @@ pub fn capture(
         .map(|r| (r.name.to_owned(), r.shown().to_owned()))
         .collect();
     Ok(Fixture {
-        description: format!("captured from {repo}/{work_item} at {}", clock.now()),
+        description: format!(
+            "captured from {repo}/{work_item} at {}",
+            humantime::format_rfc3339_seconds(now)
+        ),
         settings: captured,
         repo: repo.to_string(),
         work_item: work_item.to_string(),
-        clock: clock.now(),
+        clock: humantime::format_rfc3339_seconds(now).to_string(),
         files,
         history: store::read_entries(&paths.history_file)?,
         initial: Some(Expect {
