@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Settings, Transport};
+use crate::config::Settings;
 use crate::contract::names::{BranchName, RepoName, WorkItem};
 use crate::effect::{Effect, RevokeReason};
 use crate::exec::{self, Perform, Performed};
@@ -558,10 +558,7 @@ fn dispatch_revision(
 }
 
 fn transport_program(settings: &Settings, probe: &mut dyn Probe) -> Result<(), String> {
-    let program = match settings.transport {
-        Transport::Ssh => "ssh",
-        Transport::Local => "bash",
-    };
+    let program = settings.transport.program();
     probe
         .program(program)
         .map_err(|e| format!("no {program} binary: {e}; install it or fix PATH"))

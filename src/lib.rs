@@ -17,4 +17,5 @@ pub mod secrets;
 pub mod store;
 pub mod table;
 pub mod text_table;
+pub mod transport;
 pub mod watch;

@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
-use crate::config::{Settings, Transport};
+use crate::config::Settings;
 use crate::contract::hook_result::{HookExit, Verdict};
 use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
 };
 use crate::contract::names::{RepoName, WorkItem};
 use crate::contract::{deploy_log, remote};
-use crate::effect::{Effect, RevokeReason};
+use crate::effect::{Effect, Launch, RevokeReason};
 
 /// The states, by the names operators and the stage engine see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -510,10 +510,10 @@ impl Context<'_, '_> {
             remote::remote_command(f.settings, f.repo, f.work_item, id, revision.as_deref());
         let argv = remote::dispatch_argv(f.settings, command);
         let record = self.initiated_record(argv.clone(), revision);
-        let launch = match f.settings.transport {
-            Transport::Ssh => Effect::Ssh { argv },
-            Transport::Local => Effect::Local { argv },
-        };
+        let launch = Effect::Launch(Launch {
+            transport: f.settings.transport,
+            argv,
+        });
         vec![
             Effect::WriteMarker {
                 marker: Marker::Initiated,

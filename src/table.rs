@@ -198,7 +198,7 @@ pub fn derive() -> Vec<Row> {
             for event in EventName::ALL {
                 let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
                     Ok(match effect {
-                        Effect::Ssh { .. } | Effect::Local { .. }
+                        Effect::Launch(_)
                             if matches!(
                                 scenario,
                                 S::LaunchFailsRevoked | S::LaunchFailsClaimed
@@ -206,7 +206,7 @@ pub fn derive() -> Vec<Row> {
                         {
                             Performed::Dispatched(Err("ssh failed".into()))
                         }
-                        Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+                        Effect::Launch(_) => Performed::Dispatched(Ok(())),
                         Effect::RevokeTicket { .. }
                             if matches!(
                                 scenario,

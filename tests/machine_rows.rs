@@ -9,7 +9,7 @@ use selfdeploy::contract::markers::{
     DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, decode,
 };
 use selfdeploy::contract::names::{RepoName, WorkItem};
-use selfdeploy::effect::{Effect, RevokeReason};
+use selfdeploy::effect::{Effect, Launch, RevokeReason};
 use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
 
 use StateName::*;
@@ -132,7 +132,7 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket
     assert_eq!(record.branch.as_deref(), Some("deploy/ORCH-9"));
     assert_eq!(record.worktree, "/wt");
     assert_eq!(record.revision.as_deref(), Some("abc123"));
-    let Effect::Ssh { argv } = &d.effects[2] else {
+    let Effect::Launch(Launch { argv, .. }) = &d.effects[2] else {
         panic!()
     };
     assert_eq!(
@@ -176,7 +176,7 @@ fn approved_without_freshness_omits_expected_revision() {
     let mut facts = w.facts();
     facts.revision = Revision::Inactive;
     let d = step(ApproveRequested, &Event::Approved, &facts);
-    let Effect::Ssh { argv } = &d.effects[2] else {
+    let Effect::Launch(Launch { argv, .. }) = &d.effects[2] else {
         panic!()
     };
     assert!(!argv[4].contains("EXPECTED_REVISION"), "{}", argv[4]);

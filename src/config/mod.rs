@@ -121,13 +121,7 @@ impl Serialize for Resolved {
     }
 }
 
-/// How the detached hook is launched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Transport {
-    Ssh,
-    Local,
-}
+pub use crate::transport::Transport;
 
 /// A setting whose value does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -324,9 +318,7 @@ impl Settings {
                 out.push(format!("SELF_DEPLOY_REPOS: {e}"));
             }
         }
-        if self.transport == Transport::Ssh && self.ssh_host.is_empty() {
-            out.push("DEPLOY_SSH_HOST is empty; the ssh transport needs a host".to_owned());
-        }
+        out.extend(self.transport.problems(self));
         if self.commit_message_template.trim().is_empty() {
             out.push(
                 "SELF_DEPLOY_COMMIT_MESSAGE is empty; git refuses an empty commit message"
@@ -496,13 +488,11 @@ impl Reader<'_> {
     }
 
     fn transport(&self, name: &str) -> Transport {
-        self.parse(name, "expected ssh or local", |v| {
-            match v.to_ascii_lowercase().as_str() {
-                "ssh" => Some(Transport::Ssh),
-                "local" => Some(Transport::Local),
-                _ => None,
-            }
-        })
+        self.parse(
+            name,
+            "expected a transport: ssh or local",
+            Transport::by_name,
+        )
     }
 
     /// A word given to ssh as an argument: a leading `-` would be read as an

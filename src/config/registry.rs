@@ -162,7 +162,7 @@ mod tests {
         let s = Settings::with_overrides(&[]).unwrap();
         assert!(s.enabled);
         assert_eq!(s.target_port, 8500);
-        assert_eq!(s.transport, Transport::Ssh);
+        assert_eq!(s.transport.name(), "ssh");
         assert_eq!(s.ssh_timeout, Duration::from_secs(30));
         assert_eq!(s.git_timeout, Duration::from_secs(60));
         assert!(s.resolved.iter().all(|r| r.source == Source::Default));

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::config::{Settings, Transport};
+use crate::config::Settings;
 use crate::contract::markers::TicketFile;
 use crate::contract::names::{RepoName, WorkItem};
 
@@ -86,27 +86,9 @@ pub fn remote_command(
     )
 }
 
-/// The ssh target: `user@host`, or the host alone when the user is empty.
-pub fn ssh_target(settings: &Settings) -> String {
-    if settings.ssh_user.is_empty() {
-        settings.ssh_host.clone()
-    } else {
-        format!("{}@{}", settings.ssh_user, settings.ssh_host)
-    }
-}
-
 /// The argv that launches `remote` over the configured transport.
 pub fn dispatch_argv(settings: &Settings, remote: String) -> Vec<String> {
-    match settings.transport {
-        Transport::Ssh => vec![
-            "ssh".into(),
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            ssh_target(settings),
-            remote,
-        ],
-        Transport::Local => vec!["bash".into(), "-c".into(), remote],
-    }
+    settings.transport.argv(settings, remote)
 }
 
 #[cfg(test)]

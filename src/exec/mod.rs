@@ -12,7 +12,7 @@ use std::io;
 use crate::atomic;
 use crate::config::Settings;
 use crate::contract::deploy_log;
-use crate::effect::Effect;
+use crate::effect::{Effect, Launch};
 use crate::store::{ItemPaths, Revoke};
 
 /// What performing an effect produced, as far as the caller cares.
@@ -86,9 +86,7 @@ impl Perform for HostPerformer<'_> {
                 .revoke_ticket(dispatch_id)
                 .map(Performed::Revoke)
                 .map_err(|e| fail(format!("cannot revoke dispatch {dispatch_id}"), e)),
-            Effect::Ssh { argv } | Effect::Local { argv } => {
-                Ok(Performed::Dispatched(self.launch(argv)))
-            }
+            Effect::Launch(Launch { argv, .. }) => Ok(Performed::Dispatched(self.launch(argv))),
             Effect::WriteDeployLog {
                 worktree,
                 path,
@@ -222,7 +220,7 @@ impl Perform for RecordingPerformer {
     fn perform(&mut self, _paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
         self.performed.push(effect.clone());
         Ok(match effect {
-            Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+            Effect::Launch(_) => Performed::Dispatched(Ok(())),
             Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
             Effect::GitPublish { .. } => Performed::Published(git::Published {
                 pushed: Ok(()),

@@ -11,7 +11,7 @@ use super::fixture::{Act, EventStep, Expect, Fixture};
 use crate::config::Settings;
 use crate::contract::markers::TicketFile;
 use crate::contract::names::{RepoName, WorkItem};
-use crate::effect::Effect;
+use crate::effect::{Effect, Launch};
 use crate::engine::{self, Request};
 use crate::exec::{ExecError, HostPerformer, Perform, Performed};
 use crate::machine::EventName;
@@ -124,7 +124,7 @@ impl ReplayExecutor<'_> {
             | Effect::RemoveMarker { .. }
             | Effect::RemoveStateDir
             | Effect::WriteTicket { .. } => self.files.perform(paths, effect),
-            Effect::Ssh { .. } | Effect::Local { .. } => {
+            Effect::Launch(_) => {
                 self.launched = true;
                 if self.step.host_claims
                     && let Some(id) = self.dispatches.last()
@@ -457,7 +457,7 @@ impl Replayer {
                 let kinds: Vec<String> =
                     report.effects.iter().map(|e| e.kind().to_owned()).collect();
                 actual.argv = report.effects.iter().find_map(|e| match e {
-                    Effect::Ssh { argv } | Effect::Local { argv } => Some(argv.clone()),
+                    Effect::Launch(Launch { argv, .. }) => Some(argv.clone()),
                     _ => None,
                 });
                 actual.row = Some(Row {
