@@ -8,8 +8,6 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-
 use crate::config::Settings;
 use crate::contract::deploy_log;
 use crate::contract::names::{BranchName, RepoName, WorkItem};
@@ -34,12 +32,40 @@ pub struct Options {
     pub keep: bool,
 }
 
+/// Why the demo could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Name(#[from] crate::contract::names::NameError),
+    #[error(transparent)]
+    Branch(#[from] crate::contract::names::BranchError),
+    #[error(transparent)]
+    Run(#[from] process::RunError),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Runs the demo, printing to `out`; returns the final state.
-pub fn run(opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+pub fn run(opts: &Options, out: &mut dyn Write) -> Result<StateName, DemoError> {
     let sandbox = tempfile::Builder::new()
         .prefix("selfdeploy-demo.")
         .tempdir()
-        .context("cannot create the demo sandbox")?;
+        .map_err(|source| DemoError::Io {
+            what: "cannot create the demo sandbox".into(),
+            source,
+        })?;
     let root = sandbox.path().to_path_buf();
     let result = run_in(&root, opts, out);
     if opts.keep {
@@ -49,13 +75,16 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
     result
 }
 
-fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName, DemoError> {
     let state = root.join("state");
     let host_repo = root.join("host/app");
     let home = root.join("home");
     let worktree = root.join("worktree");
     for dir in [&state, &host_repo.join("scripts"), &home] {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|source| DemoError::Io {
+            what: format!("cannot create {}", dir.display()),
+            source,
+        })?;
     }
     fs::write(host_repo.join("scripts/deploy-hook.sh"), EXAMPLE_HOOK)?;
     fs::write(
@@ -117,10 +146,10 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
         let report = deliver(event, None)?;
         print_step(out, &report)?;
         if report.outcome != Outcome::Transitioned {
-            bail!(
+            return Err(DemoError::Failed(format!(
                 "the demo expected {event} to transition, got {}",
                 report.outcome
-            );
+            )));
         }
         last = report.to;
     }
@@ -149,10 +178,10 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
                 print_step(out, &report)?;
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(DemoError::Failed(format!(
                     "the hook wrote no result within 60 s; see {}",
                     state.display()
-                );
+                )));
             }
             thread::sleep(Duration::from_millis(200));
             continue;
@@ -213,7 +242,7 @@ fn print_step(out: &mut dyn Write, r: &engine::Report) -> std::io::Result<()> {
 
 /// A bare remote and a clone of it on the work item's branch; returns the
 /// branch tip, the revision the freshness check will expect.
-fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Result<String> {
+fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> Result<String, DemoError> {
     let remote = root.join("remote.git");
     git_out(
         settings,
@@ -244,13 +273,17 @@ fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Res
         .to_owned())
 }
 
-fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> Result<String, DemoError> {
     let mut argv: Vec<String> = vec!["-C".into(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     let env = crate::exec::git::identity_env(settings, "demo");
     let done = process::run("git", &argv, None, &env, settings.git_timeout)?;
     if !done.success() {
-        bail!("git {} failed: {}", args.join(" "), done.summary());
+        return Err(DemoError::Failed(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            done.summary()
+        )));
     }
     Ok(done.stdout)
 }

@@ -58,8 +58,8 @@ pub enum EngineError {
     Lock(#[from] store::LockError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("{0}")]
-    Effect(exec::ExecError),
+    #[error(transparent)]
+    Effect(#[from] exec::ExecError),
     #[error("{0}; fix or remove it (reset --force clears the item)")]
     ResultUnreadable(String),
     #[error("REPOS_DIR {0}; mount the shared state directory or fix REPOS_DIR")]

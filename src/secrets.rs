@@ -29,6 +29,12 @@ pub fn token() -> io::Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// Creates the env file `path` holding `bytes`, mode 0600 from the start,
+/// whole or not at all, never over a file that appeared meanwhile.
+pub fn create_env_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    crate::atomic::create_private(path, bytes)
+}
+
 /// A fresh value for each name.
 pub fn generate(names: &[&'static str]) -> io::Result<Vec<(&'static str, String)>> {
     names.iter().map(|n| Ok((*n, token()?))).collect()

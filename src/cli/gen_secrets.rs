@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use selfdeploy::{atomic, secrets};
+use selfdeploy::secrets;
 
 use super::{EXIT_OK, EXIT_USAGE};
 
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let values = secrets::generate(&names)?;
-            atomic::create_private(&path, secrets::addition(b"", &values).as_bytes())
+            secrets::create_env_file(&path, secrets::addition(b"", &values).as_bytes())
                 .with_context(|| format!("cannot create {shown}"))?;
             println!("wrote {} to {shown} (mode 0600)", names.join(", "));
             return Ok(EXIT_OK);

@@ -15,12 +15,21 @@ const NOT_CAPTURED: [&str; 1] = ["REPOS_DIR"];
 /// A state file larger than this is not captured (it is no marker or result).
 const CAPTURE_LIMIT: u64 = 1024 * 1024;
 
+/// Why an item could not be captured.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot read the history")]
+    History(#[from] std::io::Error),
+}
+
 pub fn capture(
     settings: &Settings,
     repo: &RepoName,
     work_item: &WorkItem,
     now: std::time::SystemTime,
-) -> anyhow::Result<Fixture> {
+) -> Result<Fixture, CaptureError> {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     let snapshot = Snapshot::load(&paths)?;
     let mut files = BTreeMap::new();
