@@ -906,18 +906,18 @@ impl SelfDeploy {
     }
 }
 
+/// What an event is called in a reason: a delivered event by its name, a
+/// feedback event by what happened.
 fn event_label(event: &Event) -> &'static str {
+    if let Some(name) = EventName::ALL.into_iter().find(|n| n.event() == *event) {
+        return name.as_str();
+    }
     match event {
-        Event::RequestApprove => "request-approve",
-        Event::Approved => "approved",
-        Event::Poll => "poll",
-        Event::MergeVerified => "merge-verified",
-        Event::Reset => "reset",
-        Event::Launched => "launched",
         Event::LaunchFailed(_) => "launch-failed",
         Event::TicketRevoked(_) => "ticket-revoked",
         Event::TicketClaimed(..) => "ticket-claimed",
         Event::Published { .. } => "published",
+        _ => "launched",
     }
 }
 
