@@ -1,4 +1,4 @@
-//! The self-deploy machine (contract section 9), on `statig`. Pure: it reads
+//! The self-deploy machine, on `statig`. Pure: it reads
 //! facts gathered by the engine and returns a decision (outcome, reason,
 //! effects as data); it performs no I/O and reads no clock.
 //!
@@ -160,7 +160,7 @@ impl Outcome {
         }
     }
 
-    /// Exit status of `selfdeploy event` (contract section 10).
+    /// Exit status of `selfdeploy event`: 0 when accepted, 3 when not.
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Transitioned | Outcome::Unchanged | Outcome::Deferred => 0,
@@ -496,7 +496,7 @@ impl Context<'_, '_> {
         }
     }
 
-    /// The dispatch of an approved deploy (contract section 6, step 1):
+    /// The dispatch of an approved deploy:
     /// `initiated` with the new id, then the ticket, both durable, then the
     /// launch.
     fn dispatch_plan(&self) -> Vec<Effect> {

@@ -293,7 +293,8 @@ impl Settings {
     }
 
     /// The problems that stop every event and `watch` before anything acts
-    /// (contract section 2). Equal staging and production ports are not among
+    /// (a relative path, an empty ssh host, a hook that reads as an option, a
+    /// value that does not parse). Equal staging and production ports are not among
     /// them: for events that is the dispatch guard, so that a deploy already
     /// in flight can still be polled, stamped and reset.
     pub fn acting_problems(&self) -> Vec<String> {
@@ -346,7 +347,9 @@ impl Settings {
         out
     }
 
-    /// Contract section 3: does the machine apply to this repo?
+    /// Does the machine apply to this repo? No when the kill-switch is off;
+    /// else the trimmed, lower-cased repo must be listed, or, with no list,
+    /// be the self-hosting repo.
     pub fn applies(&self, repo: &str) -> bool {
         if !self.enabled {
             return false;

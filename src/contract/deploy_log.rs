@@ -1,5 +1,5 @@
-//! The deploy log the platform's quality gate reads (contract section 7) and
-//! the merge stamp (section 8). Pure: text in, text out.
+//! The deploy log the platform's quality gate reads (its frontmatter is
+//! machine-read, byte for byte) and the merge stamp. Pure: text in, text out.
 
 use std::path::PathBuf;
 

@@ -1,5 +1,7 @@
-//! The hook's exit code as the host wrapper leaves it in `result` (contract
-//! section 4), and the verdict it maps to (section 5). Pure: no I/O.
+//! The hook's exit code as the host wrapper leaves it in a result file:
+//! blank is not there yet, an integer is that code, anything else is code 1
+//! (fail-closed); and the verdict: 0 is SUCCESS, anything else FAILED.
+//! Pure: no I/O.
 
 use std::fmt;
 

@@ -1,4 +1,5 @@
-//! The remote command of contract section 6, byte for byte. Pure: no I/O.
+//! The remote command the host runs for a dispatch: the claim, then the
+//! original's command byte for byte with its result renamed. Pure: no I/O.
 //!
 //! The host wrapper and the original implementation read these exact bytes,
 //! so the quoting is Python's `shlex.quote`, written out here: the `shlex`
@@ -145,7 +146,8 @@ mod tests {
         dispatch_argv(&s, remote_command(&s, &repo, &wi, ID, sha))
     }
 
-    // Expected strings below were written out by hand from contract section 6.
+    // Expected strings below were written out by hand from the command's
+    // definition: claim, cd, the environment, the hook, the result.
     #[test]
     fn plain_values_with_revision() {
         assert_eq!(

@@ -1,5 +1,8 @@
-//! Reading a work item's state directory and deriving its state (contract
-//! sections 4 and 9).
+//! Reading a work item's state directory and deriving its state: a
+//! finalized marker gives that verdict; else `initiated` (or a legacy
+//! `result` the original's wrapper left) is initiated; else
+//! `approve-requested`; else idle. A result of another dispatch never
+//! changes the state.
 //!
 //! The directory is on a mount the host writes too, so nothing in it is
 //! trusted to be what its name says: every file is opened without following
