@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use selfdeploy::config::Settings;
-use selfdeploy::markers::{self, InitiatedRecord};
+use selfdeploy::contract::markers::{self, InitiatedRecord};
 use selfdeploy::watch;
 
 const ITEMS: usize = 30;
@@ -76,7 +76,7 @@ fn main() {
             branch: Some("deploy/bench".into()),
             worktree: worktree.to_string_lossy().into_owned(),
             revision: None,
-            transport: selfdeploy::config::Transport::Local,
+            transport: selfdeploy::config::Transport::by_name("local").unwrap(),
             argv: Vec::new(),
         };
         fs::write(item_dir(i).join("initiated"), markers::encode(&record)).unwrap();

@@ -2,20 +2,19 @@
 //! through the local transport, with the example hook, a real git worktree
 //! and a bare remote. Nothing outside the sandbox is touched.
 
-use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-
 use crate::config::Settings;
-use crate::engine::{self, Request, SystemClock};
-use crate::exec::{HostExecutor, deploy_log, process};
+use crate::contract::deploy_log;
+use crate::contract::names::{BranchName, RepoName, WorkItem};
+use crate::engine::{self, Request};
+use crate::exec::{HostPerformer, process};
 use crate::machine::{EventName, Outcome, StateName};
-use crate::names::{BranchName, RepoName, WorkItem};
+use crate::probe::HostProbe;
 use crate::store::{ItemPaths, Snapshot, Ticket};
 
 /// The hook the demo runs, shipped in the repo as an operator example.
@@ -33,12 +32,40 @@ pub struct Options {
     pub keep: bool,
 }
 
+/// Why the demo could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Name(#[from] crate::contract::names::NameError),
+    #[error(transparent)]
+    Branch(#[from] crate::contract::names::BranchError),
+    #[error(transparent)]
+    Run(#[from] process::RunError),
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Runs the demo, printing to `out`; returns the final state.
-pub fn run(opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+pub fn run(opts: &Options, out: &mut dyn Write) -> Result<StateName, DemoError> {
     let sandbox = tempfile::Builder::new()
         .prefix("selfdeploy-demo.")
         .tempdir()
-        .context("cannot create the demo sandbox")?;
+        .map_err(|source| DemoError::Io {
+            what: "cannot create the demo sandbox".into(),
+            source,
+        })?;
     let root = sandbox.path().to_path_buf();
     let result = run_in(&root, opts, out);
     if opts.keep {
@@ -48,13 +75,16 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
     result
 }
 
-fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<StateName> {
+fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName, DemoError> {
     let state = root.join("state");
     let host_repo = root.join("host/app");
     let home = root.join("home");
     let worktree = root.join("worktree");
     for dir in [&state, &host_repo.join("scripts"), &home] {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|source| DemoError::Io {
+            what: format!("cannot create {}", dir.display()),
+            source,
+        })?;
     }
     fs::write(host_repo.join("scripts/deploy-hook.sh"), EXAMPLE_HOOK)?;
     fs::write(
@@ -100,15 +130,14 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
             merged,
             force: false,
             actor: "demo".to_owned(),
-            dry_run: false,
         };
         engine::handle(
             &settings,
             &request,
-            &mut HostExecutor {
+            &mut HostProbe,
+            &mut HostPerformer {
                 settings: &settings,
             },
-            &SystemClock,
         )
     };
 
@@ -117,10 +146,10 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
         let report = deliver(event, None)?;
         print_step(out, &report)?;
         if report.outcome != Outcome::Transitioned {
-            bail!(
+            return Err(DemoError::Failed(format!(
                 "the demo expected {event} to transition, got {}",
                 report.outcome
-            );
+            )));
         }
         last = report.to;
     }
@@ -149,10 +178,10 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
                 print_step(out, &report)?;
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(DemoError::Failed(format!(
                     "the hook wrote no result within 60 s; see {}",
                     state.display()
-                );
+                )));
             }
             thread::sleep(Duration::from_millis(200));
             continue;
@@ -171,7 +200,8 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> anyhow::Result<St
         log_path.strip_prefix(root).unwrap_or(&log_path).display()
     )?;
     write!(out, "{}", fs::read_to_string(&log_path)?)?;
-    let hook_log = state.join(format!(".deploy-state-{REPO}/{WORK_ITEM}/hook.log"));
+    let hook_log = crate::contract::remote::state_dir_under(&state, &repo, &work_item)
+        .join(crate::contract::remote::HOOK_LOG_FILE);
     writeln!(out, "--- hook.log (written on the host) ---")?;
     write!(out, "{}", fs::read_to_string(&hook_log).unwrap_or_default())?;
     let pushed = git_out(
@@ -212,7 +242,7 @@ fn print_step(out: &mut dyn Write, r: &engine::Report) -> std::io::Result<()> {
 
 /// A bare remote and a clone of it on the work item's branch; returns the
 /// branch tip, the revision the freshness check will expect.
-fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Result<String> {
+fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> Result<String, DemoError> {
     let remote = root.join("remote.git");
     git_out(
         settings,
@@ -243,23 +273,17 @@ fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> anyhow::Res
         .to_owned())
 }
 
-fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> Result<String, DemoError> {
     let mut argv: Vec<String> = vec!["-C".into(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let email = format!("demo@{}", settings.git_email_domain);
-    let env: Vec<(&str, OsString)> = vec![
-        (
-            "HOME",
-            PathBuf::from(&settings.agent_home_dir).into_os_string(),
-        ),
-        ("GIT_AUTHOR_NAME", "demo".into()),
-        ("GIT_AUTHOR_EMAIL", email.clone().into()),
-        ("GIT_COMMITTER_NAME", "demo".into()),
-        ("GIT_COMMITTER_EMAIL", email.into()),
-    ];
+    let env = crate::exec::git::identity_env(settings, "demo");
     let done = process::run("git", &argv, None, &env, settings.git_timeout)?;
     if !done.success() {
-        bail!("git {} failed: {}", args.join(" "), done.summary());
+        return Err(DemoError::Failed(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            done.summary()
+        )));
     }
     Ok(done.stdout)
 }

@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::atomic;
-use crate::config::{Settings, Transport};
+use crate::config::Settings;
+use crate::contract::remote::{self, shell_quote};
 use crate::exec::process;
-use crate::exec::remote::{self, shell_quote};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
@@ -51,10 +51,7 @@ pub fn run(settings: &Settings, config_problems: &[String]) -> Vec<Check> {
         )
     });
 
-    let program = match settings.transport {
-        Transport::Ssh => "ssh",
-        Transport::Local => "bash",
-    };
+    let program = settings.transport.program();
     let transport = process::find(program);
     checks.push(match &transport {
         Ok(path) => pass(
@@ -105,10 +102,7 @@ pub fn run(settings: &Settings, config_problems: &[String]) -> Vec<Check> {
             Err(e) => Err(e.to_string()),
         }
     };
-    let where_ = match settings.transport {
-        Transport::Ssh => format!("on {}", remote::ssh_target(settings)),
-        Transport::Local => "on this machine".to_owned(),
-    };
+    let where_ = settings.transport.place(settings);
 
     let host_probe = host_probe_dir.join(format!("probe-{token}"));
     checks.push(match (&writable, on_host(&format!("cat {}", shell_quote(&host_probe.to_string_lossy())))) {

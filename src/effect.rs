@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::markers::{FinalizedRecord, Marker};
+use crate::contract::markers::{FinalizedRecord, Marker};
+use crate::transport::Transport;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -25,10 +26,6 @@ pub enum Effect {
         /// Why, for the report (the launch's error, the age of the ticket).
         detail: String,
     },
-    /// Launch the detached hook on the host over ssh.
-    Ssh { argv: Vec<String> },
-    /// Launch the detached hook on this machine.
-    Local { argv: Vec<String> },
     /// Write the deploy log into the worktree, atomically. Not best effort.
     WriteDeployLog {
         worktree: PathBuf,
@@ -54,6 +51,27 @@ pub enum Effect {
     },
     /// Remove the work item's whole state directory.
     RemoveStateDir,
+    /// Launch the detached hook through the transport: shown as
+    /// `{"kind": "<transport>", "argv": [...]}` (`"ssh"` in production).
+    #[serde(untagged)]
+    Launch(Launch),
+}
+
+/// The launch of a dispatch: the argv the transport built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub transport: Transport,
+    pub argv: Vec<String>,
+}
+
+impl Serialize for Launch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("kind", self.transport.name())?;
+        map.serialize_entry("argv", &self.argv)?;
+        map.end()
+    }
 }
 
 /// Why a ticket is revoked.
@@ -76,8 +94,7 @@ impl Effect {
             Effect::RemoveMarker { .. } => "remove_marker",
             Effect::WriteTicket { .. } => "write_ticket",
             Effect::RevokeTicket { .. } => "revoke_ticket",
-            Effect::Ssh { .. } => "ssh",
-            Effect::Local { .. } => "local",
+            Effect::Launch(launch) => launch.transport.name(),
             Effect::WriteDeployLog { .. } => "write_deploy_log",
             Effect::GitPublish { .. } => "git_publish",
             Effect::StampMerged { .. } => "stamp_merged",
@@ -97,9 +114,7 @@ pub fn describe(effect: &Effect) -> String {
             detail,
             ..
         } => format!("revoke ticket dispatch-{dispatch_id} ({detail})"),
-        Effect::Ssh { argv } | Effect::Local { argv } => {
-            format!("{} {}", effect.kind(), argv.join(" "))
-        }
+        Effect::Launch(Launch { argv, .. }) => format!("{} {}", effect.kind(), argv.join(" ")),
         Effect::WriteDeployLog { path, .. } => format!("write deploy log {}", path.display()),
         Effect::GitPublish { path, branch, .. } => format!(
             "git add/commit/push {} ({})",

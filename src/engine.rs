@@ -5,43 +5,19 @@
 //! too, with a recording executor.
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Settings, Transport};
+use crate::config::Settings;
+use crate::contract::names::{BranchName, RepoName, WorkItem};
 use crate::effect::{Effect, RevokeReason};
-use crate::exec::{self, Executor, Performed};
+use crate::exec::{self, Perform, Performed};
 use crate::machine::{
     self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
 };
-use crate::names::{BranchName, RepoName, WorkItem};
-use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot, Ticket};
-
-/// The time, as an input: replays inject a fixed one.
-pub trait Clock {
-    /// RFC 3339 to the second: what records and the history show.
-    fn now(&self) -> String;
-
-    /// The same instant to the millisecond, for the dispatch time that the
-    /// claim timeout and the result deadline count from: whole seconds would
-    /// let a timeout fire up to a second early.
-    fn precise(&self) -> String {
-        self.now()
-    }
-}
-
-/// Wall-clock time, RFC 3339 in UTC.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> String {
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-    }
-
-    fn precise(&self) -> String {
-        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-    }
-}
+use crate::probe::Probe;
+use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot};
 
 /// An event as the stage engine delivers it.
 #[derive(Debug, Clone)]
@@ -56,7 +32,6 @@ pub struct Request {
     pub merged: Option<bool>,
     pub force: bool,
     pub actor: String,
-    pub dry_run: bool,
 }
 
 /// What became of an event (the `--json` output of `selfdeploy event`).
@@ -83,8 +58,8 @@ pub enum EngineError {
     Lock(#[from] store::LockError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("{0}")]
-    Effect(exec::ExecError),
+    #[error(transparent)]
+    Effect(#[from] exec::ExecError),
     #[error("{0}; fix or remove it (reset --force clears the item)")]
     ResultUnreadable(String),
     #[error("REPOS_DIR {0}; mount the shared state directory or fix REPOS_DIR")]
@@ -99,22 +74,20 @@ pub enum EngineError {
     History { path: String, error: std::io::Error },
 }
 
-/// Handles one event. Dry runs take no lock and write nothing, not even the
-/// history.
+/// Handles one event: the facts are read through `probe`, the effects the
+/// machine decides are carried out by `perform`. A dry run (the recording
+/// performer) takes no lock and writes nothing, not even the history.
 pub fn handle(
     settings: &Settings,
     req: &Request,
-    executor: &mut dyn Executor,
-    clock: &dyn Clock,
+    probe: &mut dyn Probe,
+    perform: &mut dyn Perform,
 ) -> Result<Report, EngineError> {
-    let problems = settings.acting_problems();
-    if !problems.is_empty() {
-        return Err(EngineError::Settings(problems));
-    }
-    check_repos_dir(settings)?;
+    let dry_run = perform.dry_run();
+    preflight(settings)?;
     let req = &resolve_worktree(req)?;
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
-    let _lock = if req.dry_run {
+    let _lock = if dry_run {
         None
     } else {
         Some(ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?)
@@ -123,14 +96,14 @@ pub fn handle(
     if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
         return Err(EngineError::ResultUnreadable(why));
     }
-    let now = clock.now();
-    let precise = clock.precise();
-    let result = run(settings, req, &paths, &snapshot, executor, (&now, &precise));
+    let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+    let result = run(settings, req, &paths, &snapshot, &probed, perform);
+    let now = humantime::format_rfc3339_seconds(probed.now).to_string();
     match &result {
         Ok(r) => tracing::info!(
             repo = %req.repo, work_item = %req.work_item, event = %req.event,
             from = %r.from, to = %r.to, outcome = %r.outcome, reason = r.reason.as_deref(),
-            dry_run = req.dry_run, "event handled"
+            dry_run, "event handled"
         ),
         // The caller reports the error itself; this is for RUST_LOG=info traces.
         Err(e) => tracing::info!(
@@ -138,7 +111,7 @@ pub fn handle(
             "event failed"
         ),
     }
-    if !req.dry_run {
+    if !dry_run {
         let entry = match &result {
             Ok(report) => HistoryEntry {
                 time: now.clone(),
@@ -187,6 +160,16 @@ pub fn handle(
     result
 }
 
+/// What every event checks before anything acts: the settings, and the
+/// state directory's mount.
+fn preflight(settings: &Settings) -> Result<(), EngineError> {
+    let problems = settings.acting_problems();
+    if !problems.is_empty() {
+        return Err(EngineError::Settings(problems));
+    }
+    check_repos_dir(settings)
+}
+
 /// An unmounted shared directory must not be papered over by creating it, nor
 /// read as "nothing in flight": the host would never see the state.
 pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
@@ -228,20 +211,12 @@ fn run(
     req: &Request,
     paths: &ItemPaths,
     snapshot: &Snapshot,
-    executor: &mut dyn Executor,
-    (now, precise): (&str, &str),
+    probed: &Probed,
+    perform: &mut dyn Perform,
 ) -> Result<Report, EngineError> {
-    // The contract: a dispatch refused by the applicability or staging-port
-    // guard is refused before anything is run, git included.
-    let dispatching = req.event == EventName::Approved
-        && snapshot.state == StateName::ApproveRequested
-        && settings.applies(req.repo.as_str())
-        && settings.staging_port != settings.target_port;
-    let probed = probe(settings, req, snapshot, dispatching, executor)?;
-    let facts = probed.facts(settings, req, snapshot, (now, precise));
-
-    let mut perform = |effect: &Effect| executor.perform(paths, effect);
-    let driven = drive(snapshot.state, &req.event.event(), &facts, &mut perform)
+    let facts = probed.facts(settings, req, snapshot);
+    let mut performer = |effect: &Effect| perform.perform(paths, effect);
+    let driven = drive(snapshot.state, &req.event.event(), &facts, &mut performer)
         .map_err(EngineError::Effect)?;
     let condition = driven.condition();
     Ok(Report {
@@ -255,7 +230,7 @@ fn run(
         condition,
         effects: driven.effects,
         notes: driven.notes,
-        dry_run: req.dry_run,
+        dry_run: perform.dry_run(),
     })
 }
 
@@ -386,6 +361,7 @@ fn revoke_reason(driven: &Driven) -> Option<RevokeReason> {
 
 /// What the engine looks up outside the state directory before a step.
 struct Probed {
+    now: SystemTime,
     branch: Option<BranchName>,
     worktree: PathBuf,
     revision: Revision,
@@ -395,16 +371,18 @@ struct Probed {
 }
 
 /// Arguments win over what `initiated` recorded, which wins over the
-/// settings. The revision and the transport program are looked up only when
-/// a dispatch may follow (or `all`, for `explain`).
-fn probe(
+/// settings. The dispatch facts (the revision, the worktree, the transport
+/// program, a new id) are looked up only when the machine says a dispatch
+/// may follow: a guard that refuses on the settings alone runs nothing.
+/// `explain` reads them all, to show every guard's value.
+fn probe_facts(
     settings: &Settings,
     req: &Request,
     snapshot: &Snapshot,
-    all: bool,
-    executor: &mut dyn Executor,
+    probe: &mut dyn Probe,
+    everything: bool,
 ) -> Result<Probed, EngineError> {
-    let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
+    let record = snapshot.initiated_record();
     let branch = req
         .branch
         .clone()
@@ -421,37 +399,33 @@ fn probe(
                 branch.as_ref().map(BranchName::as_str),
             )
         });
-    let revision = if all {
-        dispatch_revision(
-            settings,
-            req,
-            &worktree,
-            branch.as_ref().map(BranchName::as_str),
-            executor,
-        )
-    } else {
-        match record.and_then(|r| r.revision.clone()) {
-            Some(sha) => Revision::Known(sha),
-            None => Revision::Inactive,
-        }
-    };
-    let (worktree_check, transport_program, new_dispatch_id) = if all {
-        (
-            executor.work_tree(settings, &worktree),
-            transport_program(settings, executor),
-            executor.new_dispatch_id().map_err(EngineError::Random)?,
-        )
-    } else {
-        (Ok(()), Ok(()), String::new())
-    };
-    Ok(Probed {
+    let dispatching =
+        everything || machine::dispatch_may_follow(snapshot.state, req.event, settings, &req.repo);
+    let mut probed = Probed {
+        now: probe.now(),
         branch,
         worktree,
-        revision,
-        worktree_check,
-        transport_program,
-        new_dispatch_id,
-    })
+        revision: match record.and_then(|r| r.revision.clone()) {
+            Some(sha) => Revision::Known(sha),
+            None => Revision::Inactive,
+        },
+        worktree_check: Ok(()),
+        transport_program: Ok(()),
+        new_dispatch_id: String::new(),
+    };
+    if dispatching {
+        probed.revision = dispatch_revision(
+            settings,
+            req,
+            &probed.worktree,
+            probed.branch.as_ref().map(BranchName::as_str),
+            probe,
+        );
+        probed.worktree_check = probe.work_tree(settings, &probed.worktree);
+        probed.transport_program = transport_program(settings, probe);
+        probed.new_dispatch_id = probe.new_dispatch_id().map_err(EngineError::Random)?;
+    }
+    Ok(probed)
 }
 
 impl Probed {
@@ -460,15 +434,13 @@ impl Probed {
         settings: &'a Settings,
         req: &'a Request,
         snapshot: &'a Snapshot,
-        (now, precise): (&'a str, &'a str),
     ) -> Facts<'a> {
-        let record = snapshot.initiated.as_ref().and_then(|m| m.record.as_ref());
+        let record = snapshot.initiated_record();
         Facts {
             settings,
             repo: &req.repo,
             work_item: &req.work_item,
-            now,
-            now_precise: precise,
+            now: self.now,
             actor: &req.actor,
             force: req.force,
             merged: req.merged,
@@ -483,66 +455,9 @@ impl Probed {
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
             finalized: snapshot.finalized.as_ref().and_then(|r| r.as_ref()),
-            claim_overdue: claim_overdue(settings, snapshot, precise),
-            deadline_passed: deadline_passed(settings, snapshot, precise),
+            dispatched_at: record.map(|r| r.dispatch_time()),
         }
     }
-}
-
-/// `Some(why)` when the item has waited for its result longer than the
-/// deadline, measured from the approval time recorded in `initiated`, so that
-/// restarts do not reset it. An `initiated` without our record (the original
-/// engine's) has no time to measure from: no deadline applies to it.
-pub fn deadline_passed(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
-    let deadline = settings.result_deadline?;
-    if snapshot.result.is_some() {
-        return None;
-    }
-    let record = snapshot.initiated_record()?;
-    let waited = waited_since(record.dispatch_time(), now)?;
-    (waited >= deadline).then(|| {
-        format!(
-            "no result {} s after the approval at {}: the result deadline is {} s",
-            waited.as_secs(),
-            record.approved_at,
-            deadline.as_secs()
-        )
-    })
-}
-
-/// `Some(why)` when the current ticket is still unclaimed (`dispatch-<id>`)
-/// longer than the claim timeout after the dispatch time recorded in
-/// `initiated`, or past the result deadline: the dispatch must be revoked,
-/// since a claim after a verdict would run a deploy nobody reports.
-pub fn claim_overdue(settings: &Settings, snapshot: &Snapshot, now: &str) -> Option<String> {
-    let dispatch = snapshot.dispatch.as_ref()?;
-    if dispatch.ticket != Ticket::Sent {
-        return None;
-    }
-    let record = snapshot.initiated_record()?;
-    let waited = waited_since(record.dispatch_time(), now)?;
-    let timeout = settings.claim_timeout;
-    if waited >= timeout {
-        return Some(format!(
-            "the host did not claim dispatch {} within {} s (dispatched at {}; SELF_DEPLOY_CLAIM_TIMEOUT_SECS is {})",
-            dispatch.id,
-            waited.as_secs(),
-            record.approved_at,
-            timeout.as_secs()
-        ));
-    }
-    deadline_passed(settings, snapshot, now).map(|why| {
-        format!(
-            "the host did not claim dispatch {} before the result deadline ({why})",
-            dispatch.id
-        )
-    })
-}
-
-fn waited_since(then: &str, now: &str) -> Option<std::time::Duration> {
-    let then = humantime::parse_rfc3339(then).ok()?;
-    let now = humantime::parse_rfc3339(now).ok()?;
-    now.duration_since(then).ok()
 }
 
 /// `selfdeploy explain`: the state on disk, every dispatch guard's value, and
@@ -561,22 +476,19 @@ pub struct GuardValue {
     pub detail: String,
 }
 
+/// Reads the facts once, shows each guard's value, then runs the event as a
+/// dry run with the same facts: nothing is locked, run twice or written.
 pub fn explain(
     settings: &Settings,
     req: &Request,
-    clock: &dyn Clock,
+    probe: &mut dyn Probe,
 ) -> Result<Explanation, EngineError> {
-    let req = Request {
-        dry_run: true,
-        ..req.clone()
-    };
+    preflight(settings)?;
+    let req = resolve_worktree(req)?;
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
     let snapshot = Snapshot::load(&paths)?;
-    let mut recorder = exec::RecordingExecutor::default();
-    let probed = probe(settings, &req, &snapshot, true, &mut recorder)?;
-    let now = clock.now();
-    let precise = clock.precise();
-    let facts = probed.facts(settings, &req, &snapshot, (&now, &precise));
+    let probed = probe_facts(settings, &req, &snapshot, probe, true)?;
+    let facts = probed.facts(settings, &req, &snapshot);
     let guards = Guard::DISPATCH
         .into_iter()
         .map(|guard| {
@@ -591,11 +503,13 @@ pub fn explain(
             }
         })
         .collect();
-    let report = handle(
+    let report = run(
         settings,
         &req,
-        &mut exec::RecordingExecutor::default(),
-        clock,
+        &paths,
+        &snapshot,
+        &probed,
+        &mut exec::RecordingPerformer::default(),
     )?;
     Ok(Explanation {
         snapshot,
@@ -629,7 +543,7 @@ fn dispatch_revision(
     req: &Request,
     worktree: &std::path::Path,
     branch: Option<&str>,
-    executor: &mut dyn Executor,
+    probe: &mut dyn Probe,
 ) -> Revision {
     if !settings.freshness_active(req.repo.as_str()) {
         return Revision::Inactive;
@@ -637,18 +551,15 @@ fn dispatch_revision(
     if let Some(sha) = req.revision.as_ref().filter(|s| !s.trim().is_empty()) {
         return Revision::Known(sha.trim().to_owned());
     }
-    match executor.branch_tip(settings, worktree, branch) {
+    match probe.branch_tip(settings, worktree, branch) {
         Ok(sha) => Revision::Known(sha),
         Err(why) => Revision::Unknown(why),
     }
 }
 
-fn transport_program(settings: &Settings, executor: &mut dyn Executor) -> Result<(), String> {
-    let program = match settings.transport {
-        Transport::Ssh => "ssh",
-        Transport::Local => "bash",
-    };
-    executor
-        .find_program(program)
+fn transport_program(settings: &Settings, probe: &mut dyn Probe) -> Result<(), String> {
+    let program = settings.transport.program();
+    probe
+        .program(program)
         .map_err(|e| format!("no {program} binary: {e}; install it or fix PATH"))
 }

@@ -1,4 +1,4 @@
-//! The self-deploy machine (contract section 9), on `statig`. Pure: it reads
+//! The self-deploy machine, on `statig`. Pure: it reads
 //! facts gathered by the engine and returns a decision (outcome, reason,
 //! effects as data); it performs no I/O and reads no clock.
 //!
@@ -7,18 +7,19 @@
 
 use std::fmt;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
-use crate::config::{Settings, Transport};
-use crate::effect::{Effect, RevokeReason};
-use crate::exec::{deploy_log, remote};
-use crate::hook_result::{HookExit, Verdict};
-use crate::markers::{
+use crate::config::Settings;
+use crate::contract::hook_result::{HookExit, Verdict};
+use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
 };
-use crate::names::{RepoName, WorkItem};
+use crate::contract::names::{RepoName, WorkItem};
+use crate::contract::{deploy_log, remote};
+use crate::effect::{Effect, Launch, RevokeReason};
 
 /// The states, by the names operators and the stage engine see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -159,7 +160,7 @@ impl Outcome {
         }
     }
 
-    /// Exit status of `selfdeploy event` (contract section 10).
+    /// Exit status of `selfdeploy event`: 0 when accepted, 3 when not.
     pub fn exit_code(self) -> i32 {
         match self {
             Outcome::Transitioned | Outcome::Unchanged | Outcome::Deferred => 0,
@@ -190,9 +191,8 @@ pub struct Facts<'a> {
     pub settings: &'a Settings,
     pub repo: &'a RepoName,
     pub work_item: &'a WorkItem,
-    pub now: &'a str,
-    /// The same instant to the millisecond (the dispatch time).
-    pub now_precise: &'a str,
+    /// The time of this step: an input, so that timeouts are decided here.
+    pub now: SystemTime,
     pub actor: &'a str,
     pub force: bool,
     pub merged: Option<bool>,
@@ -216,15 +216,102 @@ pub struct Facts<'a> {
     pub approved_by: Option<&'a str>,
     /// The `finalized` record on disk, when there is one of ours.
     pub finalized: Option<&'a FinalizedRecord>,
-    /// `Some(why)` when the current ticket is still unclaimed past the claim
-    /// timeout (or past the result deadline): it must be revoked.
-    pub claim_overdue: Option<String>,
-    /// `Some(why)` when the result deadline has passed with no result.
-    pub deadline_passed: Option<String>,
+    /// When the current dispatch was made, as `initiated` records it.
+    pub dispatched_at: Option<&'a str>,
 }
 
-/// The exit code a deploy log shows when the hook wrote no result in time.
-pub const TIMEOUT_EXIT_CODE: &str = "timeout";
+impl Facts<'_> {
+    /// The time of this step as records show it: RFC 3339 to the second.
+    pub fn stamp(&self) -> String {
+        humantime::format_rfc3339_seconds(self.now).to_string()
+    }
+
+    /// `Some(why)` when the current ticket must be revoked: still unclaimed
+    /// past the claim timeout, or past the result deadline.
+    pub fn claim_overdue(&self) -> Option<String> {
+        claim_overdue(
+            self.settings,
+            self.dispatch,
+            self.dispatched_at,
+            self.result.is_some(),
+            self.now,
+        )
+    }
+
+    /// `Some(why)` when the result deadline has passed with no result.
+    pub fn deadline_passed(&self) -> Option<String> {
+        deadline_passed(
+            self.settings,
+            self.dispatched_at,
+            self.result.is_some(),
+            self.now,
+        )
+    }
+}
+
+/// How long since `then` (RFC 3339), when it parses and is not later.
+fn waited_since(then: &str, now: SystemTime) -> Option<Duration> {
+    let then = humantime::parse_rfc3339(then).ok()?;
+    now.duration_since(then).ok()
+}
+
+/// `Some(why)` when an item has waited for its result longer than the
+/// deadline, counted from the dispatch time recorded in `initiated` (so that
+/// restarts do not reset it). An item with no recorded time (the original
+/// engine's) has no deadline.
+pub fn deadline_passed(
+    settings: &Settings,
+    dispatched_at: Option<&str>,
+    has_result: bool,
+    now: SystemTime,
+) -> Option<String> {
+    let deadline = settings.result_deadline?;
+    if has_result {
+        return None;
+    }
+    let at = dispatched_at?;
+    let waited = waited_since(at, now)?;
+    (waited >= deadline).then(|| {
+        format!(
+            "no result {} s after the dispatch at {at}: the result deadline is {} s",
+            waited.as_secs(),
+            deadline.as_secs()
+        )
+    })
+}
+
+/// `Some(why)` when the current ticket is still unclaimed (`dispatch-<id>`)
+/// longer than the claim timeout after the dispatch, or past the result
+/// deadline: it must be revoked, since a claim after a verdict would run a
+/// deploy nobody reports.
+pub fn claim_overdue(
+    settings: &Settings,
+    dispatch: Option<&DispatchState>,
+    dispatched_at: Option<&str>,
+    has_result: bool,
+    now: SystemTime,
+) -> Option<String> {
+    let dispatch = dispatch.filter(|d| d.ticket == Ticket::Sent)?;
+    let at = dispatched_at?;
+    let waited = waited_since(at, now)?;
+    let timeout = settings.claim_timeout;
+    if waited >= timeout {
+        return Some(format!(
+            "the host did not claim dispatch {} within {} s (dispatched at {at}; SELF_DEPLOY_CLAIM_TIMEOUT_SECS is {})",
+            dispatch.id,
+            waited.as_secs(),
+            timeout.as_secs()
+        ));
+    }
+    deadline_passed(settings, dispatched_at, has_result, now).map(|why| {
+        format!(
+            "the host did not claim dispatch {} before the result deadline ({why})",
+            dispatch.id
+        )
+    })
+}
+
+pub use crate::contract::hook_result::TIMEOUT_EXIT_CODE;
 
 /// The push error `finalized` holds until the first push attempt reports.
 pub const NOT_PUSHED_YET: &str = "not pushed yet";
@@ -270,19 +357,34 @@ impl Guard {
         }
     }
 
+    /// The verdict of a guard that needs nothing but the settings and the
+    /// repo; `None` for one that needs facts read from the world.
+    pub fn check_settings(
+        self,
+        settings: &Settings,
+        repo: &RepoName,
+    ) -> Option<Result<(), String>> {
+        match self {
+            Guard::Applies if !settings.applies(repo.as_str()) => Some(Err(format!(
+                "not applicable: self-deploy is not enabled for repo {repo} (see SELF_DEPLOY_ENABLED, SELF_DEPLOY_REPOS)"
+            ))),
+            Guard::StagingPort if settings.staging_port == settings.target_port => {
+                Some(Err(format!(
+                    "staging port guard: STAGING_PORT equals DEPLOY_PROD_TARGET_PORT ({}); fix the configuration",
+                    settings.target_port
+                )))
+            }
+            Guard::Applies | Guard::StagingPort => Some(Ok(())),
+            Guard::Freshness | Guard::Worktree | Guard::TransportProgram => None,
+        }
+    }
+
     /// `Err(why)` when the guard says no.
     pub fn check(self, f: &Facts<'_>) -> Result<(), String> {
+        if let Some(verdict) = self.check_settings(f.settings, f.repo) {
+            return verdict;
+        }
         match self {
-            Guard::Applies if !f.settings.applies(f.repo.as_str()) => Err(format!(
-                "not applicable: self-deploy is not enabled for repo {} (see SELF_DEPLOY_ENABLED, SELF_DEPLOY_REPOS)",
-                f.repo
-            )),
-            Guard::StagingPort if f.settings.staging_port == f.settings.target_port => {
-                Err(format!(
-                    "staging port guard: STAGING_PORT equals DEPLOY_PROD_TARGET_PORT ({}); fix the configuration",
-                    f.settings.target_port
-                ))
-            }
             Guard::Freshness => match &f.revision {
                 Revision::Unknown(why) => Err(format!(
                     "freshness guard: the validated revision is unknown ({why}); pass --revision SHA"
@@ -298,6 +400,23 @@ impl Guard {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether an event may dispatch, so that the facts a dispatch needs (the
+/// revision, the worktree, the transport program, a new id) must be read
+/// first. A guard that refuses on the settings alone runs nothing, git
+/// included.
+pub fn dispatch_may_follow(
+    from: StateName,
+    event: EventName,
+    settings: &Settings,
+    repo: &RepoName,
+) -> bool {
+    from == StateName::ApproveRequested
+        && event == EventName::Approved
+        && Guard::DISPATCH
+            .into_iter()
+            .all(|g| g.check_settings(settings, repo).is_none_or(|v| v.is_ok()))
 }
 
 /// What one step decided.
@@ -365,8 +484,10 @@ impl Context<'_, '_> {
         InitiatedRecord {
             dispatch_id: f.new_dispatch_id.to_owned(),
             approved_by: f.actor.to_owned(),
-            approved_at: f.now.to_owned(),
-            dispatched_at: Some(f.now_precise.to_owned()),
+            approved_at: f.stamp(),
+            // To the millisecond: a timeout counted from whole seconds could
+            // fire up to a second early.
+            dispatched_at: Some(humantime::format_rfc3339_millis(f.now).to_string()),
             branch: f.branch.map(str::to_owned),
             worktree: f.worktree.to_string_lossy().into_owned(),
             revision,
@@ -375,7 +496,7 @@ impl Context<'_, '_> {
         }
     }
 
-    /// The dispatch of an approved deploy (contract section 6, step 1):
+    /// The dispatch of an approved deploy:
     /// `initiated` with the new id, then the ticket, both durable, then the
     /// launch.
     fn dispatch_plan(&self) -> Vec<Effect> {
@@ -389,10 +510,10 @@ impl Context<'_, '_> {
             remote::remote_command(f.settings, f.repo, f.work_item, id, revision.as_deref());
         let argv = remote::dispatch_argv(f.settings, command);
         let record = self.initiated_record(argv.clone(), revision);
-        let launch = match f.settings.transport {
-            Transport::Ssh => Effect::Ssh { argv },
-            Transport::Local => Effect::Local { argv },
-        };
+        let launch = Effect::Launch(Launch {
+            transport: f.settings.transport,
+            argv,
+        });
         vec![
             Effect::WriteMarker {
                 marker: Marker::Initiated,
@@ -440,7 +561,7 @@ impl Context<'_, '_> {
                     "dispatch {id} has no ticket: the engine stopped before the launch, so nothing ran; approve again"
                 )))
             }
-            Some(Ticket::Sent) => match f.claim_overdue.clone() {
+            Some(Ticket::Sent) => match f.claim_overdue() {
                 Some(why) => {
                     let id = dispatch.map(|d| d.id.clone()).unwrap_or_default();
                     self.when("ticket unclaimed past the claim timeout")
@@ -457,7 +578,7 @@ impl Context<'_, '_> {
                     .when("no result, ticket not claimed yet")
                     .defer("the host has not claimed the dispatch yet".into()),
             },
-            Some(Ticket::Claimed) | None => match f.deadline_passed.clone() {
+            Some(Ticket::Claimed) | None => match f.deadline_passed() {
                 // Silence past the deadline is a failure: fail closed.
                 Some(why) => {
                     let exit = HookExit {
@@ -489,7 +610,7 @@ impl Context<'_, '_> {
         FinalizedRecord {
             deploy_status: exit.verdict(),
             hook_exit_code: exit.code.clone(),
-            finalized_at: f.now.to_owned(),
+            finalized_at: f.stamp(),
             finalized_by: f.actor.to_owned(),
             pushed: Some(push.is_ok()),
             push_error: push.err(),
@@ -559,7 +680,7 @@ impl SelfDeploy {
                 }
                 let record = ApproveRecord {
                     requested_by: context.facts.actor.to_owned(),
-                    requested_at: context.facts.now.to_owned(),
+                    requested_at: context.facts.stamp(),
                 };
                 let write = Effect::WriteMarker {
                     marker: Marker::ApproveRequested,
@@ -785,18 +906,18 @@ impl SelfDeploy {
     }
 }
 
+/// What an event is called in a reason: a delivered event by its name, a
+/// feedback event by what happened.
 fn event_label(event: &Event) -> &'static str {
+    if let Some(name) = EventName::ALL.into_iter().find(|n| n.event() == *event) {
+        return name.as_str();
+    }
     match event {
-        Event::RequestApprove => "request-approve",
-        Event::Approved => "approved",
-        Event::Poll => "poll",
-        Event::MergeVerified => "merge-verified",
-        Event::Reset => "reset",
-        Event::Launched => "launched",
         Event::LaunchFailed(_) => "launch-failed",
         Event::TicketRevoked(_) => "ticket-revoked",
         Event::TicketClaimed(..) => "ticket-claimed",
         Event::Published { .. } => "published",
+        _ => "launched",
     }
 }
 

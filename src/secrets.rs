@@ -29,15 +29,22 @@ pub fn token() -> io::Result<String> {
     Ok(hex::encode(bytes))
 }
 
+/// Creates the env file `path` holding `bytes`, mode 0600 from the start,
+/// whole or not at all, never over a file that appeared meanwhile.
+pub fn create_env_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    crate::atomic::create_private(path, bytes)
+}
+
 /// A fresh value for each name.
 pub fn generate(names: &[&'static str]) -> io::Result<Vec<(&'static str, String)>> {
     names.iter().map(|n| Ok((*n, token()?))).collect()
 }
 
-/// The values an env file gives, as the settings loader reads it (a key
-/// given twice: the last value).
-pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, dotenvy::Error> {
-    dotenvy::from_path_iter(path)?.collect()
+/// The values an env file gives, read exactly as the settings loader reads
+/// it (a key given twice: the last value; a line that does not parse is
+/// named by its position, never shown).
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, crate::config::ConfigError> {
+    crate::load_settings::read_env_file(path)
 }
 
 /// The names that `existing` gives no value, or an empty one.

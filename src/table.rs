@@ -7,17 +7,18 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::contract::hook_result::parse_result;
+use crate::contract::markers::{DispatchState, FinalizedRecord, Ticket};
+use crate::contract::names::{RepoName, WorkItem};
 use crate::effect::Effect;
 use crate::engine;
 use crate::exec::{ExecError, Performed};
-use crate::hook_result::parse_result;
 use crate::machine::{EventName, Facts, Revision, StateName};
-use crate::markers::{DispatchState, FinalizedRecord, Ticket};
-use crate::names::{RepoName, WorkItem};
 use crate::store::Revoke;
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
@@ -108,6 +109,7 @@ pub fn derive() -> Vec<Row> {
                 ("STAGING_PORT", "9500"),
                 ("DEPLOY_PROD_TARGET_PORT", "9500"),
             ],
+            Scenario::TicketClaimedDeadlinePassed => &[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "60")],
             _ => &[],
         })
         .expect("scenario settings parse");
@@ -126,7 +128,7 @@ pub fn derive() -> Vec<Row> {
         };
         let open_tickets = vec![dispatch.id.clone()];
         let pending = FinalizedRecord {
-            deploy_status: crate::hook_result::Verdict::Success,
+            deploy_status: crate::contract::hook_result::Verdict::Success,
             hook_exit_code: "0".into(),
             finalized_at: "1970-01-01T00:00:00Z".into(),
             finalized_by: "table".into(),
@@ -142,8 +144,15 @@ pub fn derive() -> Vec<Row> {
             settings: &settings,
             repo: &repo,
             work_item: &work_item,
-            now: "1970-01-01T00:00:00Z",
-            now_precise: "1970-01-01T00:00:00.000Z",
+            // Time is an input: past the claim timeout, or past the result
+            // deadline (60 s in that scenario), or right at the dispatch.
+            now: UNIX_EPOCH
+                + Duration::from_secs(match scenario {
+                    S::ClaimOverdueRevoked | S::ClaimOverdueClaimed => 121,
+                    S::TicketClaimedDeadlinePassed => 61,
+                    _ => 0,
+                }),
+            dispatched_at: Some("1970-01-01T00:00:00Z"),
             actor: "table",
             force: matches!(scenario, S::Forced | S::ForcedClaimed),
             merged: (scenario != Scenario::NoMergedValue).then_some(true),
@@ -179,10 +188,6 @@ pub fn derive() -> Vec<Row> {
                 S::Legacy => None,
                 _ => Some(&pushed),
             },
-            claim_overdue: matches!(scenario, S::ClaimOverdueRevoked | S::ClaimOverdueClaimed)
-                .then(|| "unclaimed".to_owned()),
-            deadline_passed: (scenario == S::TicketClaimedDeadlinePassed)
-                .then(|| "deadline".to_owned()),
         };
         for from in StateName::ALL {
             // A success is only ever read from a record of ours: a
@@ -193,7 +198,7 @@ pub fn derive() -> Vec<Row> {
             for event in EventName::ALL {
                 let mut perform = |effect: &Effect| -> Result<Performed, ExecError> {
                     Ok(match effect {
-                        Effect::Ssh { .. } | Effect::Local { .. }
+                        Effect::Launch(_)
                             if matches!(
                                 scenario,
                                 S::LaunchFailsRevoked | S::LaunchFailsClaimed
@@ -201,7 +206,7 @@ pub fn derive() -> Vec<Row> {
                         {
                             Performed::Dispatched(Err("ssh failed".into()))
                         }
-                        Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+                        Effect::Launch(_) => Performed::Dispatched(Ok(())),
                         Effect::RevokeTicket { .. }
                             if matches!(
                                 scenario,

@@ -9,15 +9,40 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher as _};
 
 use crate::config::Settings;
-use crate::engine::{self, Clock, Request, SystemClock};
-use crate::exec::HostExecutor;
-use crate::machine::{EventName, StateName};
-use crate::names::{RepoName, WorkItem};
+use crate::contract::names::{RepoName, WorkItem};
+use crate::engine::{self, Request};
+use crate::exec::HostPerformer;
+use crate::machine::{self, EventName, StateName};
+use crate::probe::HostProbe;
 use crate::store::{self, ItemPaths, Snapshot, Ticket};
+
+/// Why a watch stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot list {path}")]
+    List {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("REPOS_DIR {0} is not a directory; create it or fix the setting")]
+    NotADirectory(String),
+    #[error("cannot start the file watcher")]
+    Watcher(#[source] notify::Error),
+    #[error("cannot watch {path}")]
+    Watch {
+        path: String,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("a watch task panicked")]
+    Task(#[source] tokio::task::JoinError),
+}
 
 /// What a watch did, for its last log line and for tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +55,15 @@ pub struct Stats {
 fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
     let rel = path.strip_prefix(repos_dir).ok()?;
     let mut parts = rel.iter().map(|p| p.to_str());
-    let repo = parts.next()??.strip_prefix(".deploy-state-")?;
+    let repo = parts
+        .next()??
+        .strip_prefix(crate::contract::remote::STATE_DIR_PREFIX)?;
     let work_item = parts.next()??;
     let file = parts.next()??;
-    let is_result = file == crate::exec::remote::LEGACY_RESULT_FILE
+    let is_result = file == crate::contract::remote::LEGACY_RESULT_FILE
         || matches!(
-            crate::markers::TicketFile::parse(file),
-            Some((crate::markers::TicketFile::Result, _))
+            crate::contract::markers::TicketFile::parse(file),
+            Some((crate::contract::markers::TicketFile::Result, _))
         );
     if !is_result || parts.next().is_some() {
         return None;
@@ -53,14 +80,17 @@ fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     match Snapshot::load(&paths) {
         Ok(snap) if snap.state == StateName::Initiated => {
-            let now = SystemClock.precise();
-            snap.result.is_some()
+            let now = std::time::SystemTime::now();
+            let at = snap.initiated_record().map(|r| r.dispatch_time());
+            let has_result = snap.result.is_some();
+            has_result
                 || matches!(
                     snap.dispatch.as_ref().map(|d| d.ticket),
                     Some(Ticket::Revoked | Ticket::Missing)
                 )
-                || engine::claim_overdue(settings, &snap, &now).is_some()
-                || engine::deadline_passed(settings, &snap, &now).is_some()
+                || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now)
+                    .is_some()
+                || machine::deadline_passed(settings, at, has_result, now).is_some()
         }
         _ => false,
     }
@@ -78,13 +108,12 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
         merged: None,
         force: false,
         actor: "watch".to_owned(),
-        dry_run: false,
     };
     match engine::handle(
         settings,
         &request,
-        &mut HostExecutor { settings },
-        &SystemClock,
+        &mut HostProbe,
+        &mut HostPerformer { settings },
     ) {
         Ok(report) => {
             if matches!(
@@ -151,9 +180,11 @@ pub fn rescan(
     settings: &Settings,
     stats: &mut Stats,
     retries: &mut PushRetries,
-) -> anyhow::Result<()> {
-    let items = store::list_items(&settings.repos_dir)
-        .with_context(|| format!("cannot list {}", settings.repos_dir.display()))?;
+) -> Result<(), WatchError> {
+    let items = store::list_items(&settings.repos_dir).map_err(|source| WatchError::List {
+        path: settings.repos_dir.display().to_string(),
+        source,
+    })?;
     for (repo, work_item) in items {
         let attempt = due(settings, &repo, &work_item)
             || push_pending(settings, &repo, &work_item)
@@ -169,13 +200,14 @@ pub fn rescan(
 
 /// Runs until `shutdown` resolves. The event in hand completes first: nothing
 /// is left half-done.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<Stats> {
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stats, WatchError> {
     let repos_dir = settings.repos_dir.clone();
-    anyhow::ensure!(
-        repos_dir.is_dir(),
-        "REPOS_DIR {} is not a directory; create it or fix the setting",
-        repos_dir.display()
-    );
+    if !repos_dir.is_dir() {
+        return Err(WatchError::NotADirectory(repos_dir.display().to_string()));
+    }
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
@@ -184,10 +216,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             }
         }
     })
-    .context("cannot start the file watcher")?;
+    .map_err(WatchError::Watcher)?;
     watcher
         .watch(&repos_dir, RecursiveMode::Recursive)
-        .with_context(|| format!("cannot watch {}", repos_dir.display()))?;
+        .map_err(|source| WatchError::Watch {
+            path: repos_dir.display().to_string(),
+            source,
+        })?;
     tracing::info!(repos_dir = %repos_dir.display(), rescan = ?settings.watch_rescan, "watch: started");
 
     let settings = std::sync::Arc::new(settings);
@@ -234,7 +269,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
             (stats, retries)
         })
         .await
-        .context("a watch task panicked")?;
+        .map_err(WatchError::Task)?;
     }
     drop(watcher);
     tracing::info!(
@@ -257,13 +292,13 @@ pub async fn termination() {
 }
 
 /// A runtime for `watch`: one thread for the loop, blocking work on the pool.
-pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
+pub fn block_on<F: Future>(future: F) -> Result<F::Output, WatchError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(2)
         .thread_keep_alive(Duration::from_secs(10))
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(WatchError::Runtime)?;
     Ok(runtime.block_on(future))
 }
 

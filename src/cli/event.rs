@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use selfdeploy::config::Settings;
-use selfdeploy::engine::{self, Request, SystemClock};
-use selfdeploy::exec::{HostExecutor, RecordingExecutor};
+use selfdeploy::contract::names::BranchName;
+use selfdeploy::engine::{self, Request};
+use selfdeploy::exec::{HostPerformer, RecordingPerformer};
 use selfdeploy::machine::EventName;
-use selfdeploy::names::BranchName;
+use selfdeploy::probe::HostProbe;
 
 use super::{EXIT_USAGE, item_names, print_json};
 
@@ -69,7 +70,7 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
 
 impl EventArgs {
     /// The request, or `Err(exit status)` after printing why not.
-    pub fn request(self, dry_run: bool) -> anyhow::Result<Result<Request, u8>> {
+    pub fn request(self) -> anyhow::Result<Result<Request, u8>> {
         let (repo, work_item) = item_names(&self.repo, &self.work_item)?;
         if self.event == EventName::MergeVerified && self.merged.is_none() {
             eprintln!("selfdeploy: error: merge-verified needs --merged true|false");
@@ -85,29 +86,30 @@ impl EventArgs {
             merged: self.merged,
             force: self.force,
             actor: self.actor.unwrap_or_else(default_actor),
-            dry_run,
         }))
     }
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
-    let request = match args.target.request(args.dry_run)? {
+    let request = match args.target.request()? {
         Ok(request) => request,
         Err(code) => return Ok(code),
     };
+    // A dry run is the recording performer: it reads the same facts and
+    // performs nothing.
     let report = if args.dry_run {
         engine::handle(
             settings,
             &request,
-            &mut RecordingExecutor::default(),
-            &SystemClock,
+            &mut HostProbe,
+            &mut RecordingPerformer::default(),
         )?
     } else {
         engine::handle(
             settings,
             &request,
-            &mut HostExecutor { settings },
-            &SystemClock,
+            &mut HostProbe,
+            &mut HostPerformer { settings },
         )?
     };
     if args.json {

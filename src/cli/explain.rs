@@ -2,7 +2,8 @@
 //! doing anything.
 
 use selfdeploy::config::Settings;
-use selfdeploy::engine::{self, SystemClock};
+use selfdeploy::engine;
+use selfdeploy::probe::HostProbe;
 
 use super::event::{EventArgs, print_report};
 use super::print_json;
@@ -17,11 +18,11 @@ pub struct Args {
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
-    let request = match args.target.request(true)? {
+    let request = match args.target.request()? {
         Ok(request) => request,
         Err(code) => return Ok(code),
     };
-    let x = engine::explain(settings, &request, &SystemClock)?;
+    let x = engine::explain(settings, &request, &mut HostProbe)?;
     // Exits as `event --dry-run` would: 3 when the event would be refused.
     let code = x.report.outcome.exit_code() as u8;
     if args.json {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use selfdeploy::{atomic, secrets};
+use selfdeploy::secrets;
 
 use super::{EXIT_OK, EXIT_USAGE};
 
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let values = secrets::generate(&names)?;
-            create_private(&path, secrets::addition(b"", &values).as_bytes())
+            secrets::create_env_file(&path, secrets::addition(b"", &values).as_bytes())
                 .with_context(|| format!("cannot create {shown}"))?;
             println!("wrote {} to {shown} (mode 0600)", names.join(", "));
             return Ok(EXIT_OK);
@@ -66,32 +66,6 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot append to {shown}"))?;
     println!("appended {} to {shown} (mode 0600)", missing.join(", "));
     Ok(EXIT_OK)
-}
-
-/// Creates `path` whole or not at all, readable by its owner only from the
-/// start, and never over a file that appeared meanwhile.
-fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{} is not a directory", dir.display()),
-        ));
-    }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(atomic::TEMP_PREFIX)
-        .permissions(Permissions::from_mode(0o600))
-        .tempfile_in(dir)?;
-    // The umask can only remove bits; this makes the mode exactly 0600.
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(0o600))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist_noclobber(path).map_err(|e| e.error)?;
-    atomic::sync_dir(dir)
 }
 
 /// Appends in one write, so the existing bytes, the owner and a symbolic

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use selfdeploy::config::Settings;
+use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::engine;
-use selfdeploy::names::{RepoName, WorkItem};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;

@@ -1,7 +1,6 @@
 //! `selfdeploy snapshot`: one work item's live state as a replayable fixture.
 
 use selfdeploy::config::Settings;
-use selfdeploy::engine::SystemClock;
 use selfdeploy::replay;
 
 use super::{EXIT_OK, ItemArgs};
@@ -14,7 +13,7 @@ pub struct Args {
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let (repo, wi) = args.item.names()?;
-    let fixture = replay::capture(settings, &repo, &wi, &SystemClock)?;
+    let fixture = replay::capture(settings, &repo, &wi, std::time::SystemTime::now())?;
     print!("{}", replay::fixture::to_ron(&fixture));
     Ok(EXIT_OK)
 }

@@ -3,9 +3,8 @@
 use serde::Serialize;
 
 use selfdeploy::config::Settings;
-use selfdeploy::engine::{Clock as _, SystemClock};
+use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::machine::StateName;
-use selfdeploy::names::{RepoName, WorkItem};
 use selfdeploy::store::{self, DispatchState, ItemPaths, Snapshot, Ticket, Unreadable};
 
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
@@ -142,7 +141,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         }
     };
     let single = args.repo.is_some();
-    let now = SystemClock.now();
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut rows = Vec::new();
     let mut failed = false;
     for (repo, wi) in items {

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use super::process;
 use crate::config::{FINALIZER_NAME, Settings};
-use crate::names::BranchName;
+use crate::contract::names::BranchName;
 
-fn identity_env(settings: &Settings) -> Vec<(&'static str, OsString)> {
-    let email = OsString::from(format!("{FINALIZER_NAME}@{}", settings.git_email_domain));
+/// The environment of a git call: `HOME`, author and committer `name
+/// <name@GIT_EMAIL_DOMAIN>`, and never a prompt.
+pub fn identity_env(settings: &Settings, name: &str) -> Vec<(&'static str, OsString)> {
+    let email = OsString::from(format!("{name}@{}", settings.git_email_domain));
     vec![
         ("HOME", settings.agent_home_dir.clone().into_os_string()),
-        ("GIT_AUTHOR_NAME", FINALIZER_NAME.into()),
+        ("GIT_AUTHOR_NAME", name.into()),
         ("GIT_AUTHOR_EMAIL", email.clone()),
-        ("GIT_COMMITTER_NAME", FINALIZER_NAME.into()),
+        ("GIT_COMMITTER_NAME", name.into()),
         ("GIT_COMMITTER_EMAIL", email),
         ("GIT_TERMINAL_PROMPT", "0".into()),
     ]
@@ -29,7 +31,14 @@ fn git(
 ) -> Result<process::Finished, String> {
     let mut argv = vec!["-C".to_owned(), worktree.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    process::run("git", &argv, None, &identity_env(settings), timeout).map_err(|e| e.to_string())
+    process::run(
+        "git",
+        &argv,
+        None,
+        &identity_env(settings, FINALIZER_NAME),
+        timeout,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// What publishing the deploy log came to.

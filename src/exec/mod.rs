@@ -3,18 +3,16 @@
 //! is the one place where ssh is spawned and files outside the state
 //! directory are written.
 
-pub mod deploy_log;
 pub mod git;
 pub mod process;
-pub mod remote;
 
 use std::fs;
 use std::io;
 
 use crate::atomic;
 use crate::config::Settings;
-use crate::effect::Effect;
-use crate::markers;
+use crate::contract::deploy_log;
+use crate::effect::{Effect, Launch};
 use crate::store::{ItemPaths, Revoke};
 
 /// What performing an effect produced, as far as the caller cares.
@@ -36,47 +34,24 @@ pub enum Performed {
 #[error("{0}")]
 pub struct ExecError(pub String);
 
-/// Performs effects for one work item, and answers the two questions the
-/// engine asks the outside world before a dispatch.
-pub trait Executor {
+/// Performs effects for one work item. What the world looks like before a
+/// step is read by the other interface, `crate::probe::Probe`.
+pub trait Perform {
     fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError>;
 
-    /// Whether the transport's program is installed (`Err(why)` if not).
-    fn find_program(&mut self, program: &str) -> Result<(), String> {
-        process::find(program)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    /// Whether the worktree exists and is a git work tree (`Err(why)` if not).
-    fn work_tree(&mut self, settings: &Settings, worktree: &std::path::Path) -> Result<(), String> {
-        git::work_tree(settings, worktree)
-    }
-
-    /// A fresh dispatch id from the OS random source.
-    fn new_dispatch_id(&mut self) -> Result<String, String> {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).map_err(|e| format!("no random bytes from the OS: {e}"))?;
-        Ok(markers::dispatch_id_from(bytes))
-    }
-
-    /// The commit at the tip of `branch` (or HEAD) in the worktree.
-    fn branch_tip(
-        &mut self,
-        settings: &Settings,
-        worktree: &std::path::Path,
-        branch: Option<&str>,
-    ) -> Result<String, String> {
-        git::branch_tip(settings, worktree, branch)
+    /// A dry run: the engine takes no lock and writes nothing, the history
+    /// included. Only the recording performer is one.
+    fn dry_run(&self) -> bool {
+        false
     }
 }
 
-/// The real executor: files, ssh (or local bash) and git.
-pub struct HostExecutor<'a> {
+/// The real performer: files, ssh (or local bash) and git.
+pub struct HostPerformer<'a> {
     pub settings: &'a Settings,
 }
 
-impl Executor for HostExecutor<'_> {
+impl Perform for HostPerformer<'_> {
     fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
         let fail = |what: String, e: io::Error| ExecError(format!("{what}: {e}"));
         match effect {
@@ -111,9 +86,7 @@ impl Executor for HostExecutor<'_> {
                 .revoke_ticket(dispatch_id)
                 .map(Performed::Revoke)
                 .map_err(|e| fail(format!("cannot revoke dispatch {dispatch_id}"), e)),
-            Effect::Ssh { argv } | Effect::Local { argv } => {
-                Ok(Performed::Dispatched(self.launch(argv)))
-            }
+            Effect::Launch(Launch { argv, .. }) => Ok(Performed::Dispatched(self.launch(argv))),
             Effect::WriteDeployLog {
                 worktree,
                 path,
@@ -161,7 +134,7 @@ impl Executor for HostExecutor<'_> {
     }
 }
 
-impl HostExecutor<'_> {
+impl HostPerformer<'_> {
     fn launch(&self, argv: &[String]) -> Result<(), String> {
         let (program, args) = argv.split_first().ok_or("empty dispatch command")?;
         match process::run(program, args, None, &[], self.settings.ssh_timeout) {
@@ -232,18 +205,22 @@ fn stamp(path: &std::path::Path, merged: bool) -> Result<Performed, ExecError> {
     }
 }
 
-/// Performs nothing: every effect is recorded as if it succeeded. Dry runs
-/// and offline replays use it.
+/// Performs nothing: every effect is recorded as if it succeeded. A dry run
+/// is this performer.
 #[derive(Debug, Default)]
-pub struct RecordingExecutor {
+pub struct RecordingPerformer {
     pub performed: Vec<Effect>,
 }
 
-impl Executor for RecordingExecutor {
+impl Perform for RecordingPerformer {
+    fn dry_run(&self) -> bool {
+        true
+    }
+
     fn perform(&mut self, _paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
         self.performed.push(effect.clone());
         Ok(match effect {
-            Effect::Ssh { .. } | Effect::Local { .. } => Performed::Dispatched(Ok(())),
+            Effect::Launch(_) => Performed::Dispatched(Ok(())),
             Effect::RevokeTicket { .. } => Performed::Revoke(Revoke::Revoked),
             Effect::GitPublish { .. } => Performed::Published(git::Published {
                 pushed: Ok(()),

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use super::fixture::{Expect, Fixture};
 use crate::config::{Settings, Source};
-use crate::engine::Clock;
-use crate::names::{RepoName, WorkItem};
+use crate::contract::names::{RepoName, WorkItem};
 use crate::store::{self, ItemPaths, Snapshot};
 
 /// Settings a replay sets itself: a captured value would only point at this
@@ -16,12 +15,21 @@ const NOT_CAPTURED: [&str; 1] = ["REPOS_DIR"];
 /// A state file larger than this is not captured (it is no marker or result).
 const CAPTURE_LIMIT: u64 = 1024 * 1024;
 
+/// Why an item could not be captured.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot read the history")]
+    History(#[from] std::io::Error),
+}
+
 pub fn capture(
     settings: &Settings,
     repo: &RepoName,
     work_item: &WorkItem,
-    clock: &dyn Clock,
-) -> anyhow::Result<Fixture> {
+    now: std::time::SystemTime,
+) -> Result<Fixture, CaptureError> {
     let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
     let snapshot = Snapshot::load(&paths)?;
     let mut files = BTreeMap::new();
@@ -41,11 +49,14 @@ pub fn capture(
         .map(|r| (r.name.to_owned(), r.shown().to_owned()))
         .collect();
     Ok(Fixture {
-        description: format!("captured from {repo}/{work_item} at {}", clock.now()),
+        description: format!(
+            "captured from {repo}/{work_item} at {}",
+            humantime::format_rfc3339_seconds(now)
+        ),
         settings: captured,
         repo: repo.to_string(),
         work_item: work_item.to_string(),
-        clock: clock.now(),
+        clock: humantime::format_rfc3339_seconds(now).to_string(),
         files,
         history: store::read_entries(&paths.history_file)?,
         initial: Some(Expect {

@@ -2,7 +2,6 @@
 //! an executor that writes the state directory (in a temporary directory)
 //! but records ssh, git and the deploy log instead of performing them.
 
-use std::cell::Cell;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -10,12 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use super::fixture::{Act, EventStep, Expect, Fixture};
 use crate::config::Settings;
-use crate::effect::Effect;
-use crate::engine::{self, Clock, Request};
-use crate::exec::{ExecError, Executor, HostExecutor, Performed};
+use crate::contract::markers::TicketFile;
+use crate::contract::names::{RepoName, WorkItem};
+use crate::effect::{Effect, Launch};
+use crate::engine::{self, Request};
+use crate::exec::{ExecError, HostPerformer, Perform, Performed};
 use crate::machine::EventName;
-use crate::markers::TicketFile;
-use crate::names::{RepoName, WorkItem};
+use crate::probe::Probe;
 use crate::store::{self, ItemLock, ItemPaths, Snapshot};
 use crate::table::Row;
 
@@ -23,12 +23,54 @@ use crate::table::Row;
 /// a fixed path, so effects print the same on every machine.
 const REPLAY_WORKTREE: &str = "/worktree/{repo}/{work_item}";
 
-/// The time as the fixture says, moved on only by `TimePasses`.
-pub struct FixedClock(Cell<SystemTime>);
+/// The world as the fixture's step says it is: the time (moved on only by
+/// `TimePasses`), the programs, the worktree, the branch tip, the next id.
+struct ReplayProbe<'a> {
+    now: SystemTime,
+    step: &'a EventStep,
+    /// Deterministic, so that replays print the same bytes every time: the
+    /// n-th dispatch of the replay is n.
+    next_id: String,
+}
 
-impl Clock for FixedClock {
-    fn now(&self) -> String {
-        humantime::format_rfc3339_seconds(self.0.get()).to_string()
+impl Probe for ReplayProbe<'_> {
+    fn now(&mut self) -> SystemTime {
+        self.now
+    }
+
+    fn new_dispatch_id(&mut self) -> Result<String, String> {
+        Ok(self.next_id.clone())
+    }
+
+    fn work_tree(&mut self, _: &Settings, worktree: &Path) -> Result<(), String> {
+        if self.step.no_worktree {
+            Err(format!("{} is not a git work tree", worktree.display()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn program(&mut self, program: &str) -> Result<(), String> {
+        if self.step.no_transport_program {
+            Err(format!("{program} not found on PATH"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn branch_tip(
+        &mut self,
+        _: &Settings,
+        worktree: &Path,
+        branch: Option<&str>,
+    ) -> Result<String, String> {
+        self.step.branch_tip.clone().ok_or_else(|| {
+            format!(
+                "git rev-parse {} in {} found no commit",
+                branch.unwrap_or("HEAD"),
+                worktree.display()
+            )
+        })
     }
 }
 
@@ -37,7 +79,7 @@ impl Clock for FixedClock {
 struct SimulatedCrash;
 
 struct ReplayExecutor<'a> {
-    files: HostExecutor<'a>,
+    files: HostPerformer<'a>,
     step: &'a EventStep,
     crash_after: Option<usize>,
     performed: usize,
@@ -60,7 +102,7 @@ pub struct Faults {
 impl ReplayExecutor<'_> {
     fn perform_one(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
         if let Effect::WriteMarker {
-            marker: crate::markers::Marker::Initiated,
+            marker: crate::contract::markers::Marker::Initiated,
             ..
         } = effect
         {
@@ -82,7 +124,7 @@ impl ReplayExecutor<'_> {
             | Effect::RemoveMarker { .. }
             | Effect::RemoveStateDir
             | Effect::WriteTicket { .. } => self.files.perform(paths, effect),
-            Effect::Ssh { .. } | Effect::Local { .. } => {
+            Effect::Launch(_) => {
                 self.launched = true;
                 if self.step.host_claims
                     && let Some(id) = self.dispatches.last()
@@ -108,7 +150,7 @@ impl ReplayExecutor<'_> {
     }
 }
 
-impl Executor for ReplayExecutor<'_> {
+impl Perform for ReplayExecutor<'_> {
     /// Performs the effect, then dies right after it when the step says so:
     /// the effect happened (a launch launched), nothing after it did.
     fn perform(&mut self, paths: &ItemPaths, effect: &Effect) -> Result<Performed, ExecError> {
@@ -121,44 +163,6 @@ impl Executor for ReplayExecutor<'_> {
             panic::resume_unwind(Box::new(SimulatedCrash));
         }
         performed
-    }
-
-    fn new_dispatch_id(&mut self) -> Result<String, String> {
-        // Deterministic, so that replays print the same bytes every time:
-        // the n-th dispatch of the replay is n. The id is taken when
-        // `initiated` names it, so that a refused approval takes none.
-        Ok(next_dispatch_id(self.dispatches))
-    }
-
-    fn work_tree(&mut self, _: &Settings, worktree: &Path) -> Result<(), String> {
-        if self.step.no_worktree {
-            Err(format!("{} is not a git work tree", worktree.display()))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn find_program(&mut self, program: &str) -> Result<(), String> {
-        if self.step.no_transport_program {
-            Err(format!("{program} not found on PATH"))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn branch_tip(
-        &mut self,
-        _: &Settings,
-        worktree: &Path,
-        branch: Option<&str>,
-    ) -> Result<String, String> {
-        self.step.branch_tip.clone().ok_or_else(|| {
-            format!(
-                "git rev-parse {} in {} found no commit",
-                branch.unwrap_or("HEAD"),
-                worktree.display()
-            )
-        })
     }
 }
 
@@ -191,7 +195,7 @@ fn next_dispatch_id(issued: &[String]) -> String {
 /// The host wrapper's first act: `mv dispatch-<id> claimed-<id>`. True when
 /// this claim won the rename.
 fn claim(paths: &ItemPaths, id: &str) -> bool {
-    use crate::markers::TicketFile;
+    use crate::contract::markers::TicketFile;
     fs::rename(
         paths.ticket_file(TicketFile::Dispatch, id),
         paths.ticket_file(TicketFile::Claimed, id),
@@ -207,7 +211,8 @@ pub struct Replayer {
     repo: RepoName,
     work_item: WorkItem,
     paths: ItemPaths,
-    clock: FixedClock,
+    /// The time as the fixture says, moved on only by `TimePasses`.
+    clock: SystemTime,
     /// Dispatch ids issued in this replay, oldest first.
     dispatches: Vec<String>,
     /// The last dispatch the host claimed.
@@ -258,7 +263,7 @@ impl Replayer {
         let mut dispatches = Vec::new();
         let mut last_claimed = None;
         if let Some(d) = Snapshot::load(&paths).ok().and_then(|s| s.dispatch) {
-            if d.ticket == crate::markers::Ticket::Claimed {
+            if d.ticket == crate::contract::markers::Ticket::Claimed {
                 last_claimed = Some(d.id.clone());
             }
             dispatches.push(d.id);
@@ -270,7 +275,7 @@ impl Replayer {
             repo,
             work_item,
             paths,
-            clock: FixedClock(Cell::new(clock)),
+            clock,
             dispatches,
             last_claimed,
             faults: Faults::default(),
@@ -290,7 +295,7 @@ impl Replayer {
     }
 
     /// The `finalized` record on disk, if any.
-    pub fn finalized(&self) -> Option<crate::markers::FinalizedRecord> {
+    pub fn finalized(&self) -> Option<crate::contract::markers::FinalizedRecord> {
         Snapshot::load(&self.paths).ok()?.finalized.flatten()
     }
 
@@ -376,9 +381,7 @@ impl Replayer {
                 self.observe()
             }
             Act::TimePasses(seconds) => {
-                self.clock
-                    .0
-                    .set(self.clock.0.get() + Duration::from_secs(*seconds));
+                self.clock += Duration::from_secs(*seconds);
                 self.observe()
             }
         };
@@ -401,7 +404,7 @@ impl Replayer {
             branch: step
                 .branch
                 .as_deref()
-                .map(crate::names::BranchName::new)
+                .map(crate::contract::names::BranchName::new)
                 .transpose()
                 .map_err(|e| e.to_string())?,
             worktree: step.worktree.as_ref().map(PathBuf::from),
@@ -409,7 +412,6 @@ impl Replayer {
             merged: step.merged,
             force: step.force,
             actor: step.actor.clone().unwrap_or_else(|| "replay".into()),
-            dry_run: false,
         };
         let _other = if lock_held {
             Some(
@@ -420,7 +422,7 @@ impl Replayer {
             None
         };
         let mut executor = ReplayExecutor {
-            files: HostExecutor {
+            files: HostPerformer {
                 settings: &self.settings,
             },
             step,
@@ -431,9 +433,14 @@ impl Replayer {
             claimed: None,
             faults: self.faults,
         };
-        let (settings, clock) = (&self.settings, &self.clock);
+        let mut probe = ReplayProbe {
+            now: self.clock,
+            step,
+            next_id: next_dispatch_id(executor.dispatches),
+        };
+        let settings = &self.settings;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            engine::handle(settings, &request, &mut executor, clock)
+            engine::handle(settings, &request, &mut probe, &mut executor)
         }));
         let (launched, claimed, performed) = (
             executor.launched,
@@ -450,7 +457,7 @@ impl Replayer {
                 let kinds: Vec<String> =
                     report.effects.iter().map(|e| e.kind().to_owned()).collect();
                 actual.argv = report.effects.iter().find_map(|e| match e {
-                    Effect::Ssh { argv } | Effect::Local { argv } => Some(argv.clone()),
+                    Effect::Launch(Launch { argv, .. }) => Some(argv.clone()),
                     _ => None,
                 });
                 actual.row = Some(Row {

@@ -17,7 +17,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use crate::markers::{DispatchState, Ticket};
+pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
     HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, key_id,
     read_entries, read_history, torn_path, verify_history,
@@ -26,9 +26,9 @@ pub use lock::{ItemLock, LockError};
 pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
 
 use crate::atomic;
-use crate::exec::remote;
-use crate::markers::{Marker, TicketFile};
-use crate::names::{RepoName, WorkItem};
+use crate::contract::markers::{Marker, TicketFile};
+use crate::contract::names::{RepoName, WorkItem};
+use crate::contract::remote;
 
 /// The files of one work item.
 #[derive(Debug, Clone)]
@@ -158,7 +158,10 @@ pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(repo) = name.to_str().and_then(|n| n.strip_prefix(".deploy-state-")) else {
+        let Some(repo) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(remote::STATE_DIR_PREFIX))
+        else {
             continue;
         };
         let Ok(repo) = RepoName::new(repo) else {

@@ -1,5 +1,8 @@
-//! Reading a work item's state directory and deriving its state (contract
-//! sections 4 and 9).
+//! Reading a work item's state directory and deriving its state: a
+//! finalized marker gives that verdict; else `initiated` (or a legacy
+//! `result` the original's wrapper left) is initiated; else
+//! `approve-requested`; else idle. A result of another dispatch never
+//! changes the state.
 //!
 //! The directory is on a mount the host writes too, so nothing in it is
 //! trusted to be what its name says: every file is opened without following
@@ -14,13 +17,13 @@ use serde::Serialize;
 
 use super::ItemPaths;
 use crate::atomic::TEMP_PREFIX;
-use crate::exec::remote::LEGACY_RESULT_FILE;
-use crate::hook_result::{self, HookExit, Verdict};
-use crate::machine::StateName;
-use crate::markers::{
+use crate::contract::hook_result::{self, HookExit, Verdict};
+use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
     TicketFile,
 };
+use crate::contract::remote::LEGACY_RESULT_FILE;
+use crate::machine::StateName;
 
 /// Read at most this much of a result; anything longer is not an exit code
 /// (blank padding included, the original reads it whole).

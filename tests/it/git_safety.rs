@@ -14,7 +14,7 @@ use std::{fs, thread};
 use proptest::prelude::*;
 use serde_json::Value;
 
-use selfdeploy::names::BranchName;
+use selfdeploy::contract::names::BranchName;
 
 use crate::support::report::*;
 use crate::support::sandbox::*;

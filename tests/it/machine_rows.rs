@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use selfdeploy::config::Settings;
-use selfdeploy::effect::{Effect, RevokeReason};
-use selfdeploy::hook_result::parse_result;
-use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
-use selfdeploy::markers::{
+use selfdeploy::contract::hook_result::parse_result;
+use selfdeploy::contract::markers::{
     DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket, decode,
 };
-use selfdeploy::names::{RepoName, WorkItem};
+use selfdeploy::contract::names::{RepoName, WorkItem};
+use selfdeploy::effect::{Effect, Launch, RevokeReason};
+use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
 
 use StateName::*;
 
@@ -24,6 +24,12 @@ struct World {
 }
 
 const CURRENT: &str = "00000000000000aa";
+const DISPATCHED_AT: &str = "2026-01-01T00:00:00Z";
+
+/// The time `seconds` after the dispatch: time is an input of the machine.
+fn at(seconds: u64) -> std::time::SystemTime {
+    humantime::parse_rfc3339(DISPATCHED_AT).unwrap() + std::time::Duration::from_secs(seconds)
+}
 const NEW: &str = "00000000000000bb";
 
 impl World {
@@ -53,8 +59,7 @@ impl World {
             settings: &self.settings,
             repo: &self.repo,
             work_item: &self.work_item,
-            now: "2026-01-01T00:00:00Z",
-            now_precise: "2026-01-01T00:00:00.000Z",
+            now: at(0),
             actor: "alice",
             force: false,
             merged: Some(true),
@@ -69,8 +74,7 @@ impl World {
             result: None,
             approved_by: Some("alice"),
             finalized: None,
-            claim_overdue: None,
-            deadline_passed: None,
+            dispatched_at: Some(DISPATCHED_AT),
         }
     }
 }
@@ -128,7 +132,7 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket
     assert_eq!(record.branch.as_deref(), Some("deploy/ORCH-9"));
     assert_eq!(record.worktree, "/wt");
     assert_eq!(record.revision.as_deref(), Some("abc123"));
-    let Effect::Ssh { argv } = &d.effects[2] else {
+    let Effect::Launch(Launch { argv, .. }) = &d.effects[2] else {
         panic!()
     };
     assert_eq!(
@@ -172,7 +176,7 @@ fn approved_without_freshness_omits_expected_revision() {
     let mut facts = w.facts();
     facts.revision = Revision::Inactive;
     let d = step(ApproveRequested, &Event::Approved, &facts);
-    let Effect::Ssh { argv } = &d.effects[2] else {
+    let Effect::Launch(Launch { argv, .. }) = &d.effects[2] else {
         panic!()
     };
     assert!(!argv[4].contains("EXPECTED_REVISION"), "{}", argv[4]);
@@ -283,9 +287,19 @@ fn a_poll_resolves_a_dispatch_by_its_ticket() {
         (d.to, d.outcome, d.effects.len()),
         (Initiated, Outcome::Deferred, 0)
     );
+    // Just short of the claim timeout (120 s by default): still waiting.
+    let d = step(
+        Initiated,
+        &Event::Poll,
+        &Facts {
+            now: at(119),
+            ..w.facts()
+        },
+    );
+    assert_eq!((d.outcome, d.effects.len()), (Outcome::Deferred, 0));
     // Sent, past it: revoke.
     let overdue = Facts {
-        claim_overdue: Some("unclaimed for 121 s".into()),
+        now: at(121),
         ..w.facts()
     };
     let d = step(Initiated, &Event::Poll, &overdue);
@@ -294,7 +308,9 @@ fn a_poll_resolves_a_dispatch_by_its_ticket() {
         [Effect::RevokeTicket {
             dispatch_id: CURRENT.into(),
             reason: RevokeReason::Unclaimed,
-            detail: "unclaimed for 121 s".into(),
+            detail: format!(
+                "the host did not claim dispatch {CURRENT} within 121 s (dispatched at {DISPATCHED_AT}; SELF_DEPLOY_CLAIM_TIMEOUT_SECS is 120)"
+            ),
         }]
     );
     let d = step(
@@ -446,16 +462,27 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
 
 #[test]
 fn initiated_poll_past_the_deadline_finalizes_as_failed_timeout() {
-    let w = World::new(&[]);
+    let w = World::new(&[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "600")]);
+    let early = Facts {
+        now: at(599),
+        ..w.facts()
+    };
+    assert_eq!(
+        step(Initiated, &Event::Poll, &early).outcome,
+        Outcome::Deferred
+    );
     let facts = Facts {
-        deadline_passed: Some("no result 600 s after the approval".into()),
+        now: at(600),
         ..w.facts()
     };
     let d = step(Initiated, &Event::Poll, &facts);
     assert_eq!((d.to, d.outcome), (FinalizedFailed, Outcome::Transitioned));
     assert_eq!(
         d.reason.as_deref(),
-        Some("no result 600 s after the approval")
+        Some(format!(
+            "no result 600 s after the dispatch at {DISPATCHED_AT}: the result deadline is 600 s"
+        ))
+        .as_deref()
     );
     let Effect::WriteDeployLog { content, .. } = &d.effects[0] else {
         panic!()

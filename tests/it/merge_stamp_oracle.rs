@@ -11,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use proptest::prelude::*;
-use selfdeploy::exec::deploy_log::{Stamp, stamp_merged};
+use selfdeploy::contract::deploy_log::{Stamp, stamp_merged};
 
 const ORACLE: &str = r#"
 import io, json, sys

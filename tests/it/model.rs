@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use selfdeploy::hook_result::parse_result;
+use selfdeploy::contract::hook_result::parse_result;
 use selfdeploy::replay::{Act, EventStep, Faults, Fixture, Replayer};
 
 use crate::support::alone::alone;

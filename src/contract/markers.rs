@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Transport;
-use crate::hook_result::Verdict;
+use crate::contract::hook_result::Verdict;
 
 /// A sentinel file the engine writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +77,8 @@ impl InitiatedRecord {
     }
 }
 
-/// The files of the claim protocol (contract section 6), one set per dispatch.
+/// The files of the claim protocol, one set per dispatch: whoever renames
+/// the ticket first (the host's claim or the engine's revoke) wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TicketFile {
@@ -122,7 +123,7 @@ impl TicketFile {
     }
 }
 
-/// Where the current dispatch's ticket is (contract section 6).
+/// Where the current dispatch's ticket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ticket {

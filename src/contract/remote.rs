@@ -1,4 +1,5 @@
-//! The remote command of contract section 6, byte for byte. Pure: no I/O.
+//! The remote command the host runs for a dispatch: the claim, then the
+//! original's command byte for byte with its result renamed. Pure: no I/O.
 //!
 //! The host wrapper and the original implementation read these exact bytes,
 //! so the quoting is Python's `shlex.quote`, written out here: the `shlex`
@@ -6,12 +7,12 @@
 
 use std::path::Path;
 
-use crate::config::{Settings, Transport};
-use crate::markers::TicketFile;
-use crate::names::{RepoName, WorkItem};
+use crate::config::Settings;
+use crate::contract::markers::TicketFile;
+use crate::contract::names::{RepoName, WorkItem};
 
 /// File the original engine's wrapper writes the hook's exit code into; ours
-/// writes `result-<id>` (see [`crate::markers::TicketFile`]).
+/// writes `result-<id>` (see [`crate::contract::markers::TicketFile`]).
 pub const LEGACY_RESULT_FILE: &str = "result";
 /// Exit status of the host wrapper when its ticket was gone (revoked, or
 /// claimed by another): the hook did not run.
@@ -29,10 +30,14 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\"'\"'"))
 }
 
+/// The name of a repo's directory of state directories is this prefix and
+/// the repo's identity.
+pub const STATE_DIR_PREFIX: &str = ".deploy-state-";
+
 /// The state directory of a work item under a base directory, joined as path
 /// components (a trailing `/` on the base is not doubled).
 pub fn state_dir_under(base: &Path, repo: &RepoName, work_item: &WorkItem) -> std::path::PathBuf {
-    base.join(format!(".deploy-state-{repo}"))
+    base.join(format!("{STATE_DIR_PREFIX}{repo}"))
         .join(work_item.as_str())
 }
 
@@ -82,27 +87,9 @@ pub fn remote_command(
     )
 }
 
-/// The ssh target: `user@host`, or the host alone when the user is empty.
-pub fn ssh_target(settings: &Settings) -> String {
-    if settings.ssh_user.is_empty() {
-        settings.ssh_host.clone()
-    } else {
-        format!("{}@{}", settings.ssh_user, settings.ssh_host)
-    }
-}
-
 /// The argv that launches `remote` over the configured transport.
 pub fn dispatch_argv(settings: &Settings, remote: String) -> Vec<String> {
-    match settings.transport {
-        Transport::Ssh => vec![
-            "ssh".into(),
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            ssh_target(settings),
-            remote,
-        ],
-        Transport::Local => vec!["bash".into(), "-c".into(), remote],
-    }
+    settings.transport.argv(settings, remote)
 }
 
 #[cfg(test)]
@@ -159,7 +146,8 @@ mod tests {
         dispatch_argv(&s, remote_command(&s, &repo, &wi, ID, sha))
     }
 
-    // Expected strings below were written out by hand from contract section 6.
+    // Expected strings below were written out by hand from the command's
+    // definition: claim, cd, the environment, the hook, the result.
     #[test]
     fn plain_values_with_revision() {
         assert_eq!(

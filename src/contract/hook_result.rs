@@ -1,9 +1,15 @@
-//! The hook's exit code as the host wrapper leaves it in `result` (contract
-//! section 4), and the verdict it maps to (section 5). Pure: no I/O.
+//! The hook's exit code as the host wrapper leaves it in a result file:
+//! blank is not there yet, an integer is that code, anything else is code 1
+//! (fail-closed); and the verdict: 0 is SUCCESS, anything else FAILED.
+//! Pure: no I/O.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+/// The exit code a deploy log shows when the hook wrote no result before the
+/// result deadline: not a number, so it can never read as success.
+pub const TIMEOUT_EXIT_CODE: &str = "timeout";
 
 /// The verdict written into the deploy log's frontmatter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +70,7 @@ pub fn parse_result(raw: &[u8]) -> Option<HookExit> {
     let Ok(text) = std::str::from_utf8(raw) else {
         return garbage(&String::from_utf8_lossy(raw));
     };
-    let text = crate::pytext::strip(text);
+    let text = crate::contract::pytext::strip(text);
     if text.is_empty() {
         return None;
     }

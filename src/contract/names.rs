@@ -82,7 +82,7 @@ macro_rules! path_name {
     };
 }
 
-/// A repository, by its identity: the name lower-cased (contract section 3).
+/// A repository, by its identity: the name lower-cased.
 /// `applies` ignores case, so the state directory, the lock and the history
 /// do too: `Orchestrator` and `orchestrator` are one repo, never two
 /// dispatches. The spelling the caller gave is kept for what reaches the

@@ -1,11 +1,11 @@
-//! The deploy log the platform's quality gate reads (contract section 7) and
-//! the merge stamp (section 8). Pure: text in, text out.
+//! The deploy log the platform's quality gate reads (its frontmatter is
+//! machine-read, byte for byte) and the merge stamp. Pure: text in, text out.
 
 use std::path::PathBuf;
 
-use crate::hook_result::Verdict;
-use crate::names::WorkItem;
-use crate::pytext;
+use crate::contract::hook_result::Verdict;
+use crate::contract::names::WorkItem;
+use crate::contract::pytext;
 
 /// The log's path inside a work item's worktree.
 pub fn relative_path(work_item: &WorkItem) -> PathBuf {
@@ -35,7 +35,7 @@ pub fn render(work_item: &WorkItem, exit_code: &str, verdict: Verdict, d: &Detai
          `{verdict}`.\n\n",
         d.repo
     ));
-    if exit_code == crate::machine::TIMEOUT_EXIT_CODE {
+    if exit_code == crate::contract::hook_result::TIMEOUT_EXIT_CODE {
         out.push_str(
             "The hook wrote no result before the result deadline; the deploy is counted as \
              failed (fail-closed). Check the host: the hook may still be running.\n\n",
