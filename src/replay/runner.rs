@@ -415,7 +415,9 @@ impl Replayer {
         };
         let _other = if lock_held {
             Some(
-                ItemLock::acquire(&self.paths.lock_file, Duration::ZERO)
+                // Briefly: a process that another thread of this process is
+                // forking holds a copy of the lock until it executes.
+                ItemLock::acquire(&self.paths.lock_file, Duration::from_secs(5))
                     .map_err(|e| e.to_string())?,
             )
         } else {

@@ -23,6 +23,7 @@ mod machine_table;
 mod merge_stamp_oracle;
 mod model;
 mod no_host_literals;
+mod purity;
 mod replay_corpus;
 mod result_deadline;
 mod secret_scan;
