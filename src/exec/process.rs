@@ -132,20 +132,69 @@ mod tests {
         assert_eq!(out.summary(), "exit status 3: err");
     }
 
+    /// Whether `pid` is still running (a zombie, killed but not yet reaped
+    /// by whoever inherited it, counts as gone).
+    fn running(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                !matches!(state, Some("Z" | "X"))
+            }
+            Err(_) => false,
+        }
+    }
+
     #[test]
     fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild-pid");
+        // A grandchild that ignores SIGTERM records its pid and sleeps; the
+        // child waits for the record, then sleeps holding stdout open, so
+        // only a kill of the whole group ends the wait.
+        let script = r#"
+            sh -c 'trap "" TERM; echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; exec sleep 60' \
+                grandchild "$1" </dev/null >/dev/null 2>&1 &
+            while [ ! -s "$1" ]; do sleep 0.01; done
+            sleep 60
+        "#;
         let start = Instant::now();
-        // The grandchild keeps stdout open; only a group kill ends the wait.
         let err = run(
             "sh",
-            &["-c".into(), "sleep 30 & sleep 30".into()],
+            &[
+                "-c".into(),
+                script.into(),
+                "child".into(),
+                pid_file.to_str().unwrap().into(),
+            ],
             None,
             &[],
-            Duration::from_millis(300),
+            Duration::from_secs(2),
         )
         .unwrap_err();
         assert!(matches!(err, RunError::Timeout { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(20));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("the grandchild started before the deadline")
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let alive = running(pid);
+        if alive {
+            // SAFETY: kill(2) on the pid the grandchild reported; cleanup.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        assert!(
+            !alive,
+            "grandchild {pid} (ignores SIGTERM) outlived the timeout"
+        );
     }
 
     #[test]

@@ -313,3 +313,90 @@ fn read_state_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     read_state_file(path, limit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Transport;
+    use crate::contract::names::{RepoName, WorkItem};
+
+    const ID: &str = "00000000000000aa";
+
+    /// An item of ours, initiated for dispatch `ID`, in a fresh tempdir.
+    fn initiated_item() -> (tempfile::TempDir, ItemPaths) {
+        let root = tempfile::tempdir().unwrap();
+        let paths = ItemPaths::new(
+            root.path(),
+            &RepoName::new("orchestrator").unwrap(),
+            &WorkItem::new("BIG-1").unwrap(),
+        );
+        fs::create_dir_all(&paths.state_dir).unwrap();
+        let record = InitiatedRecord {
+            dispatch_id: ID.into(),
+            approved_by: "test".into(),
+            approved_at: "2030-01-01T00:00:00Z".into(),
+            dispatched_at: None,
+            branch: None,
+            worktree: "/w".into(),
+            revision: None,
+            transport: Transport::by_name("local").unwrap(),
+            argv: vec![],
+        };
+        fs::write(paths.marker(Marker::Initiated), markers::encode(&record)).unwrap();
+        (root, paths)
+    }
+
+    /// A sparse file of `len` bytes starting with `head` (no disk spent).
+    fn sparse(path: &Path, head: &[u8], len: u64) {
+        fs::write(path, head).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        assert_eq!(fs::metadata(path).unwrap().len(), len);
+    }
+
+    #[test]
+    fn a_result_over_the_limit_is_garbage_read_as_exit_code_1() {
+        let (_root, paths) = initiated_item();
+        let len = RESULT_READ_LIMIT + 1;
+        // It even starts with a success: a result this large is not one.
+        sparse(&paths.ticket_file(TicketFile::Result, ID), b"0\n", len);
+        let snap = Snapshot::load(&paths).unwrap();
+        assert_eq!(snap.state, StateName::Initiated);
+        assert!(snap.stale_results.is_empty(), "{snap:?}");
+        assert!(snap.unreadable.is_empty(), "{snap:?}");
+        assert_eq!(snap.poll_blocker(), None);
+        let exit = snap.result.expect("present: a verdict, not deferred");
+        assert_eq!(
+            exit,
+            HookExit {
+                code: "1".into(),
+                garbage: Some(format!("<{len} bytes>")),
+            }
+        );
+        assert_eq!(exit.verdict(), Verdict::Failed);
+    }
+
+    #[test]
+    fn a_result_at_the_limit_is_read_whole() {
+        let (_root, paths) = initiated_item();
+        // "0" then NULs up to exactly the limit: read (not TooLarge), and
+        // NUL is not blank, so garbage all the same, but its own text.
+        sparse(
+            &paths.ticket_file(TicketFile::Result, ID),
+            b"0",
+            RESULT_READ_LIMIT,
+        );
+        let snap = Snapshot::load(&paths).unwrap();
+        let exit = snap.result.expect("present");
+        assert_eq!(exit.code, "1");
+        assert_ne!(
+            exit.garbage,
+            Some(format!("<{RESULT_READ_LIMIT} bytes>")),
+            "at the limit the content is read"
+        );
+    }
+}

@@ -181,6 +181,59 @@ fn result_contents_map_per_the_contract() {
     }
 }
 
+/// More than the 16 MiB a result is read up to (sparse: no disk spent),
+/// starting with a success all the same.
+const OVERSIZED: u64 = 16 * 1024 * 1024 + 1;
+
+fn oversized_result(path: &Path) {
+    fs::write(path, b"0\n").unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(OVERSIZED).unwrap();
+    assert_eq!(fs::metadata(path).unwrap().len(), OVERSIZED);
+}
+
+/// A result over the read limit is present and garbage: exit code 1, FAILED,
+/// never SUCCESS (fail closed), for the current dispatch's `result-<id>` and
+/// for the legacy `result` of an item the original engine started.
+#[test]
+fn result_over_the_read_limit_is_failed_never_success() {
+    let sb = Sandbox::new();
+    let shown = format!("<{OVERSIZED} bytes>");
+
+    // Ours: the hook really ran and wrote 0; its result then grows.
+    let ours = "R-oversized";
+    sb.approve_item(ours);
+    let id = sb.dispatch_id(ours).expect("initiated is ours");
+    assert_eq!(sb.wait_for_result(ours).trim(), "0");
+    let result = sb.item_dir(ours).join(format!("result-{id}"));
+    assert_eq!(sb.result_file(ours), result);
+    oversized_result(&result);
+    let st = sb.status_json(ours);
+    assert_eq!(st["state"], "initiated", "{st}");
+    assert_eq!(st["result"], "1", "present, read as exit code 1: {st}");
+    assert_eq!(st["unreadable"], serde_json::json!([]), "{st}");
+
+    // The legacy `result` of the original engine's item.
+    let legacy = "R-oversized-legacy";
+    let dir = sb.item_dir(legacy);
+    write(&dir.join("initiated"), b"");
+    oversized_result(&dir.join("result"));
+
+    for item in [ours, legacy] {
+        let out = sb.event("poll", item, &["--worktree", &wt(&sb), "--branch", BRANCH]);
+        let r = parse_json(&out);
+        assert_eq!(out.status.code(), Some(0), "{item}: {r}");
+        assert_eq!(outcome(&r), "transitioned", "{item}: {r}");
+        assert_eq!(r["to"], "finalized_failed", "{item}: {r}");
+        let log = sb.assert_deploy_log(item, "FAILED", "1");
+        assert!(log.contains(&shown), "{item}: {log}");
+        let record = sb.finalized_json(item);
+        assert_eq!(record["deploy_status"], "FAILED", "{item}: {record}");
+        assert_eq!(record["hook_exit_code"], "1", "{item}: {record}");
+    }
+    assert_eq!(sb.hook_runs(), 1, "only our item's hook ran, once");
+}
+
 #[test]
 fn result_that_is_a_directory_is_an_error_and_changes_nothing() {
     let sb = Sandbox::new();

@@ -12,7 +12,9 @@
 //!   decoded to its value (the common escapes, `\x..`, `\u{..}`, line
 //!   continuations, raw strings as they are);
 //! - every integer literal (decimal, hex, octal, binary; `_` and a type
-//!   suffix allowed).
+//!   suffix allowed);
+//! - every bracket group and every call of `Ipv4Addr::new` / `Ipv6Addr::new`
+//!   (an address written as numbers, below).
 //!
 //! `src/config/registry.rs` is the single structural exception; there is no allowlist.
 //!
@@ -20,13 +22,27 @@
 //!
 //! - **IPv4 address**: a word (a maximal run of ASCII letters, digits, `.`,
 //!   `-`, `_`, `@`; trailing dots dropped) that is exactly four dot-separated
-//!   numbers of 1-3 digits, each 0-255. Anywhere in the literal.
-//! - **absolute host path**: `/home`, `/opt`, `/srv`, `/var`, `/root` or
-//!   `/etc`, followed by `/`, a quote, white space or the end of the literal,
+//!   numbers of 1-3 digits, each 0-255, or `user@` such an address. Anywhere
+//!   in the literal.
+//! - **IPv6 address**: a maximal run of hex digits, `:` and `.` (a single
+//!   trailing `:` or `.` dropped: punctuation) that holds a `:` and a decimal
+//!   digit, parses as an `Ipv6Addr`, and touches no letter, digit or `_` on
+//!   either side (so `fe80::1`, `::1`, `2001:db8::1` and the `::1` of
+//!   `[::1]:22` are caught, while `Self::f`, `std::fmt`, `12:30:45` and a bare
+//!   `::` are not).
+//! - **absolute host path**: `/home`, `/opt`, `/srv`, `/var`, `/root`, `/etc`,
+//!   `/mnt` or `/media`, followed by `/`, a quote, white space or the end of the literal,
 //!   and standing at the start of the literal or after white space, `=`, `:`
 //!   or a quote (so `docs/var/x` or `./etc/x` are not flagged).
 //! - **e-mail address**: a word `local@domain` with a non-empty local part
 //!   whose domain is a host name as below.
+//! - **ssh target**: a word `user@host` (a host without a dot, which the
+//!   host-name rule cannot tell from any other word) where `user` is a plain
+//!   label (ASCII letters, digits, `-`, `_`, starting with a letter or `_`)
+//!   and `host` one label (ASCII letters, digits, `-`, starting with a
+//!   letter), in the same context as a host name below (so `deploy@prodhost`
+//!   is caught, while `HEAD@{1}`, `{user}@{host}` and the `j@k` of `i%j@k`
+//!   are not).
 //! - **host name**: a word of the form `label(.label)+`, where each label is
 //!   non-empty and made of ASCII letters, digits and `-` (an `_` anywhere means
 //!   an identifier, not a host), whose last label is 2-24 ASCII letters and
@@ -41,6 +57,14 @@
 //!   the literal (not touching a letter, digit, `_` or `.`).
 //!
 //! Integer literals are flagged when their value is 8500 or 8501.
+//!
+//! An IP address written as numbers is flagged: a bracket group that is
+//! exactly four integer literals, each 0-255, separated by commas (a trailing
+//! comma allowed), such as `[127, 0, 0, 1]` or `[10,0,0,5]`; and
+//! `Ipv4Addr::new(a, b, c, d)` / `Ipv6Addr::new(..)` whose arguments are all
+//! integer literals (four of 0-255, or eight of 0-0xffff). `[0u8; 4]`,
+//! `[1, 2, 3]`, five numbers, a number over 255 or a non-literal argument are
+//! not.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -52,7 +76,9 @@ use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 const PORTS: &[u64] = &[8500, 8501];
 
 /// Prefixes of absolute paths that are specific to a host.
-const HOST_DIRS: &[&str] = &["/home", "/opt", "/srv", "/var", "/root", "/etc"];
+const HOST_DIRS: &[&str] = &[
+    "/home", "/opt", "/srv", "/var", "/root", "/etc", "/mnt", "/media",
+];
 
 /// Last labels that mark a file name, not a host name.
 const FILE_EXTENSIONS: &[&str] = &[
@@ -135,6 +161,16 @@ fn walk(path: &str, stream: TokenStream, scan: &mut Scan) {
             }
         }
         scan.tokens += 1;
+        if let Some((why, shown)) = address_in_numbers(&trees[i..]) {
+            let start = trees[i].span().start();
+            scan.offenders.push(Offender {
+                path: path.to_string(),
+                line: start.line,
+                col: start.column + 1,
+                literal: shown,
+                why,
+            });
+        }
         match &trees[i] {
             TokenTree::Group(g) => walk(path, g.stream(), scan),
             TokenTree::Literal(lit) => {
@@ -259,6 +295,117 @@ fn decode_integer(text: &str) -> Option<u64> {
     u64::from_str_radix(digits, radix).ok()
 }
 
+/// The integer literals of `stream` when it is exactly integer literals
+/// separated by commas (a trailing comma allowed); `None` otherwise.
+fn integer_list(stream: TokenStream) -> Option<Vec<u64>> {
+    let mut values = Vec::new();
+    let mut comma_next = false;
+    for tree in stream {
+        match tree {
+            TokenTree::Punct(p) if comma_next && p.as_char() == ',' => comma_next = false,
+            TokenTree::Literal(lit) if !comma_next => {
+                values.push(decode_integer(&lit.to_string())?);
+                comma_next = true;
+            }
+            _ => return None,
+        }
+    }
+    Some(values)
+}
+
+fn octets(values: &[u64]) -> bool {
+    values.len() == 4 && values.iter().all(|&n| n <= 255)
+}
+
+/// An IP address written as numbers at the start of `trees`: a bracket group
+/// of four octets, or `Ipv4Addr::new` / `Ipv6Addr::new` called with integer
+/// literals only. The reason and the code as shown.
+fn address_in_numbers(trees: &[TokenTree]) -> Option<(String, String)> {
+    let list = |tree: &TokenTree, delimiter| match tree {
+        TokenTree::Group(g) if g.delimiter() == delimiter => integer_list(g.stream()),
+        _ => None,
+    };
+    if let Some(values) = list(&trees[0], Delimiter::Bracket)
+        && octets(&values)
+    {
+        let shown = trees[0].to_string();
+        return Some((format!("IPv4 address as an array `{shown}`"), shown));
+    }
+    // `Ipv4Addr` `:` `:` `new` `( .. )`
+    let TokenTree::Ident(ty) = &trees[0] else {
+        return None;
+    };
+    let is_path = matches!(
+        trees.get(1..4),
+        Some([TokenTree::Punct(a), TokenTree::Punct(b), TokenTree::Ident(new)])
+            if a.as_char() == ':' && b.as_char() == ':' && new == "new"
+    );
+    let values = list(trees.get(4)?, Delimiter::Parenthesis).filter(|_| is_path)?;
+    let address = match ty.to_string().as_str() {
+        "Ipv4Addr" => octets(&values),
+        "Ipv6Addr" => values.len() == 8 && values.iter().all(|&n| n <= 0xffff),
+        _ => false,
+    };
+    address.then(|| {
+        let shown = trees[..5]
+            .iter()
+            .map(ToString::to_string)
+            .collect::<String>();
+        (format!("IP address as numbers `{shown}`"), shown)
+    })
+}
+
+/// Every IPv6 address in `s`: a maximal run of hex digits, `:` and `.` that
+/// holds a `:` and a decimal digit, parses as one, and is not glued to a
+/// letter, digit or `_`.
+fn ipv6_addresses(s: &str) -> Vec<&str> {
+    let is_run = |c: char| c.is_ascii_hexdigit() || matches!(c, ':' | '.');
+    let glued = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = Vec::new();
+    let mut start = None;
+    for (at, c) in s.char_indices().chain(std::iter::once((s.len(), ' '))) {
+        match (start, at < s.len() && is_run(c)) {
+            (None, true) => start = Some(at),
+            (Some(from), false) => {
+                start = None;
+                if glued(s[..from].chars().next_back()) || glued(s[at..].chars().next()) {
+                    continue;
+                }
+                let mut run = &s[from..at];
+                // A sentence's `:` or `.` after the address is not part of it.
+                if !run.ends_with("::") {
+                    run = run.strip_suffix([':', '.']).unwrap_or(run);
+                }
+                if run.contains(':')
+                    && run.chars().any(|c| c.is_ascii_digit())
+                    && run.parse::<std::net::Ipv6Addr>().is_ok()
+                {
+                    out.push(run);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `user@host` with both plain labels: an ssh target whose host has no dot.
+fn is_ssh_target(local: &str, domain: &str) -> bool {
+    let starts = |l: &str, underscore: bool| {
+        l.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || (underscore && c == '_'))
+    };
+    starts(local, true)
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        && starts(domain, false)
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 /// A character of a "word" in a string: what hosts, e-mails and IPs are made of.
 fn is_word_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@')
@@ -358,6 +505,10 @@ fn check_string(s: &str) -> Vec<String> {
         }
     }
 
+    for address in ipv6_addresses(s) {
+        found.push(format!("IPv6 address `{address}`"));
+    }
+
     for (before, raw, after) in words(s) {
         let word = raw.trim_end_matches('.');
         // A trailing dot ends a sentence; the word is then followed by it.
@@ -375,15 +526,23 @@ fn check_string(s: &str) -> Vec<String> {
             continue;
         }
 
+        let host_context = before.is_none_or(|c| !matches!(c, '/' | '{' | '}' | '.' | '$' | '%'))
+            && after.is_none_or(|c| !matches!(c, '/' | '('));
+
         if let Some((local, domain)) = word.split_once('@') {
-            if !local.is_empty() && is_host_name(domain) {
+            if local.is_empty() {
+                continue;
+            }
+            if is_host_name(domain) {
                 found.push(format!("e-mail address `{word}`"));
+            } else if is_ipv4(domain) {
+                found.push(format!("IPv4 address `{word}`"));
+            } else if host_context && is_ssh_target(local, domain) {
+                found.push(format!("ssh target `{word}` (a host without a dot)"));
             }
             continue;
         }
 
-        let host_context = before.is_none_or(|c| !matches!(c, '/' | '{' | '}' | '.' | '$' | '%'))
-            && after.is_none_or(|c| !matches!(c, '/' | '('));
         if host_context && is_host_name(word) {
             found.push(format!("host name `{word}`"));
         }
@@ -467,6 +626,24 @@ const PLANTED: &[(&str, &str)] = &[
     ),
     (r#"b"HOME=/home/ops""#, "absolute path under /home"),
     (r#""user\x40deploy.example.org""#, "e-mail address"),
+    (r#""deploy@prodhost""#, "ssh target `deploy@prodhost`"),
+    (r#""ssh -p 22 ops_1@prod-host-2 true""#, "ssh target"),
+    (r#""deploy@10.0.0.5:/x""#, "IPv4 address `deploy@10.0.0.5`"),
+    (r#""/mnt/shared/repos""#, "absolute path under /mnt"),
+    (r#""REPOS=/media/usb/repos""#, "absolute path under /media"),
+    (r#""::1""#, "IPv6 address `::1`"),
+    (r#""fe80::1%eth0""#, "IPv6 address `fe80::1`"),
+    (r#""at 2001:db8::1: refused""#, "IPv6 address `2001:db8::1`"),
+    (r#""[::1]:22""#, "IPv6 address `::1`"),
+    (r#""::ffff:10.0.0.7""#, "IPv6 address `::ffff:10.0.0.7`"),
+    ("[127, 0, 0, 1]", "IPv4 address as an array"),
+    ("[10,0,0,5]", "IPv4 address as an array"),
+    ("[192u8, 168, 0x00, 1,]", "IPv4 address as an array"),
+    ("Ipv4Addr::new(10, 0, 0, 5)", "IP address as numbers"),
+    (
+        "Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1)",
+        "IP address as numbers",
+    ),
 ];
 
 #[test]
@@ -484,6 +661,27 @@ fn scanner_catches_planted_literals_in_code() {
         assert!(
             o.to_string().starts_with("planted.rs:1:18: "),
             "message: {o}"
+        );
+    }
+
+    // Inside other code: a call's argument, a qualified path, a tuple.
+    for (src, col) in [
+        ("fn f() { g(Ipv4Addr::from([10, 1, 2, 3])); }\n", 27),
+        (
+            "fn f() { let _ = std::net::Ipv4Addr::new(127, 0, 0, 1); }\n",
+            28,
+        ),
+        (
+            "fn f() { let _ = SocketAddr::from(([127, 0, 0, 1], 22)); }\n",
+            36,
+        ),
+    ] {
+        let scan = scan_source("inner.rs", src).expect("lexes");
+        assert_eq!(scan.offenders.len(), 1, "{src}: {:?}", scan.offenders);
+        assert_eq!(
+            (scan.offenders[0].line, scan.offenders[0].col),
+            (1, col),
+            "{src}"
         );
     }
 
@@ -540,7 +738,33 @@ fn scanner_leaves_ordinary_code_alone() {
                 "port=85000 id=x8500".into(),
                 "/run/app/state.json".into(),
                 "~/.config/x.yml".into(),
+                "docs/mnt/x and ./media/y and /mntx/z".into(),
+                "std::fmt::Display, Self::new, crate::config::REGISTRY, a::b".into(),
+                "base64::encode, sha1::digest, x509::parse".into(),
+                "at 12:30:45 on 2026-01-01T00:00:00Z, id 0123456789abcdef".into(),
+                "a :: b, ::, port :22, orch:staging, sha256:abc123".into(),
+                "mac ab:cd:ef:01:23:45".into(),
+                "HEAD@{1} and {user}@{host} and deploy@ and @prodhost".into(),
+                format!("{}@{}", repo, work_item),
+                "a-b_c.d/e:f,g=h+i%j@k".into(),
+                "first.last@host".into(),
             ]
+        }
+        fn g(a: u8, b: u8, c: u8, d: u8) {
+            let _ = [0u8; 4];
+            let _ = [1, 2, 3];
+            let _ = [1, 2, 3, 4, 5];
+            let _ = [256, 0, 0, 1];
+            let _ = [a, b, c, d];
+            let _ = [-1, 0, 0, 1];
+            let _ = [1.0, 2.0, 3.0, 4.0];
+            let _ = [[1, 2], [3, 4]];
+            let _ = (127, 0, 0, 1);
+            let _ = Ipv4Addr::new(a, b, c, d);
+            let _ = Ipv4Addr::new(127, 0, 0, a);
+            let _ = Ipv4Addr::from(bits);
+            let _ = Range::new(1, 2, 3, 4);
+            let _ = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0x1_0000, 1);
         }
     "##;
     let scan = scan_source("ordinary.rs", src).expect("lexes");

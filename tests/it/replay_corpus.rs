@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use selfdeploy::replay::{self, Act, Fixture, fixture};
+use selfdeploy::replay::{self, Act, Expect, Fixture, fixture};
 use selfdeploy::table;
 
 use crate::support::alone::alone;
@@ -57,72 +57,128 @@ fn every_fixture_replays_and_the_table_is_covered() {
     );
 }
 
+/// Text appended to a stated condition or error: no real one contains it.
+const ALTERED: &str = " [altered]";
+
+/// Every alteration of one expectation, each of one field: the field's name
+/// and the altered expectation. Every field the fixture states is altered.
+fn alterations(expect: &Expect) -> Vec<(&'static str, Expect)> {
+    let mut out = Vec::new();
+    let mut alter = |field, change: &dyn Fn(&mut Expect)| {
+        let mut m = expect.clone();
+        change(&mut m);
+        assert_ne!(&m, expect, "{field}: the alteration changes nothing");
+        out.push((field, m));
+    };
+    alter("state", &|m| {
+        m.state = if m.state == "idle" {
+            "initiated"
+        } else {
+            "idle"
+        }
+        .into()
+    });
+    if let Some(outcome) = &expect.outcome {
+        let other = if outcome == "refused" {
+            "illegal"
+        } else {
+            "refused"
+        };
+        alter("outcome", &|m| m.outcome = Some(other.into()));
+    }
+    if expect.condition.is_some() {
+        alter("condition", &|m| {
+            m.condition.as_mut().unwrap().push_str(ALTERED)
+        });
+    }
+    if expect.effects.is_some() {
+        alter("effects", &|m| {
+            m.effects.as_mut().unwrap().push("ssh".into())
+        });
+    }
+    if expect.argv.is_some() {
+        alter("argv", &|m| m.argv.as_mut().unwrap()[4].push(' '));
+    }
+    if expect.error.is_some() {
+        alter("error", &|m| m.error.as_mut().unwrap().push_str(ALTERED));
+    }
+    if let Some(files) = &expect.files {
+        if !files.is_empty() {
+            alter("files", &|m| {
+                m.files.as_mut().unwrap().pop();
+            });
+        }
+        alter("files", &|m| {
+            m.files.as_mut().unwrap().push("altered".into())
+        });
+    }
+    out
+}
+
+/// The failure names `place` first, then shows a difference in `field` on a
+/// line of its own (the field's name, then what was expected and found).
+fn assert_fails_at(failure: Option<String>, place: &str, field: &str, what: &str) {
+    let failure = failure.unwrap_or_else(|| panic!("{what}: still passes"));
+    assert!(
+        failure.starts_with(&format!("first difference at {place}")),
+        "{what}: {failure}"
+    );
+    let shown = failure
+        .lines()
+        .skip(1)
+        .any(|line| line.trim_start().starts_with(field));
+    assert!(shown && failure.contains("expected"), "{what}: {failure}");
+}
+
 #[test]
 fn altering_any_expectation_fails_at_that_step() {
     // It replays a fixture with a step that finds the lock held.
     if !alone("replay_corpus::altering_any_expectation_fails_at_that_step") {
         return;
     }
-    let mut checked = 0;
+    let mut checked = std::collections::BTreeMap::<&str, usize>::new();
     for path in corpus() {
         let original = load(&path);
+        let name = path.display();
+        if let Some(initial) = &original.initial {
+            for (field, expect) in alterations(initial) {
+                let mut m = original.clone();
+                m.initial = Some(expect);
+                let what = format!("{name}: altering the initial {field}");
+                assert_fails_at(replay::replay(&m).0, "initial files:", field, &what);
+                *checked.entry(field).or_default() += 1;
+            }
+        }
         for i in 0..original.steps.len() {
-            let mut mutants = Vec::new();
-            let mut m = original.clone();
-            m.steps[i].expect.state = if m.steps[i].expect.state == "idle" {
-                "initiated"
-            } else {
-                "idle"
-            }
-            .into();
-            mutants.push(("state", m));
-            if let Some(outcome) = &original.steps[i].expect.outcome {
+            for (field, expect) in alterations(&original.steps[i].expect) {
                 let mut m = original.clone();
-                m.steps[i].expect.outcome = Some(
-                    if outcome == "refused" {
-                        "illegal"
-                    } else {
-                        "refused"
-                    }
-                    .into(),
-                );
-                mutants.push(("outcome", m));
-            }
-            if let Some(effects) = &original.steps[i].expect.effects {
-                let mut m = original.clone();
-                let mut changed = effects.clone();
-                changed.push("ssh".into());
-                m.steps[i].expect.effects = Some(changed);
-                mutants.push(("effects", m));
-            }
-            if let Some(argv) = &original.steps[i].expect.argv {
-                let mut m = original.clone();
-                let mut changed = argv.clone();
-                changed[4].push(' ');
-                m.steps[i].expect.argv = Some(changed);
-                mutants.push(("argv", m));
-            }
-            for (field, mutant) in mutants {
-                let (failure, _) = replay::replay(&mutant);
-                let failure = failure.unwrap_or_else(|| {
-                    panic!(
-                        "{}: altering step {}'s {field} still passes",
-                        path.display(),
-                        i + 1
-                    )
-                });
-                assert!(
-                    failure.starts_with(&format!("first difference at step {} (", i + 1))
-                        && failure.contains(field),
-                    "{}: step {} {field}: {failure}",
-                    path.display(),
-                    i + 1
-                );
-                checked += 1;
+                m.steps[i].expect = expect;
+                let what = format!("{name}: altering step {}'s {field}", i + 1);
+                let place = format!("step {} (", i + 1);
+                assert_fails_at(replay::replay(&m).0, &place, field, &what);
+                *checked.entry(field).or_default() += 1;
             }
         }
     }
-    assert!(checked > 100, "only {checked} mutants");
+    // Every kind of expectation was altered somewhere (the corpus states an
+    // error once: the lock held).
+    let fields = [
+        "state",
+        "outcome",
+        "condition",
+        "effects",
+        "argv",
+        "error",
+        "files",
+    ];
+    for field in fields {
+        assert!(
+            checked.get(field).is_some_and(|&n| n > 0),
+            "no fixture states {field}: {checked:?}"
+        );
+    }
+    assert!(checked.values().sum::<usize>() > 200, "{checked:?}");
+    eprintln!("altered expectations, each failing at its step: {checked:?}");
 }
 
 #[test]
