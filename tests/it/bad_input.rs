@@ -270,7 +270,7 @@ fn state_directory_that_is_a_file_is_an_error() {
     assert!(line.contains("not a directory"), "{line}");
     assert_eq!(before, disk_except(&sb, &["locks"]));
     assert_eq!(fs::read(&path).unwrap(), b"not a directory\n");
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("a state directory that is a file launches nothing");
 }
 
 #[test]
@@ -353,7 +353,7 @@ fn bad_configuration_names_the_variable_and_value_and_writes_nothing() {
         assert!(line.contains(name) && line.contains(value), "{line}");
     }
     assert_eq!(before, sb.disk(), "nothing written");
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("bad settings launch nothing");
 }
 
 #[test]
@@ -376,7 +376,7 @@ fn staging_port_equal_to_prod_port_refuses_the_dispatch() {
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
     assert_eq!(before, disk_but_journal(&sb));
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("STAGING_PORT = DEPLOY_PROD_TARGET_PORT launches nothing");
 
     // With the default prod port: STAGING_PORT=8500 alone collides too.
     let mut sb = Sandbox::new();
@@ -389,7 +389,7 @@ fn staging_port_equal_to_prod_port_refuses_the_dispatch() {
     );
     assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("STAGING_PORT = the default prod port launches nothing");
 }
 
 #[test]
@@ -442,7 +442,7 @@ fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
     assert_eq!(before, disk_but_journal(&sb));
     // Refused before anything was written or launched: no hook can run.
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("a missing worktree launches nothing");
 
     // The caller's revision is used where the worktree has none to give (a
     // work tree without a commit).
@@ -600,7 +600,7 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
     );
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
     assert!(!sb.item_dir("ORCH-NEW").exists());
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("a dry run launches nothing");
 
     // The dry run showed exactly the argv a real dispatch uses, but for the
     // dispatch id: each dispatch (and each dry run) draws a fresh one.

@@ -92,44 +92,6 @@ fn names_setting(text: &str, setting: &str) -> bool {
     })
 }
 
-/// Pids of the processes (other than this one) whose command line contains
-/// `needle`: the host wrappers of a work item name its state directory.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(needle)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Waits (bounded) until no wrapper of the work item's directory runs.
-fn wait_for_wrappers(dir: &Path, limit: Duration) {
-    let needle = format!("{}/", dir.display());
-    let deadline = Instant::now() + limit;
-    loop {
-        let pids = processes_mentioning(&needle);
-        if pids.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wrappers of {needle} still running after {limit:?}: {pids:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {

@@ -178,7 +178,7 @@ fn crash_after_initiated_before_the_ticket_returns_to_approval_on_the_next_poll(
     // has no ticket to claim.
     assert_eq!(launch_late(&sb, &initiated), Some(75));
     assert!(!sb.item_dir(ITEM).join(format!("result-{id}")).exists());
-    assert_eq!(sb.hook_runs(), 0, "the late launch never reached the hook");
+    sb.assert_no_hook_run("the late launch never reached the hook");
 
     approve_again_runs_once(&sb, &id);
 }
@@ -240,7 +240,7 @@ fn crash_after_the_ticket_before_the_launch_is_revoked_after_the_claim_timeout()
     // claim finds no ticket, the wrapper exits 75, the hook never runs.
     assert_eq!(launch_late(&sb, &initiated), Some(75));
     assert_eq!(sb.protocol_files(ITEM), [format!("revoked-{id}")]);
-    assert_eq!(sb.hook_runs(), 0, "the revoked dispatch never ran");
+    sb.assert_no_hook_run("the revoked dispatch never ran");
 
     // A new approval dispatches exactly once.
     approve_again_runs_once(&sb, &id);
@@ -274,7 +274,7 @@ fn crash_after_the_ticket_then_forced_reset_revokes_it_and_starts_over() {
     // A late launch finds neither the ticket nor the directory.
     assert_ne!(launch_late(&sb, &initiated), Some(0));
     assert!(!dir.exists(), "the late launch recreated nothing");
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("a late launch after reset --force never reached the hook");
 
     // And the item starts over normally.
     let (code, r) = event(&sb, "request-approve", ITEM, &[]);
@@ -310,7 +310,7 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
     assert_eq!((code, outcome(&r)), (0, "unchanged"), "{r}");
     assert_eq!(r["effects"], serde_json::json!([]), "{r}");
     assert_eq!(before, without_journal(sb.disk()), "no ticket, no launch");
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("approving an item the original engine dispatched launches nothing");
 
     let (code, r) = event(&sb, "poll", ITEM, &wt_args(&sb));
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
@@ -319,7 +319,7 @@ fn empty_initiated_from_the_original_with_a_result_finalizes() {
     assert!(dir.join("finalized").is_file());
     assert_eq!(sb.finalizer_commits().len(), 1);
     assert_eq!(sb.status_json(ITEM)["state"], "finalized_success");
-    assert_eq!(sb.hook_runs(), 0, "the finalizer never dispatches");
+    sb.assert_no_hook_run("the finalizer never dispatches");
 }
 
 #[test]

@@ -312,7 +312,7 @@ fn failing_ssh_is_dispatch_failed_and_approval_can_be_repeated() {
     let st = sb.status_json(wi);
     assert_eq!(st["state"], "approve_requested", "{st}");
     assert!(st["dispatch"].is_null(), "{st}");
-    assert_eq!(sb.hook_runs(), 0, "the hook never ran");
+    sb.assert_no_hook_run("the hook never ran");
 
     // A human approves again, now with a working ssh.
     sb.set("PATH", sshd.path_with_wrapper());
@@ -428,7 +428,7 @@ fn missing_ssh_binary_is_refused_and_writes_nothing() {
         before,
         "a refused approval writes nothing"
     );
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("a refused approval launches nothing");
 
     // The refusal is in the history.
     let hist = sb.run(&["history", "--repo", REPO, "--work-item", wi, "--json"]);

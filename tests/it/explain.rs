@@ -115,5 +115,5 @@ fn explain_json_shows_what_a_dispatch_would_run() {
     // Neither explain wrote or launched anything: no ticket, no hook.
     assert_eq!(sb.disk(), before, "explain wrote something");
     assert!(!sb.item_dir("ORCH-8").join("initiated").exists());
-    assert_eq!(sb.hook_runs(), 0);
+    sb.assert_no_hook_run("explain launches nothing");
 }

@@ -3,23 +3,134 @@
 //! polls, survives bad items, and stops cleanly on SIGTERM.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::sandbox::{BRANCH, Sandbox, git};
+use selfdeploy::contract::names::{RepoName, WorkItem};
+use selfdeploy::store::{ItemLock, ItemPaths};
 
-fn start_watch(sb: &Sandbox) -> Child {
-    let mut cmd = sb.cmd();
-    cmd.arg("watch")
-        .env("RUST_LOG", "info")
-        .env("SELF_DEPLOY_WATCH_RESCAN_SECS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("watch starts");
-    // It is watching once it has logged that it started.
-    thread::sleep(Duration::from_millis(300));
-    child
+use crate::support::sandbox::{BRANCH, Hold, Sandbox, git, wait_for as support_wait_for};
+
+/// A running `selfdeploy watch`, its stderr (the log) read as it comes.
+struct Watch {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts the watch with a rescan every `rescan` seconds (its first scan
+    /// runs at once); returns once it has logged that it started, so that
+    /// its file watch is in place.
+    fn start(sb: &Sandbox, rescan: &str) -> Watch {
+        let mut cmd = sb.cmd();
+        cmd.arg("watch")
+            .env("RUST_LOG", "info")
+            .env("SELF_DEPLOY_WATCH_RESCAN_SECS", rescan)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("watch starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let log = log.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let watch = Watch {
+            child,
+            log,
+            reader: Some(reader),
+        };
+        let start = Instant::now();
+        while !watch.log().contains("watch: started") {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "watch did not start: {}",
+                watch.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        watch
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit: its code and log.
+    fn sigterm(mut self) -> (Option<i32>, String) {
+        // SAFETY: signalling a child process this test started.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return (status.code(), self.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "watch did not stop on SIGTERM"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // A failing test leaves no watch running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The item's history, one JSON value per entry, oldest first.
+fn history(sb: &Sandbox, item: &str) -> Vec<serde_json::Value> {
+    let out = sb.run(&[
+        "history",
+        "--repo",
+        "orchestrator",
+        "--work-item",
+        item,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: u32, path: &Path) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
 }
 
 fn state(sb: &Sandbox, item: &str) -> String {
@@ -94,41 +205,16 @@ fn host_writes_result(sb: &Sandbox, item: &str, content: &str) {
     fs::write(path, content).unwrap();
 }
 
-fn sigterm(child: &mut Child) -> (Option<i32>, String) {
-    // SAFETY: signalling a child process this test started.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            return (status.code(), err);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "watch did not stop on SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
+/// The watch and a stage engine polling at the same time: exactly one
+/// finalize (one finalizer commit), whoever wins; SIGTERM stops the watch.
 #[test]
-fn watch_finalizes_a_result_as_it_is_written_and_stops_on_sigterm() {
+fn watch_and_racing_polls_finalize_once_and_watch_stops_on_sigterm() {
     let sb = Sandbox::new();
-    fs::write(sb.host_repo().join("hold"), "").unwrap();
+    let hold = Hold::hook(&sb);
     dispatch_held(&sb, "ORCH-50");
-    let mut watch = start_watch(&sb);
+    let watch = Watch::start(&sb, "1");
 
-    // The stage engine polls at the same time: still exactly one finalize.
-    fs::remove_file(sb.host_repo().join("hold")).unwrap();
+    hold.release();
     let racer = {
         let mut cmd = sb.cmd();
         cmd.args([
@@ -145,7 +231,7 @@ fn watch_finalizes_a_result_as_it_is_written_and_stops_on_sigterm() {
             }
         })
     };
-    let took = wait_for(&sb, "ORCH-50", "finalized_success", Duration::from_secs(15));
+    wait_for(&sb, "ORCH-50", "finalized_success", Duration::from_secs(15));
     racer.join().unwrap();
     let commits = git(&sb.remote(), &["log", "--format=%an", BRANCH]);
     assert_eq!(
@@ -154,23 +240,76 @@ fn watch_finalizes_a_result_as_it_is_written_and_stops_on_sigterm() {
         "{commits}"
     );
 
-    let (code, log) = sigterm(&mut watch);
+    let (code, log) = watch.sigterm();
     assert_eq!(code, Some(0), "{log}");
     assert!(
         log.contains("watch: SIGTERM") && log.contains("watch: stopped"),
         "{log}"
     );
-    eprintln!("finalized {took:?} after the hook was released");
+}
+
+/// File events alone drive the watch: no poll races it, its only scan ran
+/// at its start (before the result; the next is an hour away), and the
+/// watch itself (the history's actor) finalizes the item within 10 s of the
+/// host writing the result.
+#[test]
+fn watch_alone_finalizes_on_the_result_file_event() {
+    let sb = Sandbox::new();
+    let hold = Hold::hook(&sb);
+    dispatch_held(&sb, "ALONE-1");
+    let watch = Watch::start(&sb, "3600");
+    let result = sb.result_file("ALONE-1");
+    assert!(!result.exists());
+
+    // The hook ends; the host wrapper writes the result.
+    hold.release();
+    assert!(
+        support_wait_for(Duration::from_secs(20), || result.is_file()),
+        "the host wrote no result"
+    );
+    // Finalized, and recorded (the history line comes last, after the push).
+    let written = Instant::now();
+    let finalized = |e: &serde_json::Value| e["to"] == "finalized_success";
+    assert!(
+        support_wait_for(Duration::from_secs(10), || history(&sb, "ALONE-1")
+            .iter()
+            .any(finalized)),
+        "not finalized within 10 s of the result: {}; {}",
+        state(&sb, "ALONE-1"),
+        watch.log()
+    );
+    let took = written.elapsed();
+    let entries = history(&sb, "ALONE-1");
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (
+            last["actor"].as_str(),
+            last["event"].as_str(),
+            last["to"].as_str()
+        ),
+        (Some("watch"), Some("poll"), Some("finalized_success")),
+        "{entries:#?}"
+    );
+    // Nobody else polled it.
+    assert_eq!(
+        entries.iter().filter(|e| e["event"] == "poll").count(),
+        1,
+        "{entries:#?}"
+    );
+
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("the watch finalized {took:?} after the result was written");
 }
 
 #[test]
 fn watch_survives_garbage_and_vanished_items_and_rescans() {
     let sb = Sandbox::new();
+    let _hold = Hold::hook(&sb);
     // A result written before the watch starts is found by the first scan.
-    fs::write(sb.host_repo().join("hold"), "").unwrap();
     dispatch_held(&sb, "EARLY-1");
     host_writes_result(&sb, "EARLY-1", "0\n");
-    let mut watch = start_watch(&sb);
+    let mut watch = Watch::start(&sb, "1");
     wait_for(&sb, "EARLY-1", "finalized_success", Duration::from_secs(15));
 
     // Garbage is finalized as FAILED (fail-closed) and the watch goes on.
@@ -183,15 +322,56 @@ fn watch_survives_garbage_and_vanished_items_and_rescans() {
         Duration::from_secs(15),
     );
 
-    // A state directory that vanishes under it is no reason to stop.
+    // An item that was due (its result written) and whose state directory
+    // vanishes before the watch gets to it is no reason to stop. The test
+    // holds the item's lock, so the watch, having seen the item due, waits
+    // for it (its lock file open); the directory goes, then the lock.
     dispatch_held(&sb, "GONE-1");
+    let repos_dir = sb.state_root();
+    let paths = ItemPaths::new(
+        &repos_dir,
+        &RepoName::new("orchestrator").unwrap(),
+        &WorkItem::new("GONE-1").unwrap(),
+    );
+    let lock = ItemLock::acquire(&paths.lock_file, Duration::from_secs(10)).unwrap();
+    host_writes_result(&sb, "GONE-1", "0\n");
+    let pid = watch.pid();
+    assert!(
+        support_wait_for(Duration::from_secs(10), || has_open(pid, &paths.lock_file)),
+        "the watch never went for the due item: {}",
+        watch.log()
+    );
     fs::remove_dir_all(sb.item_dir("GONE-1")).unwrap();
+    drop(lock);
+    // The watch polled what was left (nothing) and recorded it.
+    assert!(
+        support_wait_for(Duration::from_secs(10), || {
+            history(&sb, "GONE-1")
+                .last()
+                .is_some_and(|e| e["actor"] == "watch")
+        }),
+        "{:#?}\n{}",
+        history(&sb, "GONE-1"),
+        watch.log()
+    );
+    let last = history(&sb, "GONE-1").pop().unwrap();
+    assert_eq!(
+        (
+            last["event"].as_str(),
+            last["from"].as_str(),
+            last["outcome"].as_str()
+        ),
+        (Some("poll"), Some("idle"), Some("illegal")),
+        "{last}"
+    );
+    assert!(!sb.item_dir("GONE-1").exists());
+
+    // And goes on with the next item.
     dispatch_held(&sb, "LATE-1");
     host_writes_result(&sb, "LATE-1", "1\n");
     wait_for(&sb, "LATE-1", "finalized_failed", Duration::from_secs(15));
-    assert!(watch.try_wait().unwrap().is_none(), "watch exited");
-    fs::remove_file(sb.host_repo().join("hold")).unwrap();
-    let (code, log) = sigterm(&mut watch);
+    assert!(watch.running(), "watch exited: {}", watch.log());
+    let (code, log) = watch.sigterm();
     assert_eq!(code, Some(0), "{log}");
 }
 

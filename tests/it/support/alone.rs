@@ -16,17 +16,20 @@ const ALONE: &str = "SELFDEPLOY_IT_ALONE";
 /// Whether to run the test's body here. In the test binary's own run: runs
 /// the test `name` (its path in this binary, `module::test`) in a new
 /// process of the binary that runs nothing else, asserts that it passed, and
-/// returns `false`. In that process: returns `true`.
+/// returns `false`; what the test printed to stderr is printed again here
+/// (shown with `--nocapture`, like any test's). In that process: returns
+/// `true`.
 pub fn alone(name: &str) -> bool {
     if std::env::var_os(ALONE).is_some_and(|v| v == name) {
         return true;
     }
     let out = Command::new(std::env::current_exe().expect("the test binary's path"))
-        .args(["--exact", name, "--test-threads=1"])
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
         .env(ALONE, name)
         .output()
         .expect("run the test binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         out.status.success() && stdout.contains("test result: ok. 1 passed;"),
         "{name}, run alone: {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",

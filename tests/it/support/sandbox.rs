@@ -114,6 +114,20 @@ impl Sandbox {
             .unwrap_or(0)
     }
 
+    /// Asserts that the hook never ran, once every host wrapper of the
+    /// sandbox has ended (bounded, 10 s): a launch returns before its
+    /// detached wrapper claims the ticket and starts the hook, so a hook
+    /// counted right after the launching command could still be on its way.
+    /// A wrapper's command line names its item's state directory from its
+    /// fork (before the launching command returns) until its hook has ended.
+    pub fn assert_no_hook_run(&self, why: &str) {
+        wait_for_wrappers(
+            &self.state_root().join(format!(".deploy-state-{REPO}")),
+            Duration::from_secs(10),
+        );
+        assert_eq!(self.hook_runs(), 0, "the hook ran: {why}");
+    }
+
     fn init_git(&self) {
         let remote = self.remote();
         let wt = self.worktree();
@@ -434,6 +448,44 @@ pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     done()
+}
+
+/// Pids of the processes (other than this one) whose command line contains
+/// `needle`: the host wrappers of a work item name its state directory.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits (bounded) until no wrapper of the work item's directory runs.
+pub fn wait_for_wrappers(dir: &Path, limit: Duration) {
+    let needle = format!("{}/", dir.display());
+    let deadline = Instant::now() + limit;
+    loop {
+        let pids = processes_mentioning(&needle);
+        if pids.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wrappers of {needle} still running after {limit:?}: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Writes an executable script (mode 0755), creating its directory.
