@@ -114,6 +114,7 @@ pub fn stamp_merged(content: &str, merged: bool) -> Stamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::hook_result::TIMEOUT_EXIT_CODE;
 
     fn wi() -> WorkItem {
         WorkItem::new("ORCH-36").unwrap()
@@ -220,5 +221,19 @@ mod tests {
             stamped("---\n---\n---\n", true),
             "---\nmerged_to_main: true\n---\n---\n"
         );
+    }
+
+    #[test]
+    fn only_a_timeout_says_the_hook_may_still_run() {
+        let timeout = render(
+            &wi(),
+            TIMEOUT_EXIT_CODE,
+            Verdict::Failed,
+            &Details::default(),
+        );
+        let failed = render(&wi(), "1", Verdict::Failed, &Details::default());
+        let says = "no result before the result deadline";
+        assert!(timeout.contains(says), "{timeout}");
+        assert!(!failed.contains(says), "{failed}");
     }
 }

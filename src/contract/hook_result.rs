@@ -165,4 +165,30 @@ mod tests {
             assert_eq!(v(raw), Verdict::Failed, "{raw}");
         }
     }
+
+    #[test]
+    fn a_sign_is_kept_and_a_negative_code_is_not_garbage() {
+        let minus = parse_result(b"-1\n").unwrap();
+        assert_eq!(
+            (minus.code.as_str(), minus.garbage.as_deref()),
+            ("-1", None)
+        );
+        assert_eq!(minus.verdict(), Verdict::Failed);
+        let zero = parse_result(b"-0").unwrap();
+        assert_eq!((zero.code.as_str(), zero.garbage.as_deref()), ("0", None));
+    }
+
+    #[test]
+    fn as_many_digits_as_python_reads_and_not_one_more() {
+        let longest = format!("1{}", "0".repeat(MAX_DIGITS - 1));
+        let read = parse_result(longest.as_bytes()).unwrap();
+        assert_eq!(
+            (read.code.len(), read.garbage.as_deref()),
+            (MAX_DIGITS, None)
+        );
+        let too_long = format!("1{}", "0".repeat(MAX_DIGITS));
+        let read = parse_result(too_long.as_bytes()).unwrap();
+        assert_eq!(read.code, "1");
+        assert!(read.garbage.is_some());
+    }
 }

@@ -204,3 +204,44 @@ pub fn encode<T: Serialize>(record: &T) -> String {
 pub fn decode<T: for<'de> Deserialize<'de>>(content: &[u8]) -> Option<T> {
     serde_json::from_slice(content).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_on_disk_and_in_reports() {
+        assert_eq!(Marker::Initiated.to_string(), "initiated");
+        assert_eq!(Marker::ApproveRequested.to_string(), "approve-requested");
+        let shown: Vec<&str> = [
+            Ticket::Sent,
+            Ticket::Claimed,
+            Ticket::Revoked,
+            Ticket::Missing,
+        ]
+        .into_iter()
+        .map(Ticket::as_str)
+        .collect();
+        assert_eq!(shown, ["sent", "claimed", "revoked", "missing"]);
+    }
+
+    #[test]
+    fn a_dispatch_id_is_sixteen_lower_case_hex_digits() {
+        assert!(is_dispatch_id("0123456789abcdef"));
+        for bad in [
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789ABCDEF",
+            "0123456789abcdeg",
+            "",
+        ] {
+            assert!(!is_dispatch_id(bad), "{bad:?}");
+        }
+        assert_eq!(dispatch_id_from([0xab; 8]), "abababababababab");
+        assert_eq!(
+            TicketFile::parse("claimed-0123456789abcdef"),
+            Some((TicketFile::Claimed, "0123456789abcdef"))
+        );
+        assert_eq!(TicketFile::parse("claimed-0123456789ABCDEF"), None);
+    }
+}

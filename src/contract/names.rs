@@ -325,4 +325,27 @@ mod tests {
         let err = RepoName::new("a/b").unwrap_err().to_string();
         assert!(err.contains("\"a/b\"") && err.contains("'/'"), "{err}");
     }
+
+    #[test]
+    fn repos_compare_hash_and_sort_by_identity() {
+        use std::collections::HashSet;
+        let a = RepoName::new("Orchestrator").unwrap();
+        let b = RepoName::new("orchestrator").unwrap();
+        let c = RepoName::new("billing").unwrap();
+        assert_ne!(a, c);
+        let set: HashSet<RepoName> = [a.clone(), b, c.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2);
+        let mut sorted = vec![a.clone(), c.clone()];
+        sorted.sort();
+        assert_eq!(sorted, [c.clone(), a.clone()]);
+        assert_eq!(a.partial_cmp(&c), Some(std::cmp::Ordering::Greater));
+    }
+
+    #[test]
+    fn a_branch_shows_as_it_was_given() {
+        assert_eq!(
+            BranchName::new("deploy/ORCH-7").unwrap().to_string(),
+            "deploy/ORCH-7"
+        );
+    }
 }

@@ -49,3 +49,27 @@ pub fn strip(s: &str) -> &str {
     let is_space = |c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c);
     s.trim_matches(is_space)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitlines_is_pythons() {
+        // Values from Python: "a\r\nb\rc\nd\x1ce\u2028f".splitlines()
+        assert_eq!(
+            splitlines("a\r\nb\rc\nd\x1ce\u{2028}f"),
+            ["a", "b", "c", "d", "e", "f"]
+        );
+        assert_eq!(splitlines("a\n"), ["a"]);
+        assert_eq!(splitlines("a\n\nb"), ["a", "", "b"]);
+        assert_eq!(splitlines("\r\n"), [""]);
+        assert!(splitlines("").is_empty());
+    }
+
+    #[test]
+    fn universal_newlines_and_strip_are_pythons() {
+        assert_eq!(universal_newlines("a\r\nb\rc\n"), "a\nb\nc\n");
+        assert_eq!(strip(" \t\x0b\x0c\x1c a b \u{85}\u{3000}"), "a b");
+    }
+}
