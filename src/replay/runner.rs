@@ -23,6 +23,11 @@ use crate::table::Row;
 /// a fixed path, so effects print the same on every machine.
 const REPLAY_WORKTREE: &str = "/worktree/{repo}/{work_item}";
 
+/// How long an event waits for a lock that a simulated holder keeps.
+const HELD_LOCK_WAIT: Duration = Duration::from_millis(20);
+/// How long an event waits for a lock nobody should hold for long.
+const UNCONTENDED_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// The world as the fixture's step says it is: the time (moved on only by
 /// `TimePasses`), the programs, the worktree, the branch tip, the next id.
 struct ReplayProbe<'a> {
@@ -237,8 +242,7 @@ impl Replayer {
             .collect();
         let mut settings =
             Settings::with_overrides(&borrowed).map_err(|e| format!("settings: {e}"))?;
-        // Another holder of the lock is simulated; waiting for it proves nothing.
-        settings.lock_timeout = Duration::from_millis(20);
+        settings.lock_timeout = UNCONTENDED_LOCK_WAIT;
         let repo = RepoName::new(&f.repo).map_err(|e| e.to_string())?;
         let work_item = WorkItem::new(&f.work_item).map_err(|e| e.to_string())?;
         let clock =
@@ -423,10 +427,19 @@ impl Replayer {
         } else {
             None
         };
+        // A simulated holder keeps the lock: waiting for it proves nothing.
+        // Otherwise the lock is only ever taken by a process that another
+        // thread of this one is forking (it holds a copy until it executes),
+        // which under load can take longer than a short wait.
+        let mut settings = self.settings.clone();
+        settings.lock_timeout = if lock_held {
+            HELD_LOCK_WAIT
+        } else {
+            UNCONTENDED_LOCK_WAIT
+        };
+        let settings = &settings;
         let mut executor = ReplayExecutor {
-            files: HostPerformer {
-                settings: &self.settings,
-            },
+            files: HostPerformer { settings },
             step,
             crash_after,
             performed: 0,
@@ -440,7 +453,6 @@ impl Replayer {
             step,
             next_id: next_dispatch_id(executor.dispatches),
         };
-        let settings = &self.settings;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             engine::handle(settings, &request, &mut probe, &mut executor)
         }));
