@@ -270,6 +270,45 @@ pub fn read_entries(path: &Path) -> io::Result<Vec<HistoryEntry>> {
         .collect())
 }
 
+/// How much of a history's end [`last_entry`] reads first: entries are a few
+/// hundred bytes, so one read almost always holds the last whole line.
+const LAST_ENTRY_WINDOW: u64 = 16 * 1024;
+
+/// The history's last entry, without reading the whole file: `None` when the
+/// history is missing or empty, or its last line is damaged or torn (the
+/// next append repairs a torn one; `history` shows either).
+pub fn last_entry(path: &Path) -> io::Result<Option<HistoryEntry>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut window = LAST_ENTRY_WINDOW.min(len);
+    loop {
+        file.seek(SeekFrom::Start(len - window))?;
+        let mut bytes = Vec::with_capacity(window as usize);
+        (&mut file).take(window).read_to_end(&mut bytes)?;
+        if !bytes.ends_with(b"\n") {
+            return Ok(None);
+        }
+        let body = &bytes[..bytes.len() - 1];
+        let body = match body.iter().rposition(|b| !b.is_ascii_whitespace()) {
+            Some(end) => &body[..=end],
+            None if window == len => return Ok(None),
+            None => &body[..0],
+        };
+        match body.iter().rposition(|&b| b == b'\n') {
+            Some(start) => return Ok(parse(&body[start + 1..]).map(|l| l.entry)),
+            None if window == len => return Ok(parse(body).map(|l| l.entry)),
+            // The last line is longer than the window (or the window holds
+            // only blank lines): read more.
+            None => window = (window * 4).min(len),
+        }
+    }
+}
+
 /// A damaged line as text, for a human: lossy and cut short.
 fn shown(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(line);
@@ -607,6 +646,36 @@ mod tests {
             verify_history(&path, &HistoryKeys::default()).unwrap(),
             Verification::NoKey { key_id: key_id(&k) }
         );
+    }
+
+    #[test]
+    fn the_last_entry_is_read_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        assert_eq!(last_entry(&path).unwrap(), None, "missing");
+        fs::write(&path, "").unwrap();
+        assert_eq!(last_entry(&path).unwrap(), None, "empty");
+        for i in 1..=3 {
+            append_history(&path, &entry(i), None).unwrap();
+        }
+        assert_eq!(last_entry(&path).unwrap(), Some(entry(3)));
+        // Blank lines after it, and an entry longer than the first window.
+        let mut long = entry(4);
+        long.reason = Some("x".repeat(3 * LAST_ENTRY_WINDOW as usize));
+        append_history(&path, &long, None).unwrap();
+        assert_eq!(last_entry(&path).unwrap(), Some(long.clone()));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"\n  \n").unwrap();
+        assert_eq!(last_entry(&path).unwrap(), Some(long));
+        // Torn or damaged: not an entry.
+        f.write_all(b"{\"time\":").unwrap();
+        assert_eq!(last_entry(&path).unwrap(), None, "torn");
+        f.write_all(b"\n").unwrap();
+        assert_eq!(last_entry(&path).unwrap(), None, "damaged");
+        // A file of one line.
+        let one = dir.path().join("one.jsonl");
+        append_history(&one, &entry(7), None).unwrap();
+        assert_eq!(last_entry(&one).unwrap(), Some(entry(7)));
     }
 
     #[test]

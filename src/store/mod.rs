@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
     HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, key_id,
-    read_entries, read_history, torn_path, verify_history,
+    last_entry, read_entries, read_history, torn_path, verify_history,
 };
 pub use lock::{ItemLock, LockError};
 pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
