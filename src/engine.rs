@@ -134,8 +134,19 @@ pub fn handle(
                 effects: Vec::new(),
             },
         };
-        let appended =
-            store::append_history(&paths.history_file, &entry, settings.history_key.as_ref());
+        // A failure that repeats the last entry word for word (a poller
+        // retrying a missing worktree) is recorded once: the history tells
+        // what happened, not how often somebody asked.
+        let repeated = result.is_err()
+            && store::last_entry(&paths.history_file)
+                .ok()
+                .flatten()
+                .is_some_and(|last| last == entry_without_time(&entry, &last.time));
+        let appended = if repeated {
+            Ok(Vec::new())
+        } else {
+            store::append_history(&paths.history_file, &entry, settings.history_key.as_ref())
+        };
         let notes = match appended {
             Ok(repaired) => repaired,
             // What was done is done (a deploy may be launched): report it
@@ -562,4 +573,12 @@ fn transport_program(settings: &Settings, probe: &mut dyn Probe) -> Result<(), S
     probe
         .program(program)
         .map_err(|e| format!("no {program} binary: {e}; install it or fix PATH"))
+}
+
+/// The entry as it would read had it been written at `time`.
+fn entry_without_time(entry: &HistoryEntry, time: &str) -> HistoryEntry {
+    HistoryEntry {
+        time: time.to_owned(),
+        ..entry.clone()
+    }
 }

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher as _};
 
 use crate::config::Settings;
@@ -48,11 +49,46 @@ pub enum WatchError {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub finalized: usize,
+    pub revoked: usize,
     pub errors: usize,
 }
 
-/// The work item a changed path belongs to, if it is a `result` file.
-fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
+type Item = (RepoName, WorkItem);
+
+/// What one poll by the watch did to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The item reached a verdict.
+    Finalized { item: String, to: StateName },
+    /// Its dispatch was revoked; the item waits for approval again.
+    Revoked { item: String, reason: String },
+    /// Polled; nothing to finalize yet (or a pending push retried).
+    Polled {
+        item: String,
+        to: StateName,
+        outcome: String,
+    },
+    /// The poll failed; it is retried later.
+    Failed { item: String, error: String },
+}
+
+impl std::fmt::Display for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Finalized { item, to } => write!(f, "{item}: finalized ({to})"),
+            Handled::Revoked { item, reason } => write!(f, "{item}: dispatch revoked ({reason})"),
+            Handled::Polled { item, to, outcome } => write!(f, "{item}: polled, {outcome}, {to}"),
+            Handled::Failed { item, error } => write!(f, "{item}: poll failed: {error}"),
+        }
+    }
+}
+
+fn shown(item: &Item) -> String {
+    format!("{}/{}", item.0, item.1)
+}
+
+/// The work item a written path belongs to, if it is a `result` file.
+fn item_of(repos_dir: &Path, path: &Path) -> Option<Item> {
     let rel = path.strip_prefix(repos_dir).ok()?;
     let mut parts = rel.iter().map(|p| p.to_str());
     let repo = parts
@@ -69,6 +105,18 @@ fn item_of(repos_dir: &Path, path: &Path) -> Option<(RepoName, WorkItem)> {
         return None;
     }
     Some((RepoName::new(repo).ok()?, WorkItem::new(work_item).ok()?))
+}
+
+/// Whether a file event is something a writer did. inotify reports reads
+/// too (an open, a close after reading), and looking at an item reads its
+/// result: reacting to those would make every look cause the next.
+fn written(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Whether a poll would act on the item now: initiated, and a result, a
@@ -96,11 +144,11 @@ fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
     }
 }
 
-/// Polls one item (blocking: git and the lock).
-fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mut Stats) {
+/// Polls one item (blocking: git and the lock) and says what happened.
+fn poll(settings: &Settings, item: &Item) -> Handled {
     let request = Request {
-        repo,
-        work_item,
+        repo: item.0.clone(),
+        work_item: item.1.clone(),
         event: EventName::Poll,
         branch: None,
         worktree: None,
@@ -109,93 +157,250 @@ fn finalize(settings: &Settings, repo: RepoName, work_item: WorkItem, stats: &mu
         force: false,
         actor: "watch".to_owned(),
     };
+    let name = shown(item);
     match engine::handle(
         settings,
         &request,
         &mut HostProbe,
         &mut HostPerformer { settings },
     ) {
-        Ok(report) => {
-            if matches!(
-                report.to,
-                StateName::FinalizedSuccess | StateName::FinalizedFailed
-            ) && report.to != report.from
-            {
-                stats.finalized += 1;
+        Ok(report)
+            if report.to != report.from
+                && matches!(
+                    report.to,
+                    StateName::FinalizedSuccess | StateName::FinalizedFailed
+                ) =>
+        {
+            Handled::Finalized {
+                item: name,
+                to: report.to,
             }
-            tracing::info!(repo = %report.repo, work_item = %report.work_item, to = %report.to,
-                outcome = %report.outcome, notes = ?report.notes, "watch: polled");
         }
-        Err(e) => {
-            stats.errors += 1;
-            tracing::warn!(repo = %request.repo, work_item = %request.work_item, error = %e, "watch: poll failed");
+        Ok(report)
+            if report.from == StateName::Initiated && report.to == StateName::ApproveRequested =>
+        {
+            Handled::Revoked {
+                item: name,
+                reason: report.reason.unwrap_or_else(|| "no reason given".into()),
+            }
         }
+        Ok(report) => Handled::Polled {
+            item: name,
+            to: report.to,
+            outcome: report.outcome.to_string(),
+        },
+        Err(e) => Handled::Failed {
+            item: name,
+            error: e.to_string(),
+        },
     }
 }
 
-/// Finalized items whose push is pending, and when to retry each: a poll
-/// retries the push, and each retry appends to the history, so an
-/// unreachable remote is retried at growing intervals (30 s doubling up to
-/// 5 minutes) rather than at every rescan.
-#[derive(Debug, Default)]
-pub struct PushRetries {
-    next: HashMap<(RepoName, WorkItem), (Instant, Duration)>,
+/// When to try an item again after a failure: the delay doubles from
+/// `first` up to `longest`. An error is logged when it first appears and
+/// when it changes, not at every attempt.
+#[derive(Debug)]
+struct Backoff {
+    first: Duration,
+    longest: Duration,
+    next: HashMap<Item, Retry>,
 }
 
-const FIRST_PUSH_RETRY: Duration = Duration::from_secs(30);
-const LONGEST_PUSH_RETRY: Duration = Duration::from_secs(300);
+#[derive(Debug)]
+struct Retry {
+    at: Instant,
+    delay: Duration,
+    attempts: u32,
+    error: String,
+    /// The state directory's modification time when it failed: a change
+    /// there (a file written, renamed or removed) ends the wait.
+    files: Option<SystemTime>,
+}
 
-impl PushRetries {
-    fn ready(&self, item: &(RepoName, WorkItem)) -> bool {
+impl Backoff {
+    fn new(first: Duration, longest: Duration) -> Backoff {
+        Backoff {
+            first,
+            longest,
+            next: HashMap::new(),
+        }
+    }
+
+    fn ready(&self, item: &Item, files: Option<SystemTime>) -> bool {
         self.next
             .get(item)
-            .is_none_or(|(at, _)| Instant::now() >= *at)
+            .is_none_or(|r| Instant::now() >= r.at || r.files != files)
     }
 
-    fn after(&mut self, item: (RepoName, WorkItem), still_pending: bool) {
-        if !still_pending {
-            self.next.remove(&item);
-            return;
-        }
-        let delay = self
-            .next
-            .get(&item)
-            .map_or(FIRST_PUSH_RETRY, |(_, d)| (*d * 2).min(LONGEST_PUSH_RETRY));
-        self.next.insert(item, (Instant::now() + delay, delay));
+    /// Records a failure; returns the delay, and whether the error is new.
+    fn failed(&mut self, item: &Item, error: &str, files: Option<SystemTime>) -> (Duration, bool) {
+        let (delay, attempts, new) = match self.next.get(item) {
+            Some(r) => (
+                (r.delay * 2).min(self.longest),
+                r.attempts + 1,
+                r.error != error,
+            ),
+            None => (self.first, 1, true),
+        };
+        self.next.insert(
+            item.clone(),
+            Retry {
+                at: Instant::now() + delay,
+                delay,
+                attempts,
+                error: error.to_owned(),
+                files,
+            },
+        );
+        (delay, new)
+    }
+
+    /// Records a success; returns how many attempts had failed before it.
+    fn succeeded(&mut self, item: &Item) -> Option<u32> {
+        self.next.remove(item).map(|r| r.attempts)
+    }
+
+    fn forget(&mut self, item: &Item) {
+        self.next.remove(item);
     }
 }
 
-/// Whether the item is finalized with its push still pending.
-fn push_pending(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
-    let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
+/// What the watch remembers between passes: which items to leave alone for
+/// a while. A poll that fails (a missing worktree, an unreadable file) is
+/// retried from 5 s, doubling up to 5 minutes; a push that fails, from 30 s.
+/// Each failed poll costs a lock, git and (for a new error) a history line.
+#[derive(Debug)]
+pub struct Schedule {
+    polls: Backoff,
+    pushes: Backoff,
+}
+
+const FIRST_POLL_RETRY: Duration = Duration::from_secs(5);
+const FIRST_PUSH_RETRY: Duration = Duration::from_secs(30);
+const LONGEST_RETRY: Duration = Duration::from_secs(300);
+
+impl Default for Schedule {
+    fn default() -> Schedule {
+        Schedule {
+            polls: Backoff::new(FIRST_POLL_RETRY, LONGEST_RETRY),
+            pushes: Backoff::new(FIRST_PUSH_RETRY, LONGEST_RETRY),
+        }
+    }
+}
+
+/// The state directory's modification time (changed by every file created,
+/// renamed or removed in it).
+fn files_changed_at(settings: &Settings, item: &Item) -> Option<SystemTime> {
+    let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
+    std::fs::metadata(&paths.state_dir)
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// The push error of a finalized item whose deploy log is not on the remote.
+fn push_pending(settings: &Settings, item: &Item) -> Option<String> {
+    let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
     Snapshot::load(&paths)
         .ok()
         .and_then(|snap| snap.finalized.flatten())
-        .is_some_and(|record| record.push_pending())
+        .filter(|record| record.push_pending())
+        .map(|record| {
+            record
+                .push_error
+                .unwrap_or_else(|| "unknown error".to_owned())
+        })
 }
 
-/// Every due item under REPOS_DIR, polled once; a pending push is retried
-/// when its backoff allows.
+impl Schedule {
+    /// Polls the item, logs what happened, and schedules what failed.
+    fn poll(&mut self, settings: &Settings, item: &Item, stats: &mut Stats) -> Handled {
+        let name = shown(item);
+        let handled = poll(settings, item);
+        match &handled {
+            Handled::Finalized { to, .. } => {
+                stats.finalized += 1;
+                tracing::info!("watch: {name} finalized: {to}");
+            }
+            Handled::Revoked { reason, .. } => {
+                stats.revoked += 1;
+                tracing::info!("watch: {name}: dispatch revoked: {reason}");
+            }
+            Handled::Polled { to, outcome, .. } => {
+                tracing::debug!("watch: {name} polled: {outcome}, {to}");
+            }
+            Handled::Failed { error, .. } => {
+                stats.errors += 1;
+                let (delay, new) = self
+                    .polls
+                    .failed(item, error, files_changed_at(settings, item));
+                if new {
+                    tracing::warn!(
+                        "watch: {name}: poll failed: {error}; retrying in {}",
+                        humantime::format_duration(delay)
+                    );
+                } else {
+                    tracing::debug!("watch: {name}: poll failed again; retrying in {delay:?}");
+                }
+            }
+        }
+        if !matches!(handled, Handled::Failed { .. }) {
+            if let Some(failures) = self.polls.succeeded(item) {
+                tracing::info!("watch: {name}: poll works again after {failures} failed attempts");
+            }
+            match push_pending(settings, item) {
+                Some(error) => {
+                    let (delay, new) = self.pushes.failed(item, &error, None);
+                    if new {
+                        tracing::warn!(
+                            "watch: {name}: deploy log not pushed: {error}; retrying in {}",
+                            humantime::format_duration(delay)
+                        );
+                    }
+                }
+                None => {
+                    if let Some(failures) = self.pushes.succeeded(item) {
+                        tracing::info!(
+                            "watch: {name}: deploy log pushed after {failures} failed attempts"
+                        );
+                    }
+                }
+            }
+        }
+        handled
+    }
+
+    /// A result of the item was written: whatever it waited for may be over.
+    fn written(&mut self, item: &Item) {
+        self.polls.forget(item);
+    }
+}
+
+/// Every due item under REPOS_DIR, polled once (unless it failed lately and
+/// nothing changed since); a pending push is retried when its backoff
+/// allows. Returns what was done, item by item.
 pub fn rescan(
     settings: &Settings,
     stats: &mut Stats,
-    retries: &mut PushRetries,
-) -> Result<(), WatchError> {
+    schedule: &mut Schedule,
+) -> Result<Vec<Handled>, WatchError> {
     let items = store::list_items(&settings.repos_dir).map_err(|source| WatchError::List {
         path: settings.repos_dir.display().to_string(),
         source,
     })?;
-    for (repo, work_item) in items {
-        let attempt = due(settings, &repo, &work_item)
-            || push_pending(settings, &repo, &work_item)
-                && retries.ready(&(repo.clone(), work_item.clone()));
+    let mut handled = Vec::new();
+    for item in items {
+        let attempt = if due(settings, &item.0, &item.1) {
+            schedule
+                .polls
+                .ready(&item, files_changed_at(settings, &item))
+        } else {
+            push_pending(settings, &item).is_some() && schedule.pushes.ready(&item, None)
+        };
         if attempt {
-            finalize(settings, repo.clone(), work_item.clone(), stats);
-            let pending = push_pending(settings, &repo, &work_item);
-            retries.after((repo, work_item), pending);
+            handled.push(schedule.poll(settings, &item, stats));
         }
     }
-    Ok(())
+    Ok(handled)
 }
 
 /// Runs until `shutdown` resolves. The event in hand completes first: nothing
@@ -210,7 +415,9 @@ pub async fn run(
     }
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        if let Ok(event) = event
+            && written(&event.kind)
+        {
             for path in event.paths {
                 let _ = tx.send(path);
             }
@@ -223,16 +430,22 @@ pub async fn run(
             path: repos_dir.display().to_string(),
             source,
         })?;
-    tracing::info!(repos_dir = %repos_dir.display(), rescan = ?settings.watch_rescan, "watch: started");
+    let count = store::list_items(&repos_dir).map_or(0, |items| items.len());
+    tracing::info!(
+        "watch: started on {} ({count} work items, transport {}, rescan every {})",
+        repos_dir.display(),
+        settings.transport,
+        humantime::format_duration(settings.watch_rescan)
+    );
 
     let settings = std::sync::Arc::new(settings);
     let mut stats = Stats::default();
-    let mut retries = PushRetries::default();
+    let mut schedule = Schedule::default();
     let mut ticks = tokio::time::interval(settings.watch_rescan);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
-        let work: Option<Vec<(RepoName, WorkItem)>> = tokio::select! {
+        let work: Option<Vec<Item>> = tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(path) = changed.recv() => {
@@ -248,36 +461,50 @@ pub async fn run(
             _ = ticks.tick() => None,
         };
         let s = settings.clone();
-        (stats, retries) = tokio::task::spawn_blocking(move || {
+        (stats, schedule) = tokio::task::spawn_blocking(move || {
             let mut stats = stats;
-            let mut retries = retries;
+            let mut schedule = schedule;
             match work {
                 Some(items) => {
-                    for (repo, work_item) in items {
-                        if due(&s, &repo, &work_item) {
-                            finalize(&s, repo, work_item, &mut stats);
+                    for item in items {
+                        schedule.written(&item);
+                        if due(&s, &item.0, &item.1) {
+                            schedule.poll(&s, &item, &mut stats);
                         }
                     }
                 }
                 None => {
-                    if let Err(e) = rescan(&s, &mut stats, &mut retries) {
+                    if let Err(e) = rescan(&s, &mut stats, &mut schedule) {
                         stats.errors += 1;
-                        tracing::warn!(error = %format!("{e:#}"), "watch: rescan failed");
+                        tracing::warn!("watch: rescan failed: {}", with_causes(&e));
                     }
                 }
             }
-            (stats, retries)
+            (stats, schedule)
         })
         .await
         .map_err(WatchError::Task)?;
     }
     drop(watcher);
     tracing::info!(
-        finalized = stats.finalized,
-        errors = stats.errors,
-        "watch: stopped"
+        "watch: stopped (finalized {}, revoked {}, errors {})",
+        stats.finalized,
+        stats.revoked,
+        stats.errors
     );
     Ok(stats)
+}
+
+/// An error and its causes on one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -10,6 +10,10 @@ use selfdeploy::config::{REGISTRY, Settings};
 use super::{EXIT_ERROR, EXIT_OK, print_json};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy config
+  selfdeploy config --check
+  selfdeploy --env-file /etc/selfdeploy/selfdeploy.env config --json")]
 pub struct Args {
     /// One JSON object per line.
     #[arg(long)]

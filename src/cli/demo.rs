@@ -6,6 +6,9 @@ use selfdeploy::machine::StateName;
 use super::{EXIT_ERROR, EXIT_OK};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy demo
+  selfdeploy demo --fail --keep")]
 pub struct Args {
     /// Make the hook's health check fail (the deploy ends finalized_failed).
     #[arg(long)]

@@ -17,9 +17,11 @@ pub struct EventArgs {
     /// request-approve | approved | poll | merge-verified | reset
     #[arg(value_parser = parse_event)]
     event: EventName,
-    #[arg(long, allow_hyphen_values = true)]
+    /// The repository the work item belongs to (case does not matter).
+    #[arg(long, allow_hyphen_values = true, value_name = "REPO")]
     repo: String,
-    #[arg(long, allow_hyphen_values = true)]
+    /// The work item, as the stage engine names it (e.g. ORCH-42).
+    #[arg(long, allow_hyphen_values = true, value_name = "ID")]
     work_item: String,
     /// The work item's branch (recorded at approval; used for the push).
     #[arg(long)]
@@ -36,19 +38,29 @@ pub struct EventArgs {
     /// For reset: reset a deploy that may be in flight.
     #[arg(long)]
     force: bool,
-    /// Who delivers the event (recorded in markers and history).
+    /// Who delivers the event, recorded in markers and history [default:
+    /// $SUDO_USER, else $USER, else selfdeploy].
     #[arg(long, value_name = "NAME")]
     actor: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy event request-approve --repo orchestrator --work-item ORCH-42
+  selfdeploy event approved --repo orchestrator --work-item ORCH-42 --branch feat/x --worktree /srv/repos/.worktrees/orchestrator/ORCH-42 --json
+  selfdeploy event poll --repo orchestrator --work-item ORCH-42 --dry-run
+  selfdeploy event merge-verified --repo orchestrator --work-item ORCH-42 --merged true
+  selfdeploy event reset --repo orchestrator --work-item ORCH-42 --force
+
+Exit status: 0 transitioned, unchanged or deferred; 3 refused, illegal or
+dispatch_failed; 1 an error; 2 a usage error.")]
 pub struct Args {
     #[command(flatten)]
     target: EventArgs,
     /// Perform nothing, write nothing; print what would happen.
     #[arg(long)]
     dry_run: bool,
-    /// Print one JSON object.
+    /// Print the report as one JSON object on one line.
     #[arg(long)]
     json: bool,
 }
@@ -138,9 +150,12 @@ pub fn print_report(report: &engine::Report) {
     }
 }
 
+/// The person behind the command: the user who ran `sudo`, else the user,
+/// else `selfdeploy`.
 fn default_actor() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
+    ["SUDO_USER", "USER"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .find(|u| !u.trim().is_empty())
         .unwrap_or_else(|| "selfdeploy".to_owned())
 }

@@ -9,6 +9,11 @@ use super::event::{EventArgs, print_report};
 use super::print_json;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy explain approved --repo orchestrator --work-item ORCH-42
+  selfdeploy explain poll --repo orchestrator --work-item ORCH-42 --json
+
+Exits as `event --dry-run` would: 3 when the event would be refused or illegal.")]
 pub struct Args {
     #[command(flatten)]
     target: EventArgs,

@@ -11,6 +11,10 @@ use selfdeploy::text_table;
 use super::{EXIT_ERROR, EXIT_OK, ItemArgs, print_json};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy history --repo orchestrator --work-item ORCH-42
+  selfdeploy history --repo orchestrator --work-item ORCH-42 --json
+  selfdeploy history --repo orchestrator --work-item ORCH-42 --verify --json")]
 pub struct Args {
     #[command(flatten)]
     item: ItemArgs,

@@ -6,17 +6,28 @@ use super::EXIT_OK;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Format {
+    /// Aligned columns, one row per transition.
     Table,
+    /// One JSON document.
     Json,
+    /// The reviewed table's format (machines/self_deploy.ron).
     Ron,
+    /// A graphviz diagram.
     Dot,
+    /// A mermaid diagram.
     Mermaid,
     /// docs/MACHINE.md
     Markdown,
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy machine
+  selfdeploy machine --format dot | dot -Tsvg > machine.svg
+  selfdeploy machine --format json")]
 pub struct Args {
+    /// How to print it: a text table, the data (json, ron), a diagram (dot,
+    /// mermaid) or docs/MACHINE.md.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
 }

@@ -1,5 +1,6 @@
 //! The subcommands, one file each.
 
+mod completions;
 mod config;
 mod demo;
 mod doctor;
@@ -8,6 +9,7 @@ mod explain;
 mod gen_secrets;
 mod history;
 mod machine;
+mod man;
 mod replay;
 mod snapshot;
 mod status;
@@ -36,6 +38,12 @@ pub struct Cli {
     /// Read settings from this env file instead of ./.env (the environment still wins).
     #[arg(long, global = true, value_name = "PATH")]
     env_file: Option<PathBuf>,
+    /// Log less: errors only (and no warnings about the settings).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log more: -v for each step, -vv for everything (RUST_LOG, when set, wins).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,13 +74,41 @@ enum Command {
     Snapshot(snapshot::Args),
     /// Finalize each deploy as soon as its result is written, until SIGTERM.
     Watch(watch::Args),
+    /// Print a shell completion script.
+    Completions(completions::Args),
+    /// Print the manual page (roff).
+    Man(man::Args),
+}
+
+impl Cli {
+    /// The log filter the flags ask for: `watch`, a daemon, says what it
+    /// does at info level; every other command speaks up only for warnings.
+    pub fn log_filter(&self) -> String {
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let base: i32 = if matches!(self.command, Command::Watch(_)) {
+            2
+        } else {
+            1
+        };
+        let level = (base + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 4);
+        let level = LEVELS[level as usize];
+        // Other crates' debug output is noise even at -vv.
+        if level == "debug" || level == "trace" {
+            format!("warn,selfdeploy={level}")
+        } else {
+            level.to_owned()
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let quiet = cli.quiet;
     let settings = || -> anyhow::Result<Settings> {
         let settings = Settings::load(cli.env_file.as_deref()).context("bad configuration")?;
-        for warning in &settings.warnings {
-            eprintln!("selfdeploy: warning: {warning}");
+        if !quiet {
+            for warning in &settings.warnings {
+                eprintln!("selfdeploy: warning: {warning}");
+            }
         }
         Ok(settings)
     };
@@ -95,6 +131,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Snapshot(args) => snapshot::run(&state()?, args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => man::run(args),
         Command::Watch(args) => {
             let settings = state()?;
             let problems = settings.acting_problems();
@@ -109,9 +147,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// `--repo R --work-item W`, for commands about one work item.
 #[derive(Debug, clap::Args)]
 pub struct ItemArgs {
-    #[arg(long, allow_hyphen_values = true)]
+    /// The repository the work item belongs to (case does not matter).
+    #[arg(long, allow_hyphen_values = true, value_name = "REPO")]
     repo: String,
-    #[arg(long, allow_hyphen_values = true)]
+    /// The work item, as the stage engine names it (e.g. ORCH-42).
+    #[arg(long, allow_hyphen_values = true, value_name = "ID")]
     work_item: String,
 }
 
@@ -132,4 +172,102 @@ fn print_json<T: serde::Serialize>(value: &T) {
         "{}",
         serde_json::to_string(value).expect("reports serialize")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    fn subcommands() -> Vec<clap::Command> {
+        let mut cli = Cli::command();
+        cli.build();
+        cli.get_subcommands()
+            .filter(|s| s.get_name() != "help")
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every argument of every subcommand says what it is, and every
+    /// subcommand shows examples.
+    #[test]
+    fn every_argument_has_help_and_every_subcommand_examples() {
+        let subs = subcommands();
+        assert!(subs.len() >= 14, "{}", subs.len());
+        let mut args = 0;
+        let mut missing = Vec::new();
+        for sub in &subs {
+            if sub.get_about().is_none() {
+                missing.push(format!("{}: no about", sub.get_name()));
+            }
+            let examples = sub.get_after_help().map(ToString::to_string);
+            if !examples.is_some_and(|e| e.starts_with("Examples:\n  selfdeploy ")) {
+                missing.push(format!("{}: no examples", sub.get_name()));
+            }
+            for arg in sub.get_arguments() {
+                args += 1;
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                if help.trim().is_empty() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(args > 50, "walked only {args} arguments");
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    /// The README's synopsis names every subcommand, and only options that
+    /// exist.
+    #[test]
+    fn the_readme_synopsis_is_the_binary_s() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## The command line\n")
+            .nth(1)
+            .expect("README has a command-line section");
+        let block = section
+            .split("```")
+            .nth(1)
+            .expect("the section opens with the synopsis");
+        let mut documented = BTreeSet::new();
+        let mut current = String::new();
+        let mut wrong = Vec::new();
+        for line in block.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if words.first() == Some(&"selfdeploy") {
+                current = words.get(1).copied().unwrap_or_default().to_owned();
+                documented.insert(current.clone());
+            }
+            let Some(sub) = subcommands().into_iter().find(|s| s.get_name() == current) else {
+                continue;
+            };
+            for word in words.iter().filter_map(|w| {
+                let w = w.trim_matches(|c| "[]|".contains(c));
+                w.strip_prefix("--").map(|l| l.trim_end_matches([']', '|']))
+            }) {
+                let known =
+                    word == "help" || sub.get_arguments().any(|a| a.get_long() == Some(word));
+                if !known {
+                    wrong.push(format!("{current} --{word}"));
+                }
+            }
+        }
+        let actual: BTreeSet<String> = subcommands()
+            .iter()
+            .map(|s| s.get_name().to_owned())
+            .collect();
+        assert_eq!(documented, actual, "README synopsis vs the binary");
+        assert!(
+            wrong.is_empty(),
+            "options the binary does not have: {wrong:?}"
+        );
+    }
 }

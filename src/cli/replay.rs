@@ -7,6 +7,9 @@ use selfdeploy::{replay, table};
 use super::{EXIT_ERROR, EXIT_OK};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy replay
+  selfdeploy replay fixtures/crash_after_revoke.ron --uncovered")]
 pub struct Args {
     /// Fixture files or directories of them.
     #[arg(default_value = "fixtures")]

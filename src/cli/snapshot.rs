@@ -6,6 +6,8 @@ use selfdeploy::replay;
 use super::{EXIT_OK, ItemArgs};
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy snapshot --repo orchestrator --work-item ORCH-42 > fixtures/orch-42.ron")]
 pub struct Args {
     #[command(flatten)]
     item: ItemArgs,

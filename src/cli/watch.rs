@@ -6,6 +6,12 @@ use selfdeploy::watch;
 use super::EXIT_OK;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  selfdeploy watch
+  selfdeploy watch -v
+  selfdeploy watch --once
+
+Logs to stderr at info level (-q: warnings and errors only; -v, -vv: more).")]
 pub struct Args {
     /// Poll every due work item once and exit (for cron or a check).
     #[arg(long)]
@@ -15,15 +21,20 @@ pub struct Args {
 pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
     if args.once {
         let mut stats = watch::Stats::default();
-        watch::rescan(&settings, &mut stats, &mut watch::PushRetries::default())?;
-        println!("finalized {}, errors {}", stats.finalized, stats.errors);
+        let handled = watch::rescan(&settings, &mut stats, &mut watch::Schedule::default())?;
+        for line in &handled {
+            println!("{line}");
+        }
+        println!(
+            "finalized {}, revoked {}, errors {}",
+            stats.finalized, stats.revoked, stats.errors
+        );
         return Ok(if stats.errors == 0 {
             EXIT_OK
         } else {
             super::EXIT_ERROR
         });
     }
-    let stats = watch::block_on(watch::run(settings, watch::termination()))??;
-    println!("finalized {}, errors {}", stats.finalized, stats.errors);
+    watch::block_on(watch::run(settings, watch::termination()))??;
     Ok(EXIT_OK)
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod bad_input;
 mod claim_protocol;
+mod cli_conventions;
 mod concurrency;
 mod crash_restart;
 mod demo;

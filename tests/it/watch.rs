@@ -24,12 +24,12 @@ struct Watch {
 
 impl Watch {
     /// Starts the watch with a rescan every `rescan` seconds (its first scan
-    /// runs at once); returns once it has logged that it started, so that
-    /// its file watch is in place.
+    /// runs at once) and its default log level; returns once it has logged
+    /// that it started, so that its file watch is in place.
     fn start(sb: &Sandbox, rescan: &str) -> Watch {
         let mut cmd = sb.cmd();
         cmd.arg("watch")
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .env("SELF_DEPLOY_WATCH_RESCAN_SECS", rescan)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -387,9 +387,10 @@ fn watch_once_polls_every_due_item_and_exits() {
     fs::write(sb.item_dir("ONCE-2").join("result"), "0\n").unwrap();
     let out = sb.run(&["watch", "--once"]);
     assert_eq!(out.status.code(), Some(0));
+    // It names what it did.
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "finalized 1, errors 0"
+        String::from_utf8_lossy(&out.stdout),
+        "orchestrator/ONCE-1: finalized (finalized_success)\nfinalized 1, revoked 0, errors 0\n"
     );
     assert_eq!(state(&sb, "ONCE-1"), "finalized_success");
     assert_eq!(state(&sb, "ONCE-2"), "initiated");
@@ -415,4 +416,150 @@ fn watch_once_polls_every_due_item_and_exits() {
     ]);
     assert_eq!(String::from_utf8_lossy(&history.stdout).lines().count(), 2);
     fs::remove_file(sb.host_repo().join("hold")).unwrap();
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which may hold spaces: utime and
+    // stime are the 14th and 15th of the line, in clock ticks.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// The watch reacts to what writers do, never to its own reads: an item
+/// that keeps its result after finalizing, read at every rescan, costs
+/// nothing; an item whose poll fails (its worktree gone) is retried with a
+/// growing delay and recorded once, not thousands of times; an item that
+/// completes meanwhile is finalized and logged at the default level.
+#[test]
+fn watch_stays_quiet_on_its_own_reads_and_backs_off_a_failing_poll() {
+    let sb = Sandbox::new();
+    let _hold = Hold::hook(&sb);
+
+    // Finalized, its result left in place.
+    dispatch_held(&sb, "DONE-1");
+    host_writes_result(&sb, "DONE-1", "0\n");
+    assert_eq!(
+        sb.poll_until_final("DONE-1", &[])["to"],
+        "finalized_success"
+    );
+    let kept = sb.result_file("DONE-1");
+    assert!(kept.is_file(), "the finalized item keeps its result");
+
+    // Due, but its worktree is gone: every poll fails.
+    let wt = sb.root().join("broken-worktree");
+    git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            BRANCH,
+            sb.remote().to_str().unwrap(),
+            wt.to_str().unwrap(),
+        ],
+    );
+    sb.request_approve("BROKEN-1");
+    let (code, r) = sb.event_json(
+        "approved",
+        "BROKEN-1",
+        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+    );
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (0, Some("transitioned")),
+        "{r}"
+    );
+    let claimed = || {
+        sb.dispatch_id("BROKEN-1").is_some_and(|id| {
+            sb.item_dir("BROKEN-1")
+                .join(format!("claimed-{id}"))
+                .is_file()
+        })
+    };
+    assert!(support_wait_for(Duration::from_secs(10), claimed));
+    host_writes_result(&sb, "BROKEN-1", "0\n");
+    fs::remove_dir_all(&wt).unwrap();
+    let before = history(&sb, "BROKEN-1").len();
+
+    dispatch_held(&sb, "LIVE-1");
+    let watch = Watch::start(&sb, "1");
+    let pid = watch.pid();
+    let cpu_at_start = cpu_time(pid);
+    let started = Instant::now();
+
+    // One completes while the watch runs.
+    thread::sleep(Duration::from_millis(500));
+    host_writes_result(&sb, "LIVE-1", "0\n");
+    wait_for(&sb, "LIVE-1", "finalized_success", Duration::from_secs(15));
+    // Several rescans, each reading every item.
+    thread::sleep(Duration::from_secs(6).saturating_sub(started.elapsed()));
+    let cpu = cpu_time(pid) - cpu_at_start;
+    let wall = started.elapsed();
+
+    let failing: Vec<_> = history(&sb, "BROKEN-1").split_off(before);
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!(
+        "watch: {cpu:?} of CPU in {wall:?}; {} history entries for the failing item",
+        failing.len()
+    );
+    // A spinning watch uses a whole core: here, most of the wall time.
+    assert!(
+        cpu < wall / 10,
+        "the watch used {cpu:?} of CPU in {wall:?}\n{log}"
+    );
+    assert!(
+        !failing.is_empty() && failing.len() <= 2,
+        "the failing poll's history: {failing:#?}"
+    );
+    assert!(
+        failing
+            .iter()
+            .all(|e| e["actor"] == "watch" && e["outcome"] == "error"),
+        "{failing:#?}"
+    );
+    assert_eq!(state(&sb, "DONE-1"), "finalized_success");
+    assert_eq!(state(&sb, "BROKEN-1"), "initiated");
+    // What the operator sees without RUST_LOG: a start line, the finalize,
+    // the failing poll once (not at every retry), the stop.
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(lines("watch: started on "), 1, "{log}");
+    assert!(log.contains("(3 work items, transport "), "{log}");
+    assert_eq!(
+        lines("watch: orchestrator/LIVE-1 finalized: finalized_success"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        lines("watch: orchestrator/BROKEN-1: poll failed: "),
+        1,
+        "{log}"
+    );
+    assert_eq!(lines("watch: orchestrator/DONE-1"), 0, "{log}");
+    // Polls of the failing item: the first, then one after 5 s (the
+    // backoff), not one per rescan.
+    let errors: usize = log
+        .split("watch: stopped (finalized 1, revoked 0, errors ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop line: {log}"));
+    assert!((1..=2).contains(&errors), "{errors} failed polls\n{log}");
+
+    // The same failure again, by anyone, adds nothing; another caller's is
+    // recorded.
+    let entries = history(&sb, "BROKEN-1").len();
+    for _ in 0..3 {
+        let out = sb.event("poll", "BROKEN-1", &["--actor", "ops"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+    }
+    let after = history(&sb, "BROKEN-1");
+    assert_eq!(after.len(), entries + 1, "{after:#?}");
+    assert_eq!(after.last().unwrap()["actor"], "ops");
 }
