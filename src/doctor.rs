@@ -1,9 +1,14 @@
 //! `selfdeploy doctor`: the smoke procedure of a new installation as one
-//! command. Each check says PASS or FAIL, why, and what to do.
+//! command. Each check passes, fails (why, and what to do) or is skipped
+//! because a check it needs failed; each is reported as soon as it ends.
+//!
+//! The host is probed once, with a short connect timeout, before any check
+//! that needs it: an unreachable host is one failure, not three failures
+//! with the wrong advice after three ssh timeouts.
 
 use std::fs;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -12,89 +17,178 @@ use crate::config::Settings;
 use crate::contract::remote::{self, shell_quote};
 use crate::exec::process;
 
+/// The longest the reachability probe waits for the connection (ssh's
+/// `ConnectTimeout`), or the ssh timeout setting when that is shorter.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not run: a check it needs failed (the reason says which).
+    Skip,
+}
+
+impl Status {
+    /// `PASS`, `FAIL`, `SKIP`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: &'static str,
-    pub passed: bool,
+    pub status: Status,
+    /// How long the check ran; 0 for a skipped one.
+    pub duration_ms: u64,
+    /// What was found; for a skipped check, why it was not run.
     pub detail: String,
+    /// What to do; only for a failed check.
     pub fix: Option<String>,
 }
 
-fn pass(name: &'static str, detail: String) -> Check {
-    Check {
-        name,
-        passed: true,
-        detail,
-        fix: None,
+/// What a check found.
+enum Outcome {
+    Pass(String),
+    Fail(String, String),
+    Skip(String),
+}
+
+fn pass(detail: String) -> Outcome {
+    Outcome::Pass(detail)
+}
+
+fn fail(detail: String, fix: &str) -> Outcome {
+    Outcome::Fail(detail, fix.to_owned())
+}
+
+/// Runs the checks one by one, timing each and reporting it as it ends.
+struct Runner<'a> {
+    report: &'a mut dyn FnMut(&Check),
+    checks: Vec<Check>,
+}
+
+impl Runner<'_> {
+    fn check(&mut self, name: &'static str, run: impl FnOnce() -> Outcome) -> Status {
+        let start = Instant::now();
+        let outcome = run();
+        let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (status, detail, fix) = match outcome {
+            Outcome::Pass(detail) => (Status::Pass, detail, None),
+            Outcome::Fail(detail, fix) => (Status::Fail, detail, Some(fix)),
+            Outcome::Skip(why) => (Status::Skip, why, None),
+        };
+        let check = Check {
+            name,
+            status,
+            duration_ms: if status == Status::Skip {
+                0
+            } else {
+                duration_ms
+            },
+            detail,
+            fix,
+        };
+        (self.report)(&check);
+        self.checks.push(check);
+        status
     }
 }
 
-fn fail(name: &'static str, detail: String, fix: &str) -> Check {
-    Check {
-        name,
-        passed: false,
-        detail,
-        fix: Some(fix.to_owned()),
-    }
-}
-
-/// Runs every check; `config_problems` are what `config --check` found.
-pub fn run(settings: &Settings, config_problems: &[String]) -> Vec<Check> {
-    let mut checks = Vec::new();
-    checks.push(if config_problems.is_empty() {
-        pass("configuration", "every setting is valid".into())
-    } else {
-        fail(
-            "configuration",
-            config_problems.join("; "),
-            "run `selfdeploy config --check` and fix each problem",
-        )
+/// Runs every check, calling `report` with each as soon as it ends, and
+/// returns them all; `config_problems` are what `config --check` found.
+pub fn run(
+    settings: &Settings,
+    config_problems: &[String],
+    report: &mut dyn FnMut(&Check),
+) -> Vec<Check> {
+    let mut r = Runner {
+        report,
+        checks: Vec::new(),
+    };
+    r.check("configuration", || {
+        if config_problems.is_empty() {
+            pass("every setting is valid".into())
+        } else {
+            fail(
+                config_problems.join("; "),
+                "run `selfdeploy config --check` and fix each problem",
+            )
+        }
     });
 
     let program = settings.transport.program();
-    let transport = process::find(program);
-    checks.push(match &transport {
-        Ok(path) => pass(
-            "transport program",
-            format!("{program} is {}", path.display()),
-        ),
-        Err(e) => fail(
-            "transport program",
-            e.to_string(),
-            "install it (openssh-client for ssh) or fix PATH",
-        ),
+    let mut transport = Ok(());
+    r.check("transport program", || match process::find(program) {
+        Ok(path) => pass(format!("{program} is {}", path.display())),
+        Err(e) => {
+            transport = Err(e.to_string());
+            fail(
+                e.to_string(),
+                "install it (openssh-client for ssh) or fix PATH",
+            )
+        }
     });
-    checks.push(match process::find("git") {
-        Ok(path) => pass("git", format!("git is {}", path.display())),
-        Err(e) => fail("git", e.to_string(), "install git or fix PATH"),
+    r.check("git", || match process::find("git") {
+        Ok(path) => pass(format!("git is {}", path.display())),
+        Err(e) => fail(e.to_string(), "install git or fix PATH"),
     });
 
     let token = token();
     let probe_dir = settings.repos_dir.join(".selfdeploy").join("doctor");
     let probe = probe_dir.join(format!("probe-{token}"));
-    let writable = if settings.repos_dir.is_dir() {
-        atomic::create_dir_all(&probe_dir).and_then(|()| atomic::write(&probe, token.as_bytes()))
-    } else {
-        Err(std::io::Error::other(
-            "it does not exist (is the shared directory mounted?)",
-        ))
-    };
-    checks.push(match &writable {
-        Ok(()) => pass("REPOS_DIR writable", format!("wrote {}", probe.display())),
-        Err(e) => fail(
-            "REPOS_DIR writable",
-            format!("cannot write {}: {e}", probe.display()),
-            "create REPOS_DIR and make it writable by the engine's user",
-        ),
+    let writable = r.check("REPOS_DIR writable", || {
+        let written = if settings.repos_dir.is_dir() {
+            atomic::create_dir_all(&probe_dir)
+                .and_then(|()| atomic::write(&probe, token.as_bytes()))
+        } else {
+            Err(std::io::Error::other(
+                "it does not exist (is the shared directory mounted?)",
+            ))
+        };
+        match written {
+            Ok(()) => pass(format!("wrote {}", probe.display())),
+            Err(e) => fail(
+                format!("cannot write {}: {e}", probe.display()),
+                "create REPOS_DIR and make it writable by the engine's user",
+            ),
+        }
+    }) == Status::Pass;
+
+    // Why the checks that need the host cannot run, if they cannot.
+    let mut host_down: Option<String> = None;
+    r.check("host reachable", || match &transport {
+        Err(why) => {
+            host_down = Some(why.clone());
+            Outcome::Skip(format!("needs the transport program: {why}"))
+        }
+        Ok(()) => match reach(settings) {
+            Ok(detail) => pass(detail),
+            Err(why) => {
+                let target = settings.transport.target(settings);
+                host_down = Some(format!("{program} to {target} failed"));
+                fail(
+                    format!("{program} to {target} failed: {why}"),
+                    "check that the host is up and DEPLOY_SSH_HOST names it, that its sshd \
+                     listens on the port ssh uses (22 unless ~/.ssh/config says otherwise), \
+                     that the key of the engine's user is authorized for DEPLOY_SSH_USER \
+                     (doctor never answers a password prompt), and that known_hosts holds \
+                     no other key for the host",
+                )
+            }
+        },
     });
 
     let host_probe_dir = Path::new(&settings.host_repos_dir)
         .join(".selfdeploy")
         .join("doctor");
     let on_host = |what: &str| -> Result<String, String> {
-        if transport.is_err() {
-            return Err(format!("skipped: no {program}"));
-        }
         let argv = remote::dispatch_argv(settings, what.to_owned());
         match process::run(&argv[0], &argv[1..], None, &[], settings.ssh_timeout) {
             Ok(out) if out.success() => Ok(out.stdout),
@@ -103,82 +197,120 @@ pub fn run(settings: &Settings, config_problems: &[String]) -> Vec<Check> {
         }
     };
     let where_ = settings.transport.place(settings);
+    let needs_host = |why: &str| Outcome::Skip(format!("needs the host: {why}"));
 
     let host_probe = host_probe_dir.join(format!("probe-{token}"));
-    checks.push(match (&writable, on_host(&format!("cat {}", shell_quote(&host_probe.to_string_lossy())))) {
-        (Err(_), _) => fail("shared mount", "skipped: no probe file was written".into(), "fix REPOS_DIR first"),
-        (Ok(()), Ok(seen)) if seen.trim() == token => pass(
-            "shared mount",
-            format!("{} {where_} shows the probe written under REPOS_DIR", host_probe.display()),
-        ),
-        (Ok(()), Ok(seen)) => fail(
-            "shared mount",
-            format!("{} {where_} holds {:?}, not the probe", host_probe.display(), seen.trim()),
-            "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host",
-        ),
-        (Ok(()), Err(why)) => fail(
-            "shared mount",
-            format!("{} is not readable {where_}: {why}", host_probe.display()),
-            "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host; check ssh access",
-        ),
+    r.check("shared mount", || {
+        if let Some(why) = &host_down {
+            return needs_host(why);
+        }
+        if !writable {
+            return Outcome::Skip("needs REPOS_DIR writable: no probe file was written".into());
+        }
+        match on_host(&format!(
+            "cat {}",
+            shell_quote(&host_probe.to_string_lossy())
+        )) {
+            Ok(seen) if seen.trim() == token => pass(format!(
+                "{} {where_} shows the probe written under REPOS_DIR",
+                host_probe.display()
+            )),
+            Ok(seen) => fail(
+                format!(
+                    "{} {where_} holds {:?}, not the probe",
+                    host_probe.display(),
+                    seen.trim()
+                ),
+                "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host",
+            ),
+            Err(why) => fail(
+                format!("{} is not readable {where_}: {why}", host_probe.display()),
+                "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host; \
+                 check ssh access",
+            ),
+        }
     });
 
-    let hook_test = format!(
-        "cd {} && test -f {}",
-        shell_quote(&settings.host_repo_path),
-        shell_quote(&settings.hook_script)
-    );
-    checks.push(match on_host(&hook_test) {
-        Ok(_) => pass(
-            "hook on host",
-            format!(
+    r.check("hook on host", || {
+        if let Some(why) = &host_down {
+            return needs_host(why);
+        }
+        let hook_test = format!(
+            "cd {} && test -f {}",
+            shell_quote(&settings.host_repo_path),
+            shell_quote(&settings.hook_script)
+        );
+        match on_host(&hook_test) {
+            Ok(_) => pass(format!(
                 "{} exists in {} {where_}",
                 settings.hook_script, settings.host_repo_path
+            )),
+            Err(why) => fail(
+                format!(
+                    "{} not found in {} {where_}: {why}",
+                    settings.hook_script, settings.host_repo_path
+                ),
+                "fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook",
             ),
-        ),
-        Err(why) => fail(
-            "hook on host",
-            format!(
-                "{} not found in {} {where_}: {why}",
-                settings.hook_script, settings.host_repo_path
-            ),
-            "fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook",
-        ),
+        }
     });
 
     let host_written = host_probe_dir.join(format!("host-{token}"));
     let local_view = probe_dir.join(format!("host-{token}"));
-    let write = format!(
-        "echo {token} > {}",
-        shell_quote(&host_written.to_string_lossy())
-    );
-    checks.push(match on_host(&write) {
-        Ok(_) if fs::read_to_string(&local_view).is_ok_and(|s| s.trim() == token) => pass(
-            "host writes state",
-            format!(
-                "the host wrote {} and the engine reads it",
-                host_written.display()
+    r.check("host writes state", || {
+        if let Some(why) = &host_down {
+            return needs_host(why);
+        }
+        let write = format!(
+            "echo {token} > {}",
+            shell_quote(&host_written.to_string_lossy())
+        );
+        match on_host(&write) {
+            Ok(_) if fs::read_to_string(&local_view).is_ok_and(|s| s.trim() == token) => {
+                pass(format!(
+                    "the host wrote {} and the engine reads it",
+                    host_written.display()
+                ))
+            }
+            Ok(_) => fail(
+                format!(
+                    "the host wrote {} but the engine does not see it at {}",
+                    host_written.display(),
+                    local_view.display()
+                ),
+                "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host",
             ),
-        ),
-        Ok(_) => fail(
-            "host writes state",
-            format!(
-                "the host wrote {} but the engine does not see it at {}",
-                host_written.display(),
-                local_view.display()
+            Err(why) => fail(
+                format!("the host cannot write {}: {why}", host_written.display()),
+                "give the ssh user write access to the state directory on the host",
             ),
-            "HOST_REPOS_DIR must be the same directory as REPOS_DIR, seen from the host",
-        ),
-        Err(why) => fail(
-            "host writes state",
-            format!("the host cannot write {}: {why}", host_written.display()),
-            "give the ssh user write access to the state directory on the host",
-        ),
+        }
     });
 
     let _ = fs::remove_file(&probe);
     let _ = fs::remove_file(&local_view);
-    checks
+    r.checks
+}
+
+/// Runs `true` on the host through the transport's probe argv, connecting
+/// for at most [`CONNECT_TIMEOUT`] (or the ssh timeout when shorter). The
+/// error is the transport's own last word: ssh's last line of stderr.
+fn reach(settings: &Settings) -> Result<String, String> {
+    let connect = CONNECT_TIMEOUT.min(settings.ssh_timeout);
+    let argv = settings.transport.probe_argv(settings, connect);
+    match process::run(&argv[0], &argv[1..], None, &[], settings.ssh_timeout) {
+        Ok(out) if out.success() => {
+            Ok(format!("ran `true` {}", settings.transport.place(settings)))
+        }
+        Ok(out) => Err(last_line(&out.stderr).unwrap_or_else(|| out.summary())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The last non-empty line of `text`, trimmed and at most 200 characters.
+fn last_line(text: &str) -> Option<String> {
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(line.chars().take(200).collect())
 }
 
 /// A value no stale file can hold by chance.

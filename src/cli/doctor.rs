@@ -1,15 +1,16 @@
 //! `selfdeploy doctor`: is this installation ready to deploy?
 
+use std::io::Write as _;
 use std::path::Path;
 
 use selfdeploy::config::Settings;
-use selfdeploy::doctor;
+use selfdeploy::doctor::{self, Check, Status};
 
 use super::{EXIT_ERROR, EXIT_OK, print_json};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// One JSON object per check.
+    /// JSON Lines: one object per check, printed as it ends.
     #[arg(long)]
     json: bool,
 }
@@ -22,23 +23,43 @@ pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
         .map(ToString::to_string)
         .chain(settings.problems())
         .collect();
-    let checks = doctor::run(&settings, &problems);
-    let failed = checks.iter().filter(|c| !c.passed).count();
-    if args.json {
-        checks.iter().for_each(print_json);
-    } else {
-        for c in &checks {
-            println!(
-                "{} {}: {}",
-                if c.passed { "PASS" } else { "FAIL" },
-                c.name,
-                c.detail
-            );
-            if let Some(fix) = &c.fix {
-                println!("     fix: {fix}");
-            }
+    // Each check is printed (and flushed) as soon as it ends: a slow host
+    // shows which check it is slow in.
+    let mut show = |c: &Check| {
+        if args.json {
+            print_json(c);
+        } else {
+            print_check(c);
         }
-        println!("{} passed, {failed} failed", checks.len() - failed);
+        let _ = std::io::stdout().flush();
+    };
+    let checks = doctor::run(&settings, &problems, &mut show);
+    let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
+    let failed = count(Status::Fail);
+    if !args.json {
+        println!(
+            "{} passed, {failed} failed, {} skipped",
+            count(Status::Pass),
+            count(Status::Skip)
+        );
     }
     Ok(if failed == 0 { EXIT_OK } else { EXIT_ERROR })
+}
+
+/// `PASS git (3 ms): git is /usr/bin/git`, `SKIP shared mount: needs the
+/// host: ...`, then the fix of a failed check.
+fn print_check(c: &Check) {
+    match c.status {
+        Status::Skip => println!("{} {}: {}", c.status.label(), c.name, c.detail),
+        _ => println!(
+            "{} {} ({} ms): {}",
+            c.status.label(),
+            c.name,
+            c.duration_ms,
+            c.detail
+        ),
+    }
+    if let Some(fix) = &c.fix {
+        println!("     fix: {fix}");
+    }
 }

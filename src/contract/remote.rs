@@ -228,6 +228,46 @@ mod tests {
         assert_eq!(got[2], argv(&[], None)[4]);
     }
 
+    /// `doctor`'s reachability probe bounds the connect and never prompts;
+    /// the dispatch argv keeps exactly the contract's options.
+    #[test]
+    fn the_probe_argv_is_doctor_s_alone() {
+        use std::time::Duration;
+        let target = format!("{SSH_USER}@{SSH_HOST}");
+        let s = settings(&[]);
+        assert_eq!(
+            s.transport.probe_argv(&s, Duration::from_secs(5)),
+            [
+                "ssh",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=5",
+                target.as_str(),
+                "true"
+            ]
+        );
+        // Whole seconds, rounded up, at least one.
+        let probe = |d| s.transport.probe_argv(&s, d)[6].clone();
+        assert_eq!(probe(Duration::from_millis(1500)), "ConnectTimeout=2");
+        assert_eq!(probe(Duration::ZERO), "ConnectTimeout=1");
+        assert_eq!(
+            argv(&[], None)[..4],
+            ["ssh", "-o", "StrictHostKeyChecking=no", &target]
+        );
+        assert_eq!(argv(&[], None).len(), 5);
+
+        let local = settings(&[("SELF_DEPLOY_TRANSPORT", "local")]);
+        assert_eq!(
+            local.transport.probe_argv(&local, Duration::from_secs(5)),
+            ["bash", "-c", "true"]
+        );
+        assert_eq!(s.transport.target(&s), target);
+        assert_eq!(local.transport.target(&local), "this machine");
+    }
+
     #[test]
     fn trailing_slash_is_not_doubled() {
         let repo = RepoName::new("r").unwrap();

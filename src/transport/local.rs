@@ -23,6 +23,10 @@ impl Launcher for Local {
         "on this machine".to_owned()
     }
 
+    fn target(&self, _: &Settings) -> String {
+        "this machine".to_owned()
+    }
+
     fn problems(&self, _: &Settings) -> Vec<String> {
         Vec::new()
     }

@@ -10,6 +10,7 @@ mod local;
 mod ssh;
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -29,6 +30,17 @@ pub trait Launcher: Sync {
 
     /// Where that is, for a human ("on deploy@host", "on this machine").
     fn place(&self, settings: &Settings) -> String;
+
+    /// Who runs it, for a human ("deploy@host", "this machine").
+    fn target(&self, settings: &Settings) -> String;
+
+    /// The argv of a reachability probe: runs `true` where the hook lives,
+    /// giving up on connecting after `connect_timeout` and never prompting.
+    /// `doctor`'s alone: a dispatch always runs [`Launcher::argv`].
+    fn probe_argv(&self, settings: &Settings, connect_timeout: Duration) -> Vec<String> {
+        let _ = connect_timeout;
+        self.argv(settings, "true".to_owned())
+    }
 
     /// What is wrong with the settings for this transport.
     fn problems(&self, settings: &Settings) -> Vec<String>;
@@ -69,6 +81,14 @@ impl Transport {
 
     pub fn place(self, settings: &Settings) -> String {
         self.0.place(settings)
+    }
+
+    pub fn target(self, settings: &Settings) -> String {
+        self.0.target(settings)
+    }
+
+    pub fn probe_argv(self, settings: &Settings, connect_timeout: Duration) -> Vec<String> {
+        self.0.probe_argv(settings, connect_timeout)
     }
 
     pub fn problems(self, settings: &Settings) -> Vec<String> {

@@ -1,6 +1,8 @@
 //! The production transport: the remote command runs on the host over ssh,
 //! `ssh -o StrictHostKeyChecking=no <user@host> <remote>`.
 
+use std::time::Duration;
+
 use super::Launcher;
 use crate::config::Settings;
 
@@ -36,6 +38,32 @@ impl Launcher for Ssh {
 
     fn place(&self, settings: &Settings) -> String {
         format!("on {}", target(settings))
+    }
+
+    fn target(&self, settings: &Settings) -> String {
+        target(settings)
+    }
+
+    /// `ssh -o StrictHostKeyChecking=no -o BatchMode=yes -o
+    /// ConnectTimeout=<secs> <target> true`: a host that does not answer, or
+    /// a login that would ask for a password, fails within the connect
+    /// timeout (whole seconds, at least 1) instead of the ssh timeout.
+    fn probe_argv(&self, settings: &Settings, connect_timeout: Duration) -> Vec<String> {
+        let secs = connect_timeout
+            .as_secs()
+            .saturating_add(u64::from(connect_timeout.subsec_nanos() > 0))
+            .max(1);
+        vec![
+            "ssh".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("ConnectTimeout={secs}"),
+            target(settings),
+            "true".into(),
+        ]
     }
 
     fn problems(&self, settings: &Settings) -> Vec<String> {

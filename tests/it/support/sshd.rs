@@ -219,6 +219,63 @@ impl Drop for Sshd {
     }
 }
 
+/// An `ssh` wrapper like [`Sshd`]'s, with no server: its client config sends
+/// every host to a loopback port that was free a moment ago (bound to port 0
+/// and released), so every connection is refused at once. For the
+/// unreachable-host paths.
+pub struct ClosedPort {
+    port: u16,
+    wrapper_dir: PathBuf,
+    _dir: TempDir,
+}
+
+impl ClosedPort {
+    /// # Panics
+    ///
+    /// If OpenSSH's client is missing.
+    pub fn new() -> ClosedPort {
+        let ssh = find_tool(SSH, "ssh");
+        let dir = tempfile::Builder::new()
+            .prefix("ssh-closed-port-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("ssh harness: cannot create a temporary directory: {e}"));
+        let root = dir.path();
+        let port = free_port();
+        let client_config = root.join("ssh_config");
+        write_file(
+            &client_config,
+            &client_config_text(
+                port,
+                &current_user(),
+                &root.join("no_key"),
+                &root.join("known_hosts"),
+            ),
+        );
+        let wrapper_dir = root.join("bin");
+        write_wrapper(&wrapper_dir, &ssh, &client_config);
+        ClosedPort {
+            port,
+            wrapper_dir,
+            _dir: dir,
+        }
+    }
+
+    /// The port nothing listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The directory holding the `ssh` wrapper.
+    pub fn wrapper_dir(&self) -> &Path {
+        &self.wrapper_dir
+    }
+
+    /// [`Self::wrapper_dir`], `:`, then the current `PATH`.
+    pub fn path_with_wrapper(&self) -> OsString {
+        path_with_first_dir(&self.wrapper_dir)
+    }
+}
+
 /// Waits until sshd has bound its port (it writes the pid file right after),
 /// then polls until a login through the wrapper succeeds. Returns
 /// [`Ready::PortTaken`] if sshd exits because the port was taken; panics
