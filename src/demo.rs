@@ -30,6 +30,10 @@ pub struct Options {
     pub fail: bool,
     /// Keep the sandbox directory instead of removing it.
     pub keep: bool,
+    /// Dispatch over ssh to this `(user, host)` instead of running the hook
+    /// locally (a loopback sshd: docs/operations/LOOPBACK.md). The host must
+    /// see the sandbox at the same paths, as one machine does.
+    pub ssh: Option<(String, String)>,
 }
 
 /// Why the demo could not finish.
@@ -92,18 +96,25 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName,
         if opts.fail { "broken\n" } else { "ok\n" },
     )?;
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let settings = Settings::with_overrides(&[
-        ("REPOS_DIR", &path(&state)),
-        ("HOST_REPOS_DIR", &path(&state)),
-        ("SELF_DEPLOY_TRANSPORT", "local"),
-        ("DEPLOY_HOST_REPO_PATH", &path(&host_repo)),
+    let (state_dir, host_repo_dir) = (path(&state), path(&host_repo));
+    let (prev_image, home_dir) = (path(&root.join("host/prev-image")), path(&home));
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("REPOS_DIR", &state_dir),
+        ("HOST_REPOS_DIR", &state_dir),
+        ("DEPLOY_HOST_REPO_PATH", &host_repo_dir),
         ("DEPLOY_HOOK_SCRIPT", "scripts/deploy-hook.sh"),
-        (
-            "DEPLOY_PROD_PREV_IMAGE_FILE",
-            &path(&root.join("host/prev-image")),
-        ),
-        ("AGENT_HOME_DIR", &path(&home)),
-    ])?;
+        ("DEPLOY_PROD_PREV_IMAGE_FILE", &prev_image),
+        ("AGENT_HOME_DIR", &home_dir),
+    ];
+    match &opts.ssh {
+        None => settings.push(("SELF_DEPLOY_TRANSPORT", "local")),
+        Some((user, host)) => settings.extend([
+            ("SELF_DEPLOY_TRANSPORT", "ssh"),
+            ("DEPLOY_SSH_USER", user.as_str()),
+            ("DEPLOY_SSH_HOST", host.as_str()),
+        ]),
+    }
+    let settings = Settings::with_overrides(&settings)?;
     let sha = prepare_git(root, &worktree, &settings)?;
 
     writeln!(out, "selfdeploy demo: sandbox {}", root.display())?;
@@ -111,10 +122,16 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName,
         out,
         "  repo {REPO}, work item {WORK_ITEM}, branch {BRANCH}, validated revision {sha}"
     )?;
-    writeln!(
-        out,
-        "  transport local (bash on this machine), hook scripts/deploy-hook.sh\n"
-    )?;
+    match &opts.ssh {
+        None => writeln!(
+            out,
+            "  transport local (bash on this machine), hook scripts/deploy-hook.sh\n"
+        )?,
+        Some((user, host)) => writeln!(
+            out,
+            "  transport ssh to {user}@{host}, hook scripts/deploy-hook.sh\n"
+        )?,
+    }
 
     let repo = RepoName::new(REPO)?;
     let work_item = WorkItem::new(WORK_ITEM)?;

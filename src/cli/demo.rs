@@ -8,7 +8,8 @@ use super::{EXIT_ERROR, EXIT_OK};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   selfdeploy demo
-  selfdeploy demo --fail --keep")]
+  selfdeploy demo --fail --keep
+  selfdeploy demo --ssh \"$(id -un)@loopback\"   # with scripts/loopback-sshd.sh's PATH")]
 pub struct Args {
     /// Make the hook's health check fail (the deploy ends finalized_failed).
     #[arg(long)]
@@ -16,12 +17,27 @@ pub struct Args {
     /// Keep the sandbox directory and print where it is.
     #[arg(long)]
     keep: bool,
+    /// Dispatch over ssh to USER@HOST instead of running the hook locally:
+    /// a host that sees this machine's files at the same paths, such as a
+    /// loopback sshd (docs/operations/LOOPBACK.md).
+    #[arg(long, value_name = "USER@HOST", value_parser = parse_target)]
+    ssh: Option<(String, String)>,
+}
+
+fn parse_target(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('@') {
+        Some((user, host)) if !user.is_empty() && !host.is_empty() => {
+            Ok((user.to_owned(), host.to_owned()))
+        }
+        _ => Err(format!("expected USER@HOST, not {raw:?}")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let opts = Options {
         fail: args.fail,
         keep: args.keep,
+        ssh: args.ssh,
     };
     let end = demo::run(&opts, &mut std::io::stdout())?;
     let expected = if args.fail {

@@ -19,6 +19,7 @@ mod gen_secrets;
 mod git_safety;
 mod history_damage;
 mod history_hmac;
+mod loopback_recipe;
 mod machine_rows;
 mod machine_table;
 mod merge_stamp_oracle;
