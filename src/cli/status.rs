@@ -1,30 +1,62 @@
-//! `selfdeploy status`: what is on disk for one work item, or for all.
+//! `selfdeploy status`: what is on disk for each work item, what happened to
+//! it last, and what, if anything, blocks it.
+//!
+//! Per item: the state, the dispatch, the push state, the last event (the
+//! history's last entry, read from the file's end) with its age, and the
+//! blocking problem, if any. Items are sorted by their last activity, most
+//! recent first; items with no history come last.
+
+use std::path::Path;
+use std::time::SystemTime;
 
 use serde::Serialize;
 
 use selfdeploy::config::Settings;
+use selfdeploy::contract::hook_result::{TIMEOUT_EXIT_CODE, Verdict};
+use selfdeploy::contract::markers::{Marker, TicketFile};
 use selfdeploy::contract::names::{RepoName, WorkItem};
-use selfdeploy::machine::StateName;
-use selfdeploy::store::{self, DispatchState, ItemPaths, Snapshot, Ticket, Unreadable};
+use selfdeploy::machine::{EventName, Outcome, StateName};
+use selfdeploy::store::{
+    self, DispatchState, HistoryEntry, ItemPaths, Snapshot, Ticket, Unreadable,
+};
 
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
 
+const EXAMPLES: &str = "\
+Examples:
+  selfdeploy status                                   every work item, most recent activity first
+  selfdeploy status --state initiated,finalized_failed
+  selfdeploy status --repo orchestrator               every work item of one repo
+  selfdeploy status --repo orchestrator --work-item ORCH-7 --json
+
+A PROBLEM in the NOTE column (the `problem` field with --json) blocks the item
+until someone acts: it says what failed and what to do.";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
+    /// Only this repo's work items (case-insensitive); with --work-item, that one item.
     #[arg(
         long,
         allow_hyphen_values = true,
-        requires = "work_item",
-        conflicts_with = "all"
+        conflicts_with = "all",
+        value_name = "REPO"
     )]
     repo: Option<String>,
+    /// Only this work item of --repo (needs --repo).
     #[arg(
         long,
         allow_hyphen_values = true,
         requires = "repo",
-        conflicts_with = "all"
+        conflicts_with = "all",
+        value_name = "WORK_ITEM"
     )]
     work_item: Option<String>,
+    /// Only items in this state: idle, approve_requested, initiated,
+    /// finalized_success or finalized_failed (repeat the option, or separate
+    /// states with commas). An item whose state cannot be read is always shown.
+    #[arg(long, value_delimiter = ',', value_parser = parse_state, value_name = "STATE")]
+    state: Vec<StateName>,
     /// Every work item under REPOS_DIR (the default).
     #[arg(long)]
     all: bool,
@@ -33,16 +65,50 @@ pub struct Args {
     json: bool,
 }
 
+fn parse_state(raw: &str) -> Result<StateName, String> {
+    StateName::ALL
+        .into_iter()
+        .find(|s| s.as_str() == raw.trim())
+        .ok_or_else(|| {
+            let all: Vec<_> = StateName::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state {raw:?}; expected one of {}", all.join(", "))
+        })
+}
+
+/// Whether the deploy log reached `origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Push {
+    Pushed,
+    /// Not pushed yet: every poll (and watch) retries; `push_error` says why.
+    Pending,
+}
+
+/// The history's last entry, and how long ago it was written.
+#[derive(Debug, Serialize)]
+struct LastEvent {
+    event: String,
+    outcome: String,
+    actor: String,
+    time: String,
+    /// Whole seconds from `time` to now; `None` when `time` does not parse.
+    age_secs: Option<u64>,
+    reason: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 struct Row {
     repo: RepoName,
     work_item: WorkItem,
-    /// `None` when the item's files could not be read (the note says why).
+    /// `None` when the item's files could not be read (`problem` says why).
     state: Option<StateName>,
     files: Vec<String>,
     /// The current dispatch and its ticket (sent, claimed, revoked, missing);
     /// `None` when nothing is initiated, or the original engine started it.
     dispatch: Option<DispatchState>,
+    /// The original engine started this deploy: it has no ticket, and the
+    /// legacy `result` decides.
+    legacy: bool,
     result: Option<String>,
     /// Results of other dispatches (late, after a revoke or a reset): never a verdict.
     stale_results: Vec<String>,
@@ -50,26 +116,233 @@ struct Row {
     unreadable: Vec<Unreadable>,
     /// Whether the deploy log reached the remote (finalized items of ours).
     pushed: Option<bool>,
+    /// `pushed`, `pending` (with `push_error`), or `None`: nothing to push,
+    /// or a record written before pushes were recorded.
+    push: Option<Push>,
+    push_error: Option<String>,
+    /// The exit code of a result that arrived after the result deadline had
+    /// already finalized this dispatch as failed.
+    late_result: Option<String>,
+    last_event: Option<LastEvent>,
+    /// What blocks progress until someone acts, if anything.
+    problem: Option<String>,
+    /// The problem (as `PROBLEM: ...`) and what the files say, for a human.
     note: String,
 }
 
-fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
-    let result = snap.result.as_ref().map(|r| r.code.clone());
-    let mut notes = Vec::new();
-    if let Some(why) = snap.poll_blocker() {
-        notes.push(format!("poll blocked: {why}; reset --force clears it"));
-    } else if let Some(u) = snap.unreadable.first() {
-        notes.push(format!("{} is unreadable: {}", u.file, u.why));
+/// The last event of an item's history, or a note on why there is none
+/// although the history exists. One read from the file's end.
+fn last_event(paths: &ItemPaths, now: SystemTime) -> (Option<LastEvent>, Option<String>) {
+    match store::last_entry(&paths.history_file) {
+        Ok(Some(entry)) => (Some(to_last_event(entry, now)), None),
+        Ok(None) => {
+            let written = std::fs::metadata(&paths.history_file).is_ok_and(|m| m.len() > 0);
+            let note = written.then(|| {
+                "the history's last line is damaged or torn (selfdeploy history shows it)"
+                    .to_owned()
+            });
+            (None, note)
+        }
+        Err(e) => (
+            None,
+            Some(format!(
+                "history {} cannot be read: {e}",
+                paths.history_file.display()
+            )),
+        ),
     }
-    let age = snap
-        .initiated_record()
-        .and_then(|r| waited(&r.approved_at, now))
-        .map_or(String::new(), |s| format!(" {s} s ago"));
+}
+
+fn to_last_event(entry: HistoryEntry, now: SystemTime) -> LastEvent {
+    // A time ahead of this clock (another machine's) counts as just now.
+    let age_secs = humantime::parse_rfc3339(&entry.time)
+        .ok()
+        .map(|then| now.duration_since(then).map_or(0, |d| d.as_secs()));
+    LastEvent {
+        event: entry.event,
+        outcome: entry.outcome,
+        actor: entry.actor,
+        time: entry.time,
+        age_secs,
+        reason: entry.reason,
+    }
+}
+
+/// Whole seconds as a human reads an age: `42s`, `3m`, `5h`, `2d`.
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+/// Whole seconds from `then` (RFC 3339) to `now`, when it parses and is not later.
+fn since(then: &str, now: SystemTime) -> Option<u64> {
+    let then = humantime::parse_rfc3339(then).ok()?;
+    now.duration_since(then).ok().map(|d| d.as_secs())
+}
+
+fn row(
+    repo: RepoName,
+    work_item: WorkItem,
+    snap: Snapshot,
+    last: Option<LastEvent>,
+    history_note: Option<String>,
+    now: SystemTime,
+) -> Row {
+    let record = snap.finalized.clone().flatten();
+    let (push, push_error) = match record.as_ref().and_then(|r| r.pushed) {
+        Some(true) => (Some(Push::Pushed), None),
+        Some(false) => (
+            Some(Push::Pending),
+            Some(
+                record
+                    .as_ref()
+                    .and_then(|r| r.push_error.clone())
+                    .unwrap_or_else(|| "unknown error".to_owned()),
+            ),
+        ),
+        None => (None, None),
+    };
+    let timed_out = record
+        .as_ref()
+        .is_some_and(|r| r.hook_exit_code == TIMEOUT_EXIT_CODE);
+    let late_result = match (&snap.state, &snap.result) {
+        (StateName::FinalizedFailed, Some(r)) if timed_out => Some(r.code.clone()),
+        _ => None,
+    };
+    let initiated_unreadable = snap
+        .unreadable
+        .iter()
+        .any(|u| u.file == Marker::Initiated.file_name());
+    let legacy = !initiated_unreadable
+        && snap.dispatch.is_none()
+        && match &snap.initiated {
+            Some(marker) => marker.record.is_none(),
+            None => snap.state == StateName::Initiated,
+        };
+
+    let problems = problems(&snap, last.as_ref(), &push_error, &late_result);
+    let problem = (!problems.is_empty()).then(|| problems.join("; "));
+    let mut notes = notes(&snap, problem.is_some(), timed_out, now);
+    notes.extend(history_note);
+    let note = match &problem {
+        Some(p) => std::iter::once(format!("PROBLEM: {p}"))
+            .chain(notes)
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => notes.join("; "),
+    };
+    Row {
+        repo,
+        work_item,
+        state: Some(snap.state),
+        files: snap.files,
+        dispatch: snap.dispatch,
+        legacy,
+        result: snap.result.map(|r| r.code),
+        stale_results: snap.stale_results,
+        unreadable: snap.unreadable,
+        pushed: record.as_ref().and_then(|r| r.pushed),
+        push,
+        push_error,
+        late_result,
+        last_event: last,
+        problem,
+        note,
+    }
+}
+
+/// What blocks the item until someone acts, most fundamental first.
+fn problems(
+    snap: &Snapshot,
+    last: Option<&LastEvent>,
+    push_error: &Option<String>,
+    late_result: &Option<String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(why) = snap.poll_blocker() {
+        problems.push(format!("poll blocked: {why}; reset --force clears it"));
+    } else if let Some(u) = snap.unreadable.first() {
+        problems.push(format!("{} is unreadable: {}", u.file, u.why));
+    }
+    // A result waits, but the poll cannot write the deploy log.
+    let missing_worktree = match (snap.state, &snap.result, snap.initiated_record()) {
+        (StateName::Initiated, Some(_), Some(r)) if !Path::new(&r.worktree).is_dir() => {
+            Some(r.worktree.as_str())
+        }
+        _ => None,
+    };
+    if let Some(wt) = missing_worktree {
+        problems.push(format!(
+            "worktree {wt} does not exist: a poll cannot write the deploy log; restore it, or poll with --worktree"
+        ));
+    }
+    if let Some(last) = last {
+        let reason = last.reason.as_deref().unwrap_or("no reason recorded");
+        let approval = snap.state == StateName::ApproveRequested;
+        match last.outcome.as_str() {
+            // The same missing worktree, said once.
+            "error" if missing_worktree.is_some_and(|wt| reason.contains(wt)) => {}
+            "error" => problems.push(format!("last {} failed: {reason}", last.event)),
+            o if approval && o == Outcome::DispatchFailed.as_str() => {
+                problems.push(format!("dispatch failed: {reason}; approve again to retry"))
+            }
+            o if approval
+                && o == Outcome::Refused.as_str()
+                && last.event == EventName::Approved.as_str() =>
+            {
+                problems.push(format!(
+                    "approval refused: {reason}; nothing was dispatched: fix it, then approve again"
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(err) = push_error {
+        let verdict = match snap.finalized.clone().flatten() {
+            Some(r) if r.deploy_status == Verdict::Success => "the deploy succeeded".to_owned(),
+            Some(r) => format!("the deploy failed (hook exit code {})", r.hook_exit_code),
+            None => "the deploy is finalized".to_owned(),
+        };
+        problems.push(format!(
+            "{verdict}, but its log was not pushed: {err}; every poll (and watch) retries"
+        ));
+    }
+    if let Some(code) = late_result {
+        let host = if code == "0" {
+            "it may run the new version"
+        } else {
+            "the hook failed late"
+        };
+        problems.push(format!(
+            "late result: hook exit code {code} arrived after the result deadline had failed this deploy (the verdict stays FAILED); check the host: {host}"
+        ));
+    }
+    problems
+}
+
+/// What the files say, for a human. With a problem, what it already says
+/// (and the "waiting" that it contradicts) is left out.
+fn notes(snap: &Snapshot, blocked: bool, timed_out: bool, now: SystemTime) -> Vec<String> {
+    let mut notes = Vec::new();
+    let record = snap.initiated_record();
+    let age = record
+        .and_then(|r| since(r.dispatch_time(), now))
+        .map_or(String::new(), |s| format!(" {} ago", human_age(s)));
     let dispatch = snap.dispatch.as_ref();
     let id = dispatch.map_or("", |d| d.id.as_str());
     match (snap.state, &snap.result, dispatch.map(|d| d.ticket)) {
+        // What a poll would find is unknown until the unreadable file is
+        // fixed: the problem says so, and nothing here guesses.
+        (StateName::Initiated, ..) if snap.poll_blocker().is_some() => {}
+        (StateName::Initiated, Some(r), _) if blocked => {
+            notes.push(format!("result {} not finalized", r.code))
+        }
         (StateName::Initiated, Some(r), _) => notes.push(format!(
-            "result {} waiting to be finalized (poll)",
+            "result {} waiting to be finalized (the next poll)",
             r.code
         )),
         (StateName::Initiated, None, Some(Ticket::Sent)) => notes.push(format!(
@@ -84,22 +357,35 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
         (StateName::Initiated, None, Some(Ticket::Missing)) => notes.push(format!(
             "dispatch {id} has no ticket (the engine stopped before the launch); the next poll returns the item to approve_requested"
         )),
-        (StateName::Initiated, None, None) if snap.initiated.is_none() => {
-            notes.push("result without initiated".to_owned())
-        }
-        (StateName::Initiated, None, None) => {
-            notes.push("deploy in flight (started by the original engine), no result yet".to_owned())
-        }
-        (StateName::ApproveRequested, ..) => notes.push("waiting for approval".to_owned()),
-        (StateName::FinalizedSuccess | StateName::FinalizedFailed, ..) => {
-            let record = snap.finalized.clone().flatten();
-            let code = record.as_ref().map(|f| f.hook_exit_code.as_str());
-            notes.push(format!("hook exit code {}", code.unwrap_or("unknown")));
-            if let Some(record) = record.as_ref().filter(|r| r.push_pending()) {
+        (StateName::Initiated, None, None) if snap.initiated.is_none() => notes.push(
+            "a legacy result without an exit code yet, and no initiated: a poll waits for the exit code".to_owned(),
+        ),
+        (StateName::Initiated, None, None) => notes.push(
+            "deploy in flight (started by the original engine), no result yet".to_owned(),
+        ),
+        (StateName::ApproveRequested, ..) if !blocked => {
+            notes.push("waiting for approval".to_owned());
+            let revoked: Vec<&str> = snap
+                .files
+                .iter()
+                .filter_map(|f| match TicketFile::parse(f) {
+                    Some((TicketFile::Revoked, id)) => Some(id),
+                    _ => None,
+                })
+                .collect();
+            if !revoked.is_empty() {
                 notes.push(format!(
-                    "not pushed: {}; every poll (and watch) retries",
-                    record.push_error.as_deref().unwrap_or("unknown error")
+                    "earlier dispatch {} revoked (it never ran)",
+                    revoked.join(",")
                 ));
+            }
+        }
+        (StateName::ApproveRequested, ..) => {}
+        (StateName::FinalizedSuccess | StateName::FinalizedFailed, ..) => {
+            // A pending push is a problem, which names the verdict itself.
+            let pending = snap.finalized.clone().flatten().is_some_and(|r| r.push_pending());
+            if !pending {
+                notes.push(verdict_note(snap, timed_out));
             }
         }
         (StateName::Idle, ..) => {}
@@ -110,84 +396,181 @@ fn row(repo: RepoName, work_item: WorkItem, snap: Snapshot, now: &str) -> Row {
             snap.stale_results.join(",")
         ));
     }
-    Row {
-        repo,
-        work_item,
-        state: Some(snap.state),
-        files: snap.files,
-        dispatch: snap.dispatch,
-        result,
-        stale_results: snap.stale_results,
-        unreadable: snap.unreadable,
-        pushed: snap.finalized.flatten().and_then(|r| r.pushed),
-        note: notes.join("; "),
+    notes
+}
+
+fn verdict_note(snap: &Snapshot, timed_out: bool) -> String {
+    match snap.finalized.clone().flatten() {
+        Some(_) if timed_out => "deploy failed: no result before the result deadline".to_owned(),
+        Some(r) if r.deploy_status == Verdict::Success => {
+            format!("deploy succeeded (hook exit code {})", r.hook_exit_code)
+        }
+        Some(r) => format!("deploy failed (hook exit code {})", r.hook_exit_code),
+        None => "finalized; its record is not ours or unreadable: read as failed".to_owned(),
     }
 }
 
-/// Whole seconds from `then` to `now` (RFC 3339), when both parse.
-fn waited(then: &str, now: &str) -> Option<u64> {
-    let then = humantime::parse_rfc3339(then).ok()?;
-    let now = humantime::parse_rfc3339(now).ok()?;
-    now.duration_since(then).ok().map(|d| d.as_secs())
+/// A row for an item whose files could not be read at all.
+fn unreadable_row(
+    repo: RepoName,
+    work_item: WorkItem,
+    error: String,
+    last: Option<LastEvent>,
+) -> Row {
+    Row {
+        repo,
+        work_item,
+        state: None,
+        files: Vec::new(),
+        dispatch: None,
+        legacy: false,
+        result: None,
+        stale_results: Vec::new(),
+        unreadable: Vec::new(),
+        pushed: None,
+        push: None,
+        push_error: None,
+        late_result: None,
+        last_event: last,
+        note: format!("PROBLEM: error: {error}"),
+        problem: Some(format!("error: {error}")),
+    }
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let items = match (&args.repo, &args.work_item) {
         (Some(repo), Some(wi)) => vec![item_names(repo, wi)?],
+        (Some(repo), None) => {
+            let repo = RepoName::new(repo)?;
+            let mut items = store::list_items(&settings.repos_dir)?;
+            items.retain(|(r, _)| *r == repo);
+            items
+        }
         (None, None) => store::list_items(&settings.repos_dir)?,
-        _ => {
-            eprintln!("selfdeploy: error: give both --repo and --work-item, or --all");
+        (None, Some(_)) => {
+            eprintln!("selfdeploy: error: --work-item needs --repo");
             return Ok(EXIT_USAGE);
         }
     };
-    let single = args.repo.is_some();
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let single = args.work_item.is_some();
+    let now = SystemTime::now();
     let mut rows = Vec::new();
     let mut failed = false;
     for (repo, wi) in items {
-        match Snapshot::load(&ItemPaths::new(&settings.repos_dir, &repo, &wi)) {
-            Ok(snap) => rows.push(row(repo, wi, snap, &now)),
+        let paths = ItemPaths::new(&settings.repos_dir, &repo, &wi);
+        let loaded = Snapshot::load(&paths);
+        // An item whose state is unknown may be in any state: never filtered out.
+        if let Ok(snap) = &loaded
+            && !args.state.is_empty()
+            && !args.state.contains(&snap.state)
+        {
+            continue;
+        }
+        let (last, history_note) = last_event(&paths, now);
+        match loaded {
+            Ok(snap) => rows.push(row(repo, wi, snap, last, history_note, now)),
             // One bad item must not hide the others from an operator.
             Err(e) if !single => {
                 failed = true;
-                rows.push(Row {
-                    repo,
-                    work_item: wi,
-                    state: None,
-                    files: Vec::new(),
-                    dispatch: None,
-                    result: None,
-                    stale_results: Vec::new(),
-                    unreadable: Vec::new(),
-                    pushed: None,
-                    note: format!("error: {e}"),
-                });
+                rows.push(unreadable_row(repo, wi, e.to_string(), last));
             }
             Err(e) => return Err(e.into()),
         }
     }
+    // Most recent activity first; items with no history (or no readable
+    // time) last; ties by repo and work item.
+    rows.sort_by(|a, b| {
+        let age = |r: &Row| r.last_event.as_ref().and_then(|l| l.age_secs);
+        (age(a).is_none(), age(a), &a.repo, &a.work_item).cmp(&(
+            age(b).is_none(),
+            age(b),
+            &b.repo,
+            &b.work_item,
+        ))
+    });
     let done = if failed { EXIT_ERROR } else { EXIT_OK };
     if args.json {
         rows.iter().for_each(print_json);
         return Ok(done);
     }
     if rows.is_empty() {
-        println!("no work items under {}", settings.repos_dir.display());
+        let filtered = args.repo.is_some() || !args.state.is_empty();
+        println!(
+            "no work items under {}{}",
+            settings.repos_dir.display(),
+            if filtered { " match" } else { "" }
+        );
         return Ok(done);
     }
-    let table: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.repo.to_string(),
-                r.work_item.to_string(),
-                r.state.map_or("unreadable".to_owned(), |s| s.to_string()),
-                r.files.join(","),
-                r.note.clone(),
-            ]
-        })
-        .collect();
-    let header = ["REPO", "WORK ITEM", "STATE", "FILES", "NOTE"];
+    let table: Vec<[String; 7]> = rows.iter().map(table_row).collect();
+    let header = [
+        "REPO",
+        "WORK ITEM",
+        "STATE",
+        "DISPATCH",
+        "PUSH",
+        "LAST EVENT",
+        "NOTE",
+    ];
     print!("{}", selfdeploy::text_table::render(&header, &table));
     Ok(done)
+}
+
+fn table_row(r: &Row) -> [String; 7] {
+    let mut dispatch = match (&r.dispatch, r.legacy) {
+        (Some(d), _) => format!("{} {}", d.ticket.as_str(), d.id),
+        (None, true) => "legacy".to_owned(),
+        (None, false) => "-".to_owned(),
+    };
+    if !r.stale_results.is_empty() {
+        dispatch.push_str(&format!(" (+{} stale)", r.stale_results.len()));
+    }
+    let push = match r.push {
+        Some(Push::Pushed) => "pushed",
+        Some(Push::Pending) => "pending",
+        None => "-",
+    };
+    let last = match &r.last_event {
+        Some(l) => match l.age_secs {
+            Some(age) => format!("{} {} {} ago", l.event, l.outcome, human_age(age)),
+            None => format!("{} {} at {}", l.event, l.outcome, l.time),
+        },
+        None => "-".to_owned(),
+    };
+    [
+        r.repo.to_string(),
+        r.work_item.to_string(),
+        r.state.map_or("unreadable".to_owned(), |s| s.to_string()),
+        dispatch,
+        push.to_owned(),
+        last,
+        r.note.clone(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_in_the_largest_whole_unit() {
+        let shown: Vec<String> = [0, 59, 60, 3599, 3600, 86399, 86400, 200_000]
+            .into_iter()
+            .map(human_age)
+            .collect();
+        assert_eq!(shown, ["0s", "59s", "1m", "59m", "1h", "23h", "1d", "2d"]);
+    }
+
+    #[test]
+    fn a_state_is_named_as_the_machine_prints_it() {
+        assert_eq!(
+            parse_state("finalized_failed"),
+            Ok(StateName::FinalizedFailed)
+        );
+        let err = parse_state("finalized").unwrap_err();
+        assert!(
+            err.contains("idle, approve_requested, initiated, finalized_success, finalized_failed"),
+            "{err}"
+        );
+    }
 }

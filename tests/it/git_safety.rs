@@ -565,9 +565,10 @@ fn a_kill_during_a_slow_commit_or_push_is_retried_to_one_right_commit() {
         let s = sb.status_json(ITEM);
         assert_eq!(s["state"], "finalized_success", "{s}");
         assert_eq!(s["pushed"], false, "{s}");
+        assert_eq!(s["push"], "pending", "{s}");
         assert_eq!(
-            s["note"],
-            "hook exit code 0; not pushed: not pushed yet; every poll (and watch) retries",
+            s["problem"],
+            "the deploy succeeded, but its log was not pushed: not pushed yet; every poll (and watch) retries",
             "{s}"
         );
         sb.assert_deploy_log(ITEM, "SUCCESS", "0");
@@ -682,10 +683,11 @@ fn a_failed_push_is_recorded_retried_and_pushed_once_the_remote_is_back() {
         assert!(err.starts_with("git push failed"), "{err}");
         let s = sb.status_json(item);
         assert_eq!(s["pushed"], false, "{s}");
-        let note = s["note"].as_str().unwrap();
+        let problem = s["problem"].as_str().unwrap();
         assert!(
-            note.starts_with("hook exit code 0; not pushed: git push failed"),
-            "{note}"
+            problem
+                .starts_with("the deploy succeeded, but its log was not pushed: git push failed"),
+            "{problem}"
         );
     }
     // Still unreachable: unchanged, and the record is as it was.
@@ -710,7 +712,16 @@ fn a_failed_push_is_recorded_retried_and_pushed_once_the_remote_is_back() {
     let f = sb.finalized_json(ITEM);
     assert_eq!(f["pushed"], true, "{f}");
     assert!(f["push_error"].is_null(), "{f}");
-    assert_eq!(sb.status_json(ITEM)["note"], "hook exit code 0");
+    let s = sb.status_json(ITEM);
+    assert_eq!(
+        (&s["note"], &s["problem"], &s["push"]),
+        (
+            &"deploy succeeded (hook exit code 0)".into(),
+            &serde_json::Value::Null,
+            &"pushed".into()
+        ),
+        "{s}"
+    );
     let reasons = history_reasons(&sb, ITEM);
     assert_eq!(count_parts(&reasons, |p| p == "pushed"), 1, "{reasons:#?}");
     assert_eq!(

@@ -30,4 +30,5 @@ mod replay_corpus;
 mod result_deadline;
 mod secret_scan;
 mod sshd_smoke;
+mod status;
 mod watch;
