@@ -7,7 +7,7 @@ use super::{Cli, EXIT_OK};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  selfdeploy completions bash > /etc/bash_completion.d/selfdeploy
+  selfdeploy completions bash > selfdeploy.bash && . ./selfdeploy.bash
   selfdeploy completions zsh > \"${fpath[1]}/_selfdeploy\"")]
 pub struct Args {
     /// The shell to complete for.

@@ -13,7 +13,7 @@ use super::{EXIT_ERROR, EXIT_OK, print_json};
 #[command(after_help = "Examples:
   selfdeploy config
   selfdeploy config --check
-  selfdeploy --env-file /etc/selfdeploy/selfdeploy.env config --json")]
+  selfdeploy --env-file selfdeploy.env config --json")]
 pub struct Args {
     /// One JSON object per line.
     #[arg(long)]

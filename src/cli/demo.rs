@@ -17,10 +17,10 @@ pub struct Args {
     /// Keep the sandbox directory and print where it is.
     #[arg(long)]
     keep: bool,
-    /// Dispatch over ssh to USER@HOST instead of running the hook locally:
+    /// Dispatch over ssh to TARGET, a user and a host joined by @, instead of running the hook locally:
     /// a host that sees this machine's files at the same paths, such as a
     /// loopback sshd (docs/operations/LOOPBACK.md).
-    #[arg(long, value_name = "USER@HOST", value_parser = parse_target)]
+    #[arg(long, value_name = "TARGET", value_parser = parse_target)]
     ssh: Option<(String, String)>,
 }
 
@@ -29,7 +29,9 @@ fn parse_target(raw: &str) -> Result<(String, String), String> {
         Some((user, host)) if !user.is_empty() && !host.is_empty() => {
             Ok((user.to_owned(), host.to_owned()))
         }
-        _ => Err(format!("expected USER@HOST, not {raw:?}")),
+        _ => Err(format!(
+            "expected a user and a host joined by @, not {raw:?}"
+        )),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{EXIT_ERROR, EXIT_OK, print_json};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   selfdeploy doctor
-  selfdeploy --env-file /etc/selfdeploy/selfdeploy.env doctor --json
+  selfdeploy --env-file selfdeploy.env doctor --json
 
 Checks the host only once it answers: when ssh fails, the checks that need
 the host are skipped. Exit 0 when nothing failed.")]

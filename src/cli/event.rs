@@ -47,7 +47,7 @@ pub struct EventArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   selfdeploy event request-approve --repo orchestrator --work-item ORCH-42
-  selfdeploy event approved --repo orchestrator --work-item ORCH-42 --branch feat/x --worktree /srv/repos/.worktrees/orchestrator/ORCH-42 --json
+  selfdeploy event approved --repo orchestrator --work-item ORCH-42 --branch feat/x --worktree \"$WORKTREE\" --json
   selfdeploy event poll --repo orchestrator --work-item ORCH-42 --dry-run
   selfdeploy event merge-verified --repo orchestrator --work-item ORCH-42 --merged true
   selfdeploy event reset --repo orchestrator --work-item ORCH-42 --force

@@ -16,7 +16,7 @@ use super::{EXIT_OK, EXIT_USAGE};
 #[command(after_help = "Examples:
   selfdeploy gen-secrets
   selfdeploy gen-secrets --write .env
-  selfdeploy gen-secrets --write /etc/selfdeploy/selfdeploy.env --force")]
+  selfdeploy gen-secrets --write selfdeploy.env --force")]
 pub struct Args {
     /// Add the secrets that have no value to this env file instead of printing
     /// them; a new file is created with mode 0600.

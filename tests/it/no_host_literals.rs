@@ -47,7 +47,7 @@
 //!   non-empty and made of ASCII letters, digits and `-` (an `_` anywhere means
 //!   an identifier, not a host), whose last label is 2-24 ASCII letters and
 //!   not a common file extension (rs md ron sh json toml lock log txt yml yaml
-//!   git jsonl svg png dot tmp py, any case). The word must not be preceded by
+//!   git jsonl svg png dot tmp py env bash zsh fish, any case). The word must not be preceded by
 //!   `/`, `{`, `}`, `.`, `$` or `%` (a path component, a template such as
 //!   `{}.lock` or `{repo}.service`), nor followed by `/` (a directory) or `(`
 //!   (a method call quoted in a message). So `docs/x/14-deploy-log.md`,
@@ -83,7 +83,7 @@ const HOST_DIRS: &[&str] = &[
 /// Last labels that mark a file name, not a host name.
 const FILE_EXTENSIONS: &[&str] = &[
     "rs", "md", "ron", "sh", "json", "toml", "lock", "log", "txt", "yml", "yaml", "git", "jsonl",
-    "svg", "png", "dot", "tmp", "py",
+    "svg", "png", "dot", "tmp", "py", "env", "bash", "zsh", "fish",
 ];
 
 /// The one file allowed to hold host-specific literals, relative to the crate.

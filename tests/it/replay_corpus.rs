@@ -300,3 +300,20 @@ fn a_live_deploy_captured_mid_flight_replays() {
         captured
     );
 }
+
+/// FIXTURES.md shows a replay's summary line: its figures are today's.
+#[test]
+fn the_fixtures_page_shows_today_s_corpus() {
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/operations/FIXTURES.md"
+    ))
+    .unwrap();
+    let rows = table::derive().len();
+    // The page's example adds one broken fixture to the corpus.
+    let line = format!(
+        "{} passed, 1 failed; table rows covered: {rows}/{rows}",
+        corpus().len()
+    );
+    assert!(page.contains(&line), "FIXTURES.md should show: {line}");
+}
