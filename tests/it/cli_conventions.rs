@@ -171,3 +171,44 @@ fn the_default_actor_is_the_person() {
     assert_eq!(actor("A-2", &[("SUDO_USER", " "), ("USER", "bob")]), "bob");
     assert_eq!(actor("A-3", &[]), "selfdeploy");
 }
+
+/// Every `--json` prints JSON Lines: each line of stdout one object.
+/// `machine --format json` is the one whole document.
+#[test]
+fn every_json_output_is_json_lines() {
+    let sb = Sandbox::new();
+    sb.request_approve("J-1");
+    let item = ["--repo", "orchestrator", "--work-item", "J-1"];
+    let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
+        head.iter().chain(tail).map(|s| s.to_string()).collect()
+    };
+    let commands: Vec<Vec<String>> = vec![
+        with(&["event", "poll"], &item),
+        with(&["explain", "approved"], &item),
+        with(&["status"], &[]),
+        with(&["history"], &item),
+        with(&["history", "--verify"], &item),
+        with(&["config"], &[]),
+        with(&["doctor"], &[]),
+    ];
+    for mut args in commands {
+        args.push("--json".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sb.run(&args);
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        assert!(!text.is_empty(), "{args:?}: no output: {out:?}");
+        assert!(text.ends_with('\n'), "{args:?}");
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            assert!(value.is_object(), "{args:?}: {line}");
+        }
+    }
+    let machine = stdout(&sb.run(&["machine", "--format", "json"]));
+    // One value, the whole table (from_str refuses anything after it).
+    let table: serde_json::Value = serde_json::from_str(&machine).unwrap();
+    assert!(
+        table.as_array().is_some_and(|rows| rows.len() > 50),
+        "{table}"
+    );
+}
