@@ -96,6 +96,11 @@ fn idle_request_approve_when_applicable() {
     };
     assert_eq!(*marker, Marker::ApproveRequested);
     assert!(content.contains("\"requested_by\":\"alice\""), "{content}");
+    // The record's time is the step's, to the second.
+    assert!(
+        content.contains(&format!("\"requested_at\":\"{DISPATCHED_AT}\"")),
+        "{content}"
+    );
 }
 
 #[test]
@@ -129,6 +134,7 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket
     };
     let record: InitiatedRecord = decode(content.as_bytes()).unwrap();
     assert_eq!(record.dispatch_id, NEW);
+    assert_eq!(record.approved_at, DISPATCHED_AT);
     assert_eq!(record.branch.as_deref(), Some("deploy/ORCH-9"));
     assert_eq!(record.worktree, "/wt");
     assert_eq!(record.revision.as_deref(), Some("abc123"));
@@ -414,6 +420,7 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
         };
         let before_push: FinalizedRecord = decode(before_push.as_bytes()).unwrap();
         assert_eq!(before_push.hook_exit_code, code);
+        assert_eq!(before_push.finalized_at, DISPATCHED_AT);
         assert!(before_push.push_pending(), "{before_push:?}");
         let Effect::GitPublish {
             message,
@@ -639,4 +646,44 @@ fn repos_list_decides_applicability() {
     let w = World::new(&[("SELF_DEPLOY_REPOS", "other")]);
     let d = step(Idle, &Event::RequestApprove, &w.facts());
     assert_eq!(d.outcome, Outcome::Refused);
+}
+
+/// The facts a dispatch needs (git for the revision, the worktree, the
+/// transport program, a new id) are read only where a dispatch may follow:
+/// `approved` on an item waiting for approval, with every guard that
+/// depends on the settings alone passing.
+#[test]
+fn dispatch_facts_are_read_only_where_a_dispatch_may_follow() {
+    use selfdeploy::machine::dispatch_may_follow;
+    let w = World::new(&[]);
+    let mut may = Vec::new();
+    for from in StateName::ALL {
+        for event in EventName::ALL {
+            if dispatch_may_follow(from, event, &w.settings, &w.repo) {
+                may.push((from, event));
+            }
+        }
+    }
+    assert_eq!(may, [(ApproveRequested, EventName::Approved)]);
+    for refusing in [
+        World::new(&[("SELF_DEPLOY_ENABLED", "false")]),
+        World::new(&[
+            ("STAGING_PORT", "8000"),
+            ("DEPLOY_PROD_TARGET_PORT", "8000"),
+        ]),
+    ] {
+        assert!(!dispatch_may_follow(
+            ApproveRequested,
+            EventName::Approved,
+            &refusing.settings,
+            &refusing.repo
+        ));
+    }
+    let other_repo = RepoName::new("elsewhere").unwrap();
+    assert!(!dispatch_may_follow(
+        ApproveRequested,
+        EventName::Approved,
+        &w.settings,
+        &other_repo
+    ));
 }
