@@ -409,6 +409,11 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
             content.contains(&format!("\nhook_exit_code: {code}\n")),
             "{content}"
         );
+        // The revision the freshness guard checked is in the log.
+        assert!(
+            content.contains("\n- expected revision: abc123\n"),
+            "{content}"
+        );
         // The verdict is recorded before the push, as not pushed yet: a
         // crash between the two leaves a push for the next poll to retry.
         let Effect::WriteMarker {
