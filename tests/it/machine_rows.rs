@@ -569,6 +569,13 @@ fn reset_of_initiated_needs_force() {
     );
     assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
     assert_eq!(d.effects, [Effect::RemoveStateDir]);
+    // The claimed dispatch's hook may still run: the report says so.
+    let said = d.reason.expect("a reason for a claimed dispatch");
+    assert!(
+        said.contains(&format!("the host had claimed dispatch {CURRENT}"))
+            && said.contains("may still be running"),
+        "{said}"
+    );
     // An unclaimed ticket is revoked before the directory goes.
     let w = World::new(&[]).with_ticket(Ticket::Sent);
     let d = step(
@@ -580,6 +587,8 @@ fn reset_of_initiated_needs_force() {
         },
     );
     assert_eq!(kinds(&d.effects), ["revoke_ticket", "remove_state_dir"]);
+    // Nothing ran: nothing to warn about.
+    assert_eq!(d.reason, None);
 }
 
 /// The pairs the table lists; every other pair is illegal.
