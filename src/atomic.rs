@@ -6,6 +6,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+pub use crate::config::Durability;
+
 /// Prefix of temporary files; holds a character no valid name can contain.
 pub const TEMP_PREFIX: &str = ".~tmp.";
 
@@ -13,6 +15,12 @@ pub const TEMP_PREFIX: &str = ".~tmp.";
 /// fsync of the directory. A replaced file keeps its mode; a new one is
 /// readable by all (0644), as the host and the platform read these files.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_with(path, bytes, Durability::Synced)
+}
+
+/// [`write`], with the fsyncs only when `durability` asks for them (the
+/// rename still makes the write whole for readers).
+pub fn write_with(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     let dir = parent(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -21,9 +29,11 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    if durability == Durability::Synced {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    sync_dir_with(dir, durability)
 }
 
 /// Creates `path` whole or not at all, readable by its owner only from the
@@ -52,10 +62,10 @@ pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Removes a file durably; a missing file is fine.
-pub fn remove(path: &Path) -> io::Result<()> {
+/// Removes a file (durably when asked); a missing file is fine.
+pub fn remove_with(path: &Path, durability: Durability) -> io::Result<()> {
     match fs::remove_file(path) {
-        Ok(()) => sync_dir(parent(path)),
+        Ok(()) => sync_dir_with(parent(path), durability),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -63,14 +73,18 @@ pub fn remove(path: &Path) -> io::Result<()> {
 
 /// Creates a directory and its missing parents, durably.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    create_dir_all_with(dir, Durability::Synced)
+}
+
+pub fn create_dir_all_with(dir: &Path, durability: Durability) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(up) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_dir_all(up)?;
+        create_dir_all_with(up, durability)?;
     }
     match fs::create_dir(dir) {
-        Ok(()) => sync_dir(parent(dir)),
+        Ok(()) => sync_dir_with(parent(dir), durability),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::other(format!(
             "{} exists and is not a directory",
@@ -82,6 +96,13 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
 
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+pub fn sync_dir_with(dir: &Path, durability: Durability) -> io::Result<()> {
+    match durability {
+        Durability::Synced => sync_dir(dir),
+        Durability::Unsynced => Ok(()),
+    }
 }
 
 fn parent(path: &Path) -> &Path {
@@ -139,6 +160,6 @@ mod tests {
         let deep = dir.path().join("a/b/c");
         create_dir_all(&deep).unwrap();
         assert!(deep.is_dir());
-        remove(&deep.join("missing")).unwrap();
+        remove_with(&deep.join("missing"), Durability::Synced).unwrap();
     }
 }

@@ -86,7 +86,8 @@ pub fn handle(
     let dry_run = perform.dry_run();
     preflight(settings)?;
     let req = &resolve_worktree(req)?;
-    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
+    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item)
+        .with_durability(settings.durability);
     let _lock = if dry_run {
         None
     } else {
@@ -145,7 +146,12 @@ pub fn handle(
         let appended = if repeated {
             Ok(Vec::new())
         } else {
-            store::append_history(&paths.history_file, &entry, settings.history_key.as_ref())
+            store::append_history(
+                &paths.history_file,
+                &entry,
+                settings.history_key.as_ref(),
+                settings.durability,
+            )
         };
         let notes = match appended {
             Ok(repaired) => repaired,
@@ -496,7 +502,8 @@ pub fn explain(
 ) -> Result<Explanation, EngineError> {
     preflight(settings)?;
     let req = resolve_worktree(req)?;
-    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item);
+    let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item)
+        .with_durability(settings.durability);
     let snapshot = Snapshot::load(&paths)?;
     let probed = probe_facts(settings, &req, &snapshot, probe, true)?;
     let facts = probed.facts(settings, &req, &snapshot);

@@ -143,6 +143,18 @@ pub enum ConfigError {
     NotUtf8 { name: &'static str, origin: Source },
 }
 
+/// Whether writes to the state directory and the history reach the disk
+/// before they count (fsync of the file and of its directory). Production
+/// is always `Synced`; a replay, whose files live in a temporary directory
+/// that nobody reads after a crash, runs `Unsynced`: the same code, less
+/// waiting. Not an environment setting on purpose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    #[default]
+    Synced,
+    Unsynced,
+}
+
 /// The typed settings the engine runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -171,6 +183,8 @@ pub struct Settings {
     pub ssh_timeout: Duration,
     pub git_timeout: Duration,
     pub lock_timeout: Duration,
+    /// Set by the program, never by the environment (see [`Durability`]).
+    pub durability: Durability,
     /// How long a dispatch ticket may stay unclaimed before a poll revokes it.
     pub claim_timeout: Duration,
     /// `None`: wait for a result forever.
@@ -259,6 +273,7 @@ impl Settings {
             ssh_timeout: r.seconds("SELF_DEPLOY_SSH_TIMEOUT_SECS"),
             git_timeout: r.seconds("SELF_DEPLOY_GIT_TIMEOUT_SECS"),
             lock_timeout: r.seconds("SELF_DEPLOY_LOCK_TIMEOUT_SECS"),
+            durability: Durability::Synced,
             claim_timeout: r.seconds("SELF_DEPLOY_CLAIM_TIMEOUT_SECS"),
             result_deadline: r.seconds_or_off("SELF_DEPLOY_RESULT_DEADLINE_SECS"),
             watch_rescan: r.seconds("SELF_DEPLOY_WATCH_RESCAN_SECS"),

@@ -243,6 +243,9 @@ impl Replayer {
         let mut settings =
             Settings::with_overrides(&borrowed).map_err(|e| format!("settings: {e}"))?;
         settings.lock_timeout = UNCONTENDED_LOCK_WAIT;
+        // The replay's files live in a temporary directory nobody reads after
+        // a crash: the same writes, without waiting for the disk.
+        settings.durability = crate::config::Durability::Unsynced;
         let repo = RepoName::new(&f.repo).map_err(|e| e.to_string())?;
         let work_item = WorkItem::new(&f.work_item).map_err(|e| e.to_string())?;
         let clock =
@@ -259,8 +262,13 @@ impl Replayer {
             fs::write(paths.state_dir.join(name), content).map_err(|e| e.to_string())?;
         }
         for entry in &f.history {
-            store::append_history(&paths.history_file, entry, settings.history_key.as_ref())
-                .map_err(|e| e.to_string())?;
+            store::append_history(
+                &paths.history_file,
+                entry,
+                settings.history_key.as_ref(),
+                settings.durability,
+            )
+            .map_err(|e| e.to_string())?;
         }
         // A captured item may be mid-dispatch: its dispatch is this replay's
         // last, and a claimed one is the wrapper that writes the result.

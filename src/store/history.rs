@@ -33,7 +33,8 @@
 //! (a `mac` without `key_id`) are checked with that release's construction.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::atomic;
-use crate::config::Secret;
+use crate::config::{Durability, Secret};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -161,24 +162,56 @@ pub fn append_history(
     path: &Path,
     entry: &HistoryEntry,
     key: Option<&Secret>,
+    durability: Durability,
 ) -> io::Result<Vec<String>> {
     if let Some(dir) = path.parent() {
-        atomic::create_dir_all(dir)?;
+        atomic::create_dir_all_with(dir, durability)?;
     }
+    let synced = durability == Durability::Synced;
     let mut notes = Vec::new();
-    let mut bytes = read_or_empty(path)?;
-    if let Some(cut) = torn_tail(&bytes) {
-        let torn = bytes.split_off(cut);
+    let (mut file, created) = match OpenOptions::new().read(true).append(true).open(path) {
+        Ok(file) => (file, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(path)?,
+            true,
+        ),
+        Err(e) => return Err(e),
+    };
+    // Signing chains to the last signed line and counts the entries, so it
+    // reads the whole file; otherwise only the end matters (a torn line).
+    let bytes = match key {
+        Some(_) => read_or_empty(path)?,
+        None => Vec::new(),
+    };
+    let cut = match key {
+        Some(_) => torn_tail(&bytes).map(|c| c as u64),
+        None => torn_tail_of(&file)?,
+    };
+    let mut kept = &bytes[..];
+    if let Some(cut) = cut {
+        let mut torn = Vec::new();
+        file.seek(SeekFrom::Start(cut))?;
+        file.read_to_end(&mut torn)?;
         let mut aside = OpenOptions::new()
             .create(true)
             .append(true)
             .open(torn_path(path))?;
         aside.write_all(&torn)?;
         aside.write_all(b"\n")?;
-        aside.sync_data()?;
-        let file = OpenOptions::new().write(true).open(path)?;
-        file.set_len(cut as u64)?;
-        file.sync_data()?;
+        if synced {
+            aside.sync_data()?;
+        }
+        file.set_len(cut)?;
+        if synced {
+            file.sync_data()?;
+        }
+        if key.is_some() {
+            kept = &bytes[..cut as usize];
+        }
         notes.push(format!(
             "the history's last line was torn (a crash mid-append): its {} bytes were moved to {}",
             torn.len(),
@@ -195,11 +228,11 @@ pub fn append_history(
             None,
         ),
         Some(key) => {
-            let (count, prev) = tail(&bytes);
+            let (count, prev) = tail(kept);
             if count == 0 {
                 // A crash after the first append then leaves the head one
                 // behind, which verification accepts, rather than missing.
-                write_head(path, key, 0, "")?;
+                write_head(path, key, 0, "", durability)?;
             }
             let id = key_id(key);
             let mac = entry_mac(key, &prev, &canonical(entry)?, &id);
@@ -215,13 +248,37 @@ pub fn append_history(
     };
     let mut text = serde_json::to_string(&line).map_err(io::Error::other)?;
     text.push('\n');
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
     file.write_all(text.as_bytes())?;
-    file.sync_data()?;
+    if synced {
+        file.sync_data()?;
+        if created {
+            // A new file is found after a crash only if its directory
+            // entry reached the disk too.
+            atomic::sync_dir_with(path.parent().unwrap_or(Path::new(".")), durability)?;
+        }
+    }
     if let (Some(key), Some((count, mac))) = (key, head) {
-        write_head(path, key, count, &mac)?;
+        write_head(path, key, count, &mac, durability)?;
     }
     Ok(notes)
+}
+
+/// Where the torn last line of `file` begins, reading only its end.
+fn torn_tail_of(file: &fs::File) -> io::Result<Option<u64>> {
+    let len = file.metadata()?.len();
+    let mut window = LAST_ENTRY_WINDOW.min(len);
+    loop {
+        let mut bytes = vec![0; window as usize];
+        file.read_exact_at(&mut bytes, len - window)?;
+        if bytes.is_empty() || bytes.ends_with(b"\n") {
+            return Ok(None);
+        }
+        match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => return Ok(Some(len - window + i as u64 + 1)),
+            None if window == len => return Ok(Some(0)),
+            None => window = (window * 4).min(len),
+        }
+    }
 }
 
 /// Where the torn last line begins, if the file does not end with a line end.
@@ -278,7 +335,6 @@ const LAST_ENTRY_WINDOW: u64 = 16 * 1024;
 /// history is missing or empty, or its last line is damaged or torn (the
 /// next append repairs a torn one; `history` shows either).
 pub fn last_entry(path: &Path) -> io::Result<Option<HistoryEntry>> {
-    use std::io::{Read, Seek, SeekFrom};
     let mut file = match fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -531,7 +587,13 @@ fn mac_matches(mac: Hmac<Sha256>, hex_mac: &str) -> bool {
     hex::decode(hex_mac).is_ok_and(|bytes| mac.verify_slice(&bytes).is_ok())
 }
 
-fn write_head(path: &Path, key: &Secret, count: usize, last: &str) -> io::Result<()> {
+fn write_head(
+    path: &Path,
+    key: &Secret,
+    count: usize,
+    last: &str,
+    durability: Durability,
+) -> io::Result<()> {
     let head = Head {
         entries: count,
         key_id: Some(key_id(key)),
@@ -539,7 +601,7 @@ fn write_head(path: &Path, key: &Secret, count: usize, last: &str) -> io::Result
     };
     let mut text = serde_json::to_string(&head).map_err(io::Error::other)?;
     text.push('\n');
-    atomic::write(&head_path(path), text.as_bytes())
+    atomic::write_with(&head_path(path), text.as_bytes(), durability)
 }
 
 #[cfg(test)]
@@ -574,7 +636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h/W-1.jsonl");
         for i in 1..=n {
-            append_history(&path, &entry(i), Some(k)).unwrap();
+            append_history(&path, &entry(i), Some(k), Durability::Synced).unwrap();
         }
         (dir, path)
     }
@@ -656,13 +718,13 @@ mod tests {
         fs::write(&path, "").unwrap();
         assert_eq!(last_entry(&path).unwrap(), None, "empty");
         for i in 1..=3 {
-            append_history(&path, &entry(i), None).unwrap();
+            append_history(&path, &entry(i), None, Durability::Synced).unwrap();
         }
         assert_eq!(last_entry(&path).unwrap(), Some(entry(3)));
         // Blank lines after it, and an entry longer than the first window.
         let mut long = entry(4);
         long.reason = Some("x".repeat(3 * LAST_ENTRY_WINDOW as usize));
-        append_history(&path, &long, None).unwrap();
+        append_history(&path, &long, None, Durability::Synced).unwrap();
         assert_eq!(last_entry(&path).unwrap(), Some(long.clone()));
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"\n  \n").unwrap();
@@ -674,7 +736,7 @@ mod tests {
         assert_eq!(last_entry(&path).unwrap(), None, "damaged");
         // A file of one line.
         let one = dir.path().join("one.jsonl");
-        append_history(&one, &entry(7), None).unwrap();
+        append_history(&one, &entry(7), None, Durability::Synced).unwrap();
         assert_eq!(last_entry(&one).unwrap(), Some(entry(7)));
     }
 
@@ -749,10 +811,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("W.jsonl");
         let k = key("k");
-        append_history(&path, &entry(1), None).unwrap();
-        append_history(&path, &entry(2), None).unwrap();
-        append_history(&path, &entry(3), Some(&k)).unwrap();
-        append_history(&path, &entry(4), Some(&k)).unwrap();
+        append_history(&path, &entry(1), None, Durability::Synced).unwrap();
+        append_history(&path, &entry(2), None, Durability::Synced).unwrap();
+        append_history(&path, &entry(3), Some(&k), Durability::Synced).unwrap();
+        append_history(&path, &entry(4), Some(&k), Durability::Synced).unwrap();
         assert_eq!(
             verify_history(&path, &keys(&k)).unwrap(),
             Verification::Valid {
@@ -760,8 +822,8 @@ mod tests {
                 unsigned: 2
             }
         );
-        append_history(&path, &entry(5), None).unwrap();
-        append_history(&path, &entry(6), Some(&k)).unwrap();
+        append_history(&path, &entry(5), None, Durability::Synced).unwrap();
+        append_history(&path, &entry(6), Some(&k), Durability::Synced).unwrap();
         let v = verify_history(&path, &keys(&k)).unwrap();
         assert!(
             matches!(&v, Verification::Broken { entry: 5, why } if why.contains("unsigned")),
@@ -774,7 +836,7 @@ mod tests {
     fn a_rotated_key_chains_on_and_the_old_one_verifies_its_segment() {
         let (old, new) = (key("old"), key("new"));
         let (_dir, path) = signed(2, &old);
-        append_history(&path, &entry(3), Some(&new)).unwrap();
+        append_history(&path, &entry(3), Some(&new), Durability::Synced).unwrap();
         let previous = [old.clone()];
         let both = HistoryKeys {
             current: Some(&new),
@@ -802,17 +864,17 @@ mod tests {
         let k = key("k");
         let (_dir, path) = signed(3, &k);
         let head3 = fs::read(head_path(&path)).unwrap();
-        append_history(&path, &entry(4), Some(&k)).unwrap();
+        append_history(&path, &entry(4), Some(&k), Durability::Synced).unwrap();
         fs::write(head_path(&path), &head3).unwrap();
         assert!(matches!(
             verify_history(&path, &keys(&k)).unwrap(),
             Verification::Valid { entries: 4, .. }
         ));
-        append_history(&path, &entry(5), Some(&k)).unwrap();
+        append_history(&path, &entry(5), Some(&k), Durability::Synced).unwrap();
         fs::write(head_path(&path), &head3).unwrap();
         assert_eq!(broken_at(verify_history(&path, &keys(&k)).unwrap()), 5);
         // The next append repairs the head.
-        append_history(&path, &entry(6), Some(&k)).unwrap();
+        append_history(&path, &entry(6), Some(&k), Durability::Synced).unwrap();
         assert!(matches!(
             verify_history(&path, &keys(&k)).unwrap(),
             Verification::Valid { entries: 6, .. }
@@ -847,7 +909,7 @@ mod tests {
             read_history(&path).unwrap()[2],
             HistoryLine::Damaged { entry: 3, .. }
         ));
-        let notes = append_history(&path, &entry(3), Some(&k)).unwrap();
+        let notes = append_history(&path, &entry(3), Some(&k), Durability::Synced).unwrap();
         assert!(notes[0].contains("torn"), "{notes:?}");
         assert_eq!(
             fs::read_to_string(torn_path(&path)).unwrap(),
@@ -863,6 +925,45 @@ mod tests {
         ));
     }
 
+    /// Unsigned, only the file's end is read: a torn tail shorter or longer
+    /// than the window read first, or a file that is one torn line, is
+    /// moved aside whole, with durability on or off.
+    #[test]
+    fn an_unsigned_torn_tail_is_found_from_the_end() {
+        for (torn_len, before, durability) in [
+            (10, 2, Durability::Synced),
+            (3 * LAST_ENTRY_WINDOW as usize, 2, Durability::Unsynced),
+            (5, 0, Durability::Unsynced),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("h.jsonl");
+            for i in 1..=before {
+                append_history(&path, &entry(i), None, durability).unwrap();
+            }
+            let torn = "{".repeat(torn_len);
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(torn.as_bytes()).unwrap();
+            drop(f);
+            let notes = append_history(&path, &entry(9), None, durability).unwrap();
+            assert!(
+                notes[0].contains(&format!("its {torn_len} bytes")),
+                "{notes:?}"
+            );
+            assert_eq!(
+                fs::read_to_string(torn_path(&path)).unwrap(),
+                format!("{torn}\n")
+            );
+            let mut want: Vec<_> = (1..=before).map(entry).collect();
+            want.push(entry(9));
+            assert_eq!(read_entries(&path).unwrap(), want);
+            assert_eq!(read_history(&path).unwrap().len(), before + 1);
+        }
+    }
+
     #[test]
     fn undecodable_bytes_never_stop_an_append_and_are_named() {
         let k = key("k");
@@ -870,7 +971,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"\xff\xfe not json\n").unwrap();
         drop(f);
-        append_history(&path, &entry(4), Some(&k)).unwrap();
+        append_history(&path, &entry(4), Some(&k), Durability::Synced).unwrap();
         let read = read_history(&path).unwrap();
         assert_eq!(read.len(), 4);
         assert!(

@@ -26,6 +26,7 @@ pub use lock::{ItemLock, LockError};
 pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
 
 use crate::atomic;
+use crate::config::Durability;
 use crate::contract::markers::{Marker, TicketFile};
 use crate::contract::names::{RepoName, WorkItem};
 use crate::contract::remote;
@@ -38,6 +39,8 @@ pub struct ItemPaths {
     pub state_dir: PathBuf,
     pub lock_file: PathBuf,
     pub history_file: PathBuf,
+    /// How writes through these paths reach the disk (`Synced` unless set).
+    pub durability: Durability,
 }
 
 impl ItemPaths {
@@ -55,7 +58,14 @@ impl ItemPaths {
                 .join("history")
                 .join(repo.as_str())
                 .join(format!("{work_item}.jsonl")),
+            durability: Durability::Synced,
         }
+    }
+
+    /// The same paths, written with `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> ItemPaths {
+        self.durability = durability;
+        self
     }
 
     pub fn marker(&self, marker: Marker) -> PathBuf {
@@ -75,9 +85,10 @@ impl ItemPaths {
     /// Writes the ticket `dispatch-<id>` durably (before the launch).
     pub fn write_ticket(&self, id: &str, content: &str) -> io::Result<()> {
         self.ensure_state_dir()?;
-        atomic::write(
+        atomic::write_with(
             &self.ticket_file(TicketFile::Dispatch, id),
             content.as_bytes(),
+            self.durability,
         )
     }
 
@@ -87,7 +98,7 @@ impl ItemPaths {
         let revoked = self.ticket_file(TicketFile::Revoked, id);
         match fs::rename(self.ticket_file(TicketFile::Dispatch, id), &revoked) {
             Ok(()) => {
-                atomic::sync_dir(&self.state_dir)?;
+                atomic::sync_dir_with(&self.state_dir, self.durability)?;
                 Ok(Revoke::Revoked)
             }
             // A revoke after a crash finds its own earlier rename.
@@ -103,11 +114,11 @@ impl ItemPaths {
 
     pub fn write_marker(&self, marker: Marker, content: &str) -> io::Result<()> {
         self.ensure_state_dir()?;
-        atomic::write(&self.marker(marker), content.as_bytes())
+        atomic::write_with(&self.marker(marker), content.as_bytes(), self.durability)
     }
 
     pub fn remove_marker(&self, marker: Marker) -> io::Result<()> {
-        atomic::remove(&self.marker(marker))
+        atomic::remove_with(&self.marker(marker), self.durability)
     }
 
     fn ensure_state_dir(&self) -> io::Result<()> {
@@ -118,7 +129,7 @@ impl ItemPaths {
                 self.state_dir.display()
             )));
         }
-        atomic::create_dir_all(&self.state_dir)
+        atomic::create_dir_all_with(&self.state_dir, self.durability)
     }
 
     /// Removes the state directory whole. It is first renamed to a name no
@@ -135,7 +146,7 @@ impl ItemPaths {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         }
-        atomic::sync_dir(tomb.parent().unwrap_or(Path::new(".")))?;
+        atomic::sync_dir_with(tomb.parent().unwrap_or(Path::new(".")), self.durability)?;
         fs::remove_dir_all(&tomb)
     }
 }
