@@ -531,3 +531,58 @@ fn status_shows_an_unreadable_state_file_as_the_problem_and_never_waits_on_it() 
     );
     assert!(!str_of(&s, "note").contains("original engine"), "{s}");
 }
+
+/// Runs `cmd` to its end, or kills it after `limit`: its output, or `None`
+/// when it was still running.
+fn bounded(mut cmd: std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_for(limit, || child.try_wait().unwrap().is_some()) {
+        Some(child.wait_with_output().unwrap())
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+/// The history lives on the shared mount too: a FIFO in its place (left by
+/// a broken copy, or put there by anyone who can write the share) must be
+/// named, never waited on. `status` is what an operator runs when something
+/// is stuck; it must not be stuck itself.
+#[test]
+fn status_never_waits_on_a_history_that_is_a_fifo() {
+    let sb = Sandbox::new();
+    let item = "ORCH-930";
+    sb.approve_item(item);
+    sb.wait_for_result(item);
+    let history = sb.history_path(item);
+    fs::remove_file(&history).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&history)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    for args in [
+        vec!["status", "--json"],
+        vec!["status", "--repo", REPO, "--work-item", item, "--json"],
+        vec!["status"],
+    ] {
+        let mut cmd = sb.cmd();
+        cmd.args(&args);
+        let out = bounded(cmd, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("`selfdeploy {}` waited on the FIFO history", args.join(" ")));
+        let (code, stdout, stderr) = code_out_err(&out);
+        assert_eq!(code, 0, "{args:?}: {stdout} {stderr}");
+        assert!(stdout.contains(item), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains("history") && stdout.contains("FIFO"),
+            "{args:?}: the history is not named as unreadable: {stdout}"
+        );
+    }
+}
