@@ -586,3 +586,50 @@ fn status_never_waits_on_a_history_that_is_a_fifo() {
         );
     }
 }
+
+/// A state directory of a repo moved to a bigger disk and linked back
+/// (`ln -s /big/.deploy-state-orchestrator`): events follow the link and
+/// dispatch there. Whatever the engine does with such a link, `status` and
+/// `watch --once` must not then report "nothing in flight" while a deploy
+/// runs and its result waits to be finalized.
+#[test]
+fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
+    let sb = Sandbox::new();
+    let item = "ORCH-931";
+    let moved = sb.root().join("big").join(format!(".deploy-state-{REPO}"));
+    fs::create_dir_all(&moved).unwrap();
+    std::os::unix::fs::symlink(&moved, sb.state_root().join(format!(".deploy-state-{REPO}")))
+        .unwrap();
+
+    let (code, r) = sb.event_json("request-approve", item, &[]);
+    if code != 0 || r["to"] != "approve_requested" {
+        return; // refused: nothing can be in flight, nothing hidden
+    }
+    let (code, r) = sb.approve(item);
+    if code != 0 || r["to"] != "initiated" {
+        return;
+    }
+    sb.wait_for_result(item);
+    // The item's own status knows.
+    assert_eq!(one(&sb, item)["state"], "initiated");
+
+    let out = sb.run(&["status", "--json"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        stdout.contains(item) || (code == 1 && stderr.contains(".deploy-state-")),
+        "status lists nothing while {item} is initiated with a result waiting: exit {code}, {stdout:?} {stderr}"
+    );
+    let out = sb.run(&["status"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        !stdout.starts_with("no work items"),
+        "status says no work items while {item} is in flight: exit {code}, {stdout:?} {stderr}"
+    );
+
+    let out = sb.run(&["watch", "--once"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        stdout.contains(item) || code == 1,
+        "watch --once neither finalized {item} nor reported anything: exit {code}, {stdout:?} {stderr}"
+    );
+}
