@@ -458,3 +458,27 @@ fn verifying_a_signed_history_with_no_key_is_an_error() {
     // Reading it is still fine.
     assert_eq!(history(&sb, &[], None, None).0, 0);
 }
+
+/// The history is on the shared mount, like the state files: a symbolic link
+/// in its place is never followed. Here it points at a file outside REPOS_DIR
+/// whose last line has no line end: the event must leave that file as it was
+/// (no entry appended to it, and above all no "torn" line cut off it).
+#[test]
+fn an_event_never_writes_through_a_history_that_is_a_symlink() {
+    let sb = Sandbox::new();
+    let outside = sb.root().join("outside.txt");
+    let original = b"first line\nlast line without a line end".to_vec();
+    fs::write(&outside, &original).unwrap();
+    let history = sb.history_path(ITEM);
+    fs::create_dir_all(history.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &history).unwrap();
+
+    let out = sb.event("request-approve", ITEM, &[]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(code == 0 || code == 1, "exit {code}: {stdout} {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(&outside).unwrap()),
+        String::from_utf8_lossy(&original),
+        "the file the history's symlink points to was written through it: {stdout} {stderr}"
+    );
+}

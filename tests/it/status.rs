@@ -575,8 +575,9 @@ fn status_never_waits_on_a_history_that_is_a_fifo() {
     ] {
         let mut cmd = sb.cmd();
         cmd.args(&args);
-        let out = bounded(cmd, Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("`selfdeploy {}` waited on the FIFO history", args.join(" ")));
+        let out = bounded(cmd, Duration::from_secs(10)).unwrap_or_else(|| {
+            panic!("`selfdeploy {}` waited on the FIFO history", args.join(" "))
+        });
         let (code, stdout, stderr) = code_out_err(&out);
         assert_eq!(code, 0, "{args:?}: {stdout} {stderr}");
         assert!(stdout.contains(item), "{args:?}: {stdout}");
@@ -598,8 +599,11 @@ fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
     let item = "ORCH-931";
     let moved = sb.root().join("big").join(format!(".deploy-state-{REPO}"));
     fs::create_dir_all(&moved).unwrap();
-    std::os::unix::fs::symlink(&moved, sb.state_root().join(format!(".deploy-state-{REPO}")))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        &moved,
+        sb.state_root().join(format!(".deploy-state-{REPO}")),
+    )
+    .unwrap();
 
     let (code, r) = sb.event_json("request-approve", item, &[]);
     if code != 0 || r["to"] != "approve_requested" {
