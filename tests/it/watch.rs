@@ -563,3 +563,70 @@ fn watch_stays_quiet_on_its_own_reads_and_backs_off_a_failing_poll() {
     assert_eq!(after.len(), entries + 1, "{after:#?}");
     assert_eq!(after.last().unwrap()["actor"], "ops");
 }
+
+/// An item due for a poll whose worktree is gone: every poll fails the
+/// same way. Its result is in place (the hook ran), then the worktree goes.
+fn failing_item(sb: &Sandbox, item: &str) {
+    let wt = sb.root().join(format!("wt-{item}"));
+    git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            BRANCH,
+            sb.remote().to_str().unwrap(),
+            wt.to_str().unwrap(),
+        ],
+    );
+    sb.request_approve(item);
+    let (code, r) = sb.event_json(
+        "approved",
+        item,
+        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+    );
+    assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
+    sb.wait_for_result(item);
+    fs::remove_dir_all(&wt).unwrap();
+}
+
+/// The failed polls the watch counted, from its stop line.
+fn errors_of(log: &str) -> usize {
+    log.split(", errors ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop line: {log}"))
+}
+
+/// At its default level the watch says a poll fails when the failure is
+/// new, not at every retry: after the first attempt and the retry 5 s
+/// later, the failure appears once in the log, whoever logs it.
+#[test]
+fn watch_default_log_names_a_failing_poll_once_across_retries() {
+    let sb = Sandbox::new();
+    failing_item(&sb, "RETRY-1");
+    let watch = Watch::start(&sb, "1");
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watch
+            .log()
+            .contains("RETRY-1: poll failed")),
+        "{}",
+        watch.log()
+    );
+    // The retry after the first backoff (5 s), and a rescan after it.
+    thread::sleep(Duration::from_millis(7500));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(errors_of(&log) >= 2, "no retry happened: {log}");
+    let mentions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("RETRY-1") && l.contains("does not exist"))
+        .collect();
+    assert_eq!(
+        mentions.len(),
+        1,
+        "the same failure logged at every retry:\n{}",
+        mentions.join("\n")
+    );
+}
