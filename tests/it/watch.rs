@@ -630,3 +630,35 @@ fn watch_default_log_names_a_failing_poll_once_across_retries() {
         mentions.join("\n")
     );
 }
+
+/// A result file of a failing item written again and again (a host that
+/// retries its wrapper, or anyone with the share) makes the watch poll
+/// again, as designed; the failure is the same one, so it is not a new
+/// warning each time.
+#[test]
+fn watch_a_rewritten_result_of_a_failing_item_is_not_a_new_failure_each_time() {
+    let sb = Sandbox::new();
+    failing_item(&sb, "REWRITE-1");
+    let watch = Watch::start(&sb, "3600");
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watch
+            .log()
+            .contains("REWRITE-1: poll failed")),
+        "{}",
+        watch.log()
+    );
+    let result = sb.result_file("REWRITE-1");
+    for _ in 0..10 {
+        fs::write(&result, "0\n").unwrap();
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(errors_of(&log) >= 2, "the rewrites caused no poll: {log}");
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("watch: orchestrator/REWRITE-1: poll failed:"))
+        .count();
+    assert_eq!(warned, 1, "one warning per rewrite of the result:\n{log}");
+}
