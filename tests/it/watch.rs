@@ -662,3 +662,42 @@ fn watch_a_rewritten_result_of_a_failing_item_is_not_a_new_failure_each_time() {
         .count();
     assert_eq!(warned, 1, "one warning per rewrite of the result:\n{log}");
 }
+
+/// One item whose history is a FIFO (on the shared mount, like the state
+/// files) must not stop the watch for every other item.
+#[test]
+fn watch_once_goes_on_when_one_item_s_history_is_a_fifo() {
+    let sb = Sandbox::new();
+    sb.approve_item("FIFO-1");
+    sb.approve_item("FIFO-2");
+    sb.wait_for_result("FIFO-1");
+    sb.wait_for_result("FIFO-2");
+    let history = sb.history_path("FIFO-1");
+    fs::remove_file(&history).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&history)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let mut child = sb
+        .cmd()
+        .args(["watch", "--once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = support_wait_for(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        ended,
+        "watch --once waited on FIFO-1's history and never got to FIFO-2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&sb, "FIFO-2"), "finalized_success", "{out:?}");
+}
