@@ -701,3 +701,47 @@ fn watch_once_goes_on_when_one_item_s_history_is_a_fifo() {
     );
     assert_eq!(state(&sb, "FIFO-2"), "finalized_success", "{out:?}");
 }
+
+/// The inotify watches the process holds (one per watched directory).
+fn inotify_watches(pid: u32) -> usize {
+    let mut count = 0;
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify")) {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            count += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    count
+}
+
+/// The default worktree of an item is `{repos_dir}/.worktrees/{repo}/
+/// {work_item}`: checkouts, build output and dependencies live under
+/// REPOS_DIR. The watch needs the state directories; watching every
+/// directory of every worktree costs an inotify watch each (the per-user
+/// limit is often 8192) and wakes the watch at every file a build writes.
+#[test]
+fn watch_watches_the_state_directories_not_every_worktree_under_repos_dir() {
+    let sb = Sandbox::new();
+    sb.request_approve("TREE-1");
+    let deps = sb
+        .state_root()
+        .join(".worktrees/orchestrator/TREE-1/node_modules");
+    for i in 0..2000 {
+        fs::create_dir_all(deps.join(format!("pkg-{i}/lib"))).unwrap();
+    }
+    let watch = Watch::start(&sb, "3600");
+    let watches = inotify_watches(watch.pid());
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        watches < 100,
+        "the watch holds {watches} inotify watches for one work item"
+    );
+}
