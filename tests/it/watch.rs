@@ -745,3 +745,35 @@ fn watch_watches_the_state_directories_not_every_worktree_under_repos_dir() {
         "the watch holds {watches} inotify watches for one work item"
     );
 }
+
+/// A hook that writes its progress (every line appended to hook.log in the
+/// item's state directory) is no result: the watch has nothing to do and
+/// must stay idle, not wake at each line.
+#[test]
+fn watch_stays_idle_while_a_hook_writes_its_log() {
+    let sb = Sandbox::new();
+    let _hold = Hold::hook(&sb);
+    dispatch_held(&sb, "CHATTY-1");
+    let watch = Watch::start(&sb, "3600");
+    let pid = watch.pid();
+    let log_file = sb.item_dir("CHATTY-1").join("hook.log");
+    let cpu_at_start = cpu_time(pid);
+    let started = Instant::now();
+    {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new().append(true).open(&log_file).unwrap();
+        while started.elapsed() < Duration::from_secs(5) {
+            f.write_all(b"pulling layer 3/17: 42%\n").unwrap();
+            thread::sleep(Duration::from_micros(500));
+        }
+    }
+    let cpu = cpu_time(pid) - cpu_at_start;
+    let wall = started.elapsed();
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("watch: {cpu:?} of CPU in {wall:?} of hook output");
+    assert!(
+        cpu < wall / 10,
+        "the watch used {cpu:?} of CPU in {wall:?} while the hook wrote its log"
+    );
+}
