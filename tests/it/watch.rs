@@ -777,3 +777,30 @@ fn watch_stays_idle_while_a_hook_writes_its_log() {
         "the watch used {cpu:?} of CPU in {wall:?} while the hook wrote its log"
     );
 }
+
+/// The share goes away under a running watch (an unmount, a remount): every
+/// rescan fails the same way. The operator is told once, and told when it
+/// is back, not every rescan interval for as long as it lasts.
+#[test]
+fn watch_logs_a_missing_repos_dir_once_and_its_return() {
+    let sb = Sandbox::new();
+    sb.request_approve("MOUNT-1");
+    let watch = Watch::start(&sb, "1");
+    let away = sb.root().join("state.unmounted");
+    fs::rename(sb.state_root(), &away).unwrap();
+    thread::sleep(Duration::from_millis(5500));
+    fs::rename(&away, sb.state_root()).unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    let failed = log.lines().filter(|l| l.contains("rescan failed")).count();
+    assert!(failed >= 1, "{log}");
+    assert_eq!(failed, 1, "the same rescan failure at every rescan:\n{log}");
+    let after = log.split("rescan failed").last().unwrap();
+    assert!(
+        after.lines().skip(1).any(|l| l.contains("INFO watch: ")
+            && !l.contains("SIGTERM")
+            && !l.contains("stopped")),
+        "nothing says the rescans work again:\n{log}"
+    );
+}
