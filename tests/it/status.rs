@@ -637,3 +637,39 @@ fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
         "watch --once neither finalized {item} nor reported anything: exit {code}, {stdout:?} {stderr}"
     );
 }
+
+/// A refused approval's reason quotes the worktree it was given; a line
+/// break in that path must not start a line of the status table that reads
+/// as another work item.
+#[test]
+fn a_line_break_in_a_recorded_reason_cannot_forge_a_row_of_the_status_table() {
+    let sb = Sandbox::new();
+    let item = "ORCH-932";
+    sb.request_approve(item);
+    let forged = "orchestrator  ORCH-999  finalized_success  -  pushed  poll transitioned 1s ago  deploy succeeded";
+    let out = sb.event(
+        "approved",
+        item,
+        &[
+            "--branch",
+            "deploy/ORCH-7",
+            "--worktree",
+            &format!("/nonexistent\n{forged}"),
+        ],
+    );
+    assert_eq!(code(&out), 3, "{out:?}");
+    let out = sb.run(&["status"]);
+    let (code, table, stderr) = code_out_err(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "a header and one line per item:\n{table}"
+    );
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.starts_with("orchestrator  ORCH-999")),
+        "a reason's line break reads as another item:\n{table}"
+    );
+}
