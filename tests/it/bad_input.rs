@@ -816,3 +816,44 @@ fn a_missing_repos_dir_is_not_created() {
     );
     assert!(!sb.root().join("unmounted").exists());
 }
+
+/// The per-item lock file lives on the shared mount (under
+/// `.selfdeploy/locks`): a FIFO in its place must be an error within the
+/// lock timeout, like a lock held too long, never a wait without end (the
+/// open for writing blocks until a reader comes, before any timeout runs).
+#[test]
+fn an_event_never_waits_past_the_lock_timeout_on_a_lock_file_that_is_a_fifo() {
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "2".into());
+    let lock = sb
+        .state_root()
+        .join(".selfdeploy/locks")
+        .join(REPO)
+        .join(format!("{ITEM}.lock"));
+    fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let mut child = sb
+        .event_cmd("request-approve", ITEM)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = wait_for(std::time::Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        ended,
+        "request-approve still waits on the FIFO lock file 10 s later (lock timeout 2 s)"
+    );
+    assert_eq!(code(&out), 1, "{out:?}");
+    assert!(!sb.item_dir(ITEM).exists(), "nothing done without the lock");
+}

@@ -418,3 +418,42 @@ fn each_check_is_printed_as_it_ends() {
     assert!(rest.ends_with("4 passed, 1 failed, 3 skipped\n"), "{rest}");
     releaser.join().unwrap();
 }
+
+/// The host-side checks write their probe under `.selfdeploy/doctor`, which
+/// the REPOS_DIR check creates. When that check fails (the share is not
+/// mounted), the host cannot write there either, for that reason alone:
+/// "host writes state" depends on it and is skipped like "shared mount",
+/// not failed with advice about the ssh user's permissions.
+#[test]
+fn an_unmounted_repos_dir_skips_the_host_write_check_instead_of_blaming_permissions() {
+    let mut sb = Sandbox::new();
+    let missing = sb.root().join("not-mounted");
+    sb.set("REPOS_DIR", missing.clone().into_os_string());
+    sb.set("HOST_REPOS_DIR", missing.into_os_string());
+    let (code, text) = doctor_with(&sb, &["doctor", "--json"]);
+    assert_eq!(code, 1, "{text}");
+    let checks: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let status = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {text}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(status("REPOS_DIR writable"), "fail", "{text}");
+    assert_eq!(status("shared mount"), "skip", "{text}");
+    assert_eq!(
+        status("host writes state"),
+        "skip",
+        "it fails for want of the probe directory: {text}"
+    );
+    assert!(
+        !text.contains("give the ssh user write access"),
+        "wrong advice for an unmounted share: {text}"
+    );
+}

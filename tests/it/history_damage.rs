@@ -458,3 +458,79 @@ fn verifying_a_signed_history_with_no_key_is_an_error() {
     // Reading it is still fine.
     assert_eq!(history(&sb, &[], None, None).0, 0);
 }
+
+/// The history is on the shared mount, like the state files: a symbolic link
+/// in its place is never followed. Here it points at a file outside REPOS_DIR
+/// whose last line has no line end: the event must leave that file as it was
+/// (no entry appended to it, and above all no "torn" line cut off it).
+#[test]
+fn an_event_never_writes_through_a_history_that_is_a_symlink() {
+    let sb = Sandbox::new();
+    let outside = sb.root().join("outside.txt");
+    let original = b"first line\nlast line without a line end".to_vec();
+    fs::write(&outside, &original).unwrap();
+    let history = sb.history_path(ITEM);
+    fs::create_dir_all(history.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &history).unwrap();
+
+    let out = sb.event("request-approve", ITEM, &[]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(code == 0 || code == 1, "exit {code}: {stdout} {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(&outside).unwrap()),
+        String::from_utf8_lossy(&original),
+        "the file the history's symlink points to was written through it: {stdout} {stderr}"
+    );
+}
+
+/// An actor is recorded as given (JSON keeps it whole), but the `history`
+/// table is for a human: a line break in an actor (from --actor, or
+/// $SUDO_USER) must not start a line of its own that reads as another entry.
+#[test]
+fn an_actor_with_a_line_break_cannot_forge_a_row_of_the_history_table() {
+    let sb = Sandbox::new();
+    let forged =
+        "2020-01-01T00:00:00Z  alice  approved  approve_requested  initiated  transitioned";
+    let out = sb.event(
+        "request-approve",
+        ITEM,
+        &["--actor", &format!("mallory\n{forged}")],
+    );
+    assert_eq!(code(&out), 0, "{out:?}");
+    let out = sb
+        .cmd()
+        .env("SUDO_USER", format!("eve\r{forged}"))
+        .args(["event", "reset", "--repo", REPO, "--work-item", ITEM])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+
+    // The JSON keeps each actor whole.
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", ITEM, "--json"]);
+    let actors: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["actor"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        actors,
+        [format!("mallory\n{forged}"), format!("eve\r{forged}")]
+    );
+
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", ITEM]);
+    let (code, table, stderr) = code_out_err(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "a header and one line per entry:\n{table}"
+    );
+    assert!(
+        !table.contains('\r') && !table.lines().any(|l| l.starts_with("2020-01-01")),
+        "an actor's line break reads as a forged entry:\n{table}"
+    );
+}

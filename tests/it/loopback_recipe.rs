@@ -91,3 +91,23 @@ fn shipped_shell_scripts_pass_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The recipe with a directory whose path holds a space (a home directory
+/// such as "/home/ops/deploy tests"): the script quotes it where it uses
+/// it, so its sshd starts and the wrapper reaches it.
+#[test]
+fn the_loopback_script_works_in_a_directory_with_a_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().join("loop back");
+    let dir_arg = dir_arg.to_str().unwrap();
+    let started = script(&["start", dir_arg]);
+    let reached = started.status.success()
+        && Command::new(Path::new(dir_arg).join("bin/ssh"))
+            .args(["loopback", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let stopped = script(&["stop", dir_arg]);
+    assert_eq!(started.status.code(), Some(0), "{started:?}");
+    assert!(reached, "the wrapper did not reach the loopback sshd");
+    assert_eq!(stopped.status.code(), Some(0), "{stopped:?}");
+}

@@ -531,3 +531,145 @@ fn status_shows_an_unreadable_state_file_as_the_problem_and_never_waits_on_it() 
     );
     assert!(!str_of(&s, "note").contains("original engine"), "{s}");
 }
+
+/// Runs `cmd` to its end, or kills it after `limit`: its output, or `None`
+/// when it was still running.
+fn bounded(mut cmd: std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if wait_for(limit, || child.try_wait().unwrap().is_some()) {
+        Some(child.wait_with_output().unwrap())
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+/// The history lives on the shared mount too: a FIFO in its place (left by
+/// a broken copy, or put there by anyone who can write the share) must be
+/// named, never waited on. `status` is what an operator runs when something
+/// is stuck; it must not be stuck itself.
+#[test]
+fn status_never_waits_on_a_history_that_is_a_fifo() {
+    let sb = Sandbox::new();
+    let item = "ORCH-930";
+    sb.approve_item(item);
+    sb.wait_for_result(item);
+    let history = sb.history_path(item);
+    fs::remove_file(&history).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&history)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    for args in [
+        vec!["status", "--json"],
+        vec!["status", "--repo", REPO, "--work-item", item, "--json"],
+        vec!["status"],
+    ] {
+        let mut cmd = sb.cmd();
+        cmd.args(&args);
+        let out = bounded(cmd, Duration::from_secs(10)).unwrap_or_else(|| {
+            panic!("`selfdeploy {}` waited on the FIFO history", args.join(" "))
+        });
+        let (code, stdout, stderr) = code_out_err(&out);
+        assert_eq!(code, 0, "{args:?}: {stdout} {stderr}");
+        assert!(stdout.contains(item), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains("history") && stdout.contains("FIFO"),
+            "{args:?}: the history is not named as unreadable: {stdout}"
+        );
+    }
+}
+
+/// A state directory of a repo moved to a bigger disk and linked back
+/// (`ln -s /big/.deploy-state-orchestrator`): events follow the link and
+/// dispatch there. Whatever the engine does with such a link, `status` and
+/// `watch --once` must not then report "nothing in flight" while a deploy
+/// runs and its result waits to be finalized.
+#[test]
+fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
+    let sb = Sandbox::new();
+    let item = "ORCH-931";
+    let moved = sb.root().join("big").join(format!(".deploy-state-{REPO}"));
+    fs::create_dir_all(&moved).unwrap();
+    std::os::unix::fs::symlink(
+        &moved,
+        sb.state_root().join(format!(".deploy-state-{REPO}")),
+    )
+    .unwrap();
+
+    let (code, r) = sb.event_json("request-approve", item, &[]);
+    if code != 0 || r["to"] != "approve_requested" {
+        return; // refused: nothing can be in flight, nothing hidden
+    }
+    let (code, r) = sb.approve(item);
+    if code != 0 || r["to"] != "initiated" {
+        return;
+    }
+    sb.wait_for_result(item);
+    // The item's own status knows.
+    assert_eq!(one(&sb, item)["state"], "initiated");
+
+    let out = sb.run(&["status", "--json"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        stdout.contains(item) || (code == 1 && stderr.contains(".deploy-state-")),
+        "status lists nothing while {item} is initiated with a result waiting: exit {code}, {stdout:?} {stderr}"
+    );
+    let out = sb.run(&["status"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        !stdout.starts_with("no work items"),
+        "status says no work items while {item} is in flight: exit {code}, {stdout:?} {stderr}"
+    );
+
+    let out = sb.run(&["watch", "--once"]);
+    let (code, stdout, stderr) = code_out_err(&out);
+    assert!(
+        stdout.contains(item) || code == 1,
+        "watch --once neither finalized {item} nor reported anything: exit {code}, {stdout:?} {stderr}"
+    );
+}
+
+/// A refused approval's reason quotes the worktree it was given; a line
+/// break in that path must not start a line of the status table that reads
+/// as another work item.
+#[test]
+fn a_line_break_in_a_recorded_reason_cannot_forge_a_row_of_the_status_table() {
+    let sb = Sandbox::new();
+    let item = "ORCH-932";
+    sb.request_approve(item);
+    let forged = "orchestrator  ORCH-999  finalized_success  -  pushed  poll transitioned 1s ago  deploy succeeded";
+    let out = sb.event(
+        "approved",
+        item,
+        &[
+            "--branch",
+            "deploy/ORCH-7",
+            "--worktree",
+            &format!("/nonexistent\n{forged}"),
+        ],
+    );
+    assert_eq!(code(&out), 3, "{out:?}");
+    let out = sb.run(&["status"]);
+    let (code, table, stderr) = code_out_err(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "a header and one line per item:\n{table}"
+    );
+    assert!(
+        !table
+            .lines()
+            .any(|l| l.starts_with("orchestrator  ORCH-999")),
+        "a reason's line break reads as another item:\n{table}"
+    );
+}

@@ -563,3 +563,244 @@ fn watch_stays_quiet_on_its_own_reads_and_backs_off_a_failing_poll() {
     assert_eq!(after.len(), entries + 1, "{after:#?}");
     assert_eq!(after.last().unwrap()["actor"], "ops");
 }
+
+/// An item due for a poll whose worktree is gone: every poll fails the
+/// same way. Its result is in place (the hook ran), then the worktree goes.
+fn failing_item(sb: &Sandbox, item: &str) {
+    let wt = sb.root().join(format!("wt-{item}"));
+    git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            BRANCH,
+            sb.remote().to_str().unwrap(),
+            wt.to_str().unwrap(),
+        ],
+    );
+    sb.request_approve(item);
+    let (code, r) = sb.event_json(
+        "approved",
+        item,
+        &["--branch", BRANCH, "--worktree", wt.to_str().unwrap()],
+    );
+    assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
+    sb.wait_for_result(item);
+    fs::remove_dir_all(&wt).unwrap();
+}
+
+/// The failed polls the watch counted, from its stop line.
+fn errors_of(log: &str) -> usize {
+    log.split(", errors ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no stop line: {log}"))
+}
+
+/// At its default level the watch says a poll fails when the failure is
+/// new, not at every retry: after the first attempt and the retry 5 s
+/// later, the failure appears once in the log, whoever logs it.
+#[test]
+fn watch_default_log_names_a_failing_poll_once_across_retries() {
+    let sb = Sandbox::new();
+    failing_item(&sb, "RETRY-1");
+    let watch = Watch::start(&sb, "1");
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watch
+            .log()
+            .contains("RETRY-1: poll failed")),
+        "{}",
+        watch.log()
+    );
+    // The retry after the first backoff (5 s), and a rescan after it.
+    thread::sleep(Duration::from_millis(7500));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(errors_of(&log) >= 2, "no retry happened: {log}");
+    let mentions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("RETRY-1") && l.contains("does not exist"))
+        .collect();
+    assert_eq!(
+        mentions.len(),
+        1,
+        "the same failure logged at every retry:\n{}",
+        mentions.join("\n")
+    );
+}
+
+/// A result file of a failing item written again and again (a host that
+/// retries its wrapper, or anyone with the share) makes the watch poll
+/// again, as designed; the failure is the same one, so it is not a new
+/// warning each time.
+#[test]
+fn watch_a_rewritten_result_of_a_failing_item_is_not_a_new_failure_each_time() {
+    let sb = Sandbox::new();
+    failing_item(&sb, "REWRITE-1");
+    let watch = Watch::start(&sb, "3600");
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watch
+            .log()
+            .contains("REWRITE-1: poll failed")),
+        "{}",
+        watch.log()
+    );
+    let result = sb.result_file("REWRITE-1");
+    for _ in 0..10 {
+        fs::write(&result, "0\n").unwrap();
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_secs(1));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(errors_of(&log) >= 2, "the rewrites caused no poll: {log}");
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("watch: orchestrator/REWRITE-1: poll failed:"))
+        .count();
+    assert_eq!(warned, 1, "one warning per rewrite of the result:\n{log}");
+}
+
+/// One item whose history is a FIFO (on the shared mount, like the state
+/// files) must not stop the watch for every other item.
+#[test]
+fn watch_once_goes_on_when_one_item_s_history_is_a_fifo() {
+    let sb = Sandbox::new();
+    sb.approve_item("FIFO-1");
+    sb.approve_item("FIFO-2");
+    sb.wait_for_result("FIFO-1");
+    sb.wait_for_result("FIFO-2");
+    let history = sb.history_path("FIFO-1");
+    fs::remove_file(&history).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&history)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let mut child = sb
+        .cmd()
+        .args(["watch", "--once"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = support_wait_for(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        ended,
+        "watch --once waited on FIFO-1's history and never got to FIFO-2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(&sb, "FIFO-2"), "finalized_success", "{out:?}");
+}
+
+/// The inotify watches the process holds (one per watched directory).
+fn inotify_watches(pid: u32) -> usize {
+    let mut count = 0;
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify")) {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            count += info
+                .lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count();
+        }
+    }
+    count
+}
+
+/// The default worktree of an item is `{repos_dir}/.worktrees/{repo}/
+/// {work_item}`: checkouts, build output and dependencies live under
+/// REPOS_DIR. The watch needs the state directories; watching every
+/// directory of every worktree costs an inotify watch each (the per-user
+/// limit is often 8192) and wakes the watch at every file a build writes.
+#[test]
+fn watch_watches_the_state_directories_not_every_worktree_under_repos_dir() {
+    let sb = Sandbox::new();
+    sb.request_approve("TREE-1");
+    let deps = sb
+        .state_root()
+        .join(".worktrees/orchestrator/TREE-1/node_modules");
+    for i in 0..2000 {
+        fs::create_dir_all(deps.join(format!("pkg-{i}/lib"))).unwrap();
+    }
+    let watch = Watch::start(&sb, "3600");
+    let watches = inotify_watches(watch.pid());
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        watches < 100,
+        "the watch holds {watches} inotify watches for one work item"
+    );
+}
+
+/// A hook that writes its progress (every line appended to hook.log in the
+/// item's state directory) is no result: the watch has nothing to do and
+/// must stay idle, not wake at each line.
+#[test]
+fn watch_stays_idle_while_a_hook_writes_its_log() {
+    let sb = Sandbox::new();
+    let _hold = Hold::hook(&sb);
+    dispatch_held(&sb, "CHATTY-1");
+    let watch = Watch::start(&sb, "3600");
+    let pid = watch.pid();
+    let log_file = sb.item_dir("CHATTY-1").join("hook.log");
+    let cpu_at_start = cpu_time(pid);
+    let started = Instant::now();
+    {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new().append(true).open(&log_file).unwrap();
+        while started.elapsed() < Duration::from_secs(5) {
+            f.write_all(b"pulling layer 3/17: 42%\n").unwrap();
+            thread::sleep(Duration::from_micros(500));
+        }
+    }
+    let cpu = cpu_time(pid) - cpu_at_start;
+    let wall = started.elapsed();
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    eprintln!("watch: {cpu:?} of CPU in {wall:?} of hook output");
+    assert!(
+        cpu < wall / 10,
+        "the watch used {cpu:?} of CPU in {wall:?} while the hook wrote its log"
+    );
+}
+
+/// The share goes away under a running watch (an unmount, a remount): every
+/// rescan fails the same way. The operator is told once, and told when it
+/// is back, not every rescan interval for as long as it lasts.
+#[test]
+fn watch_logs_a_missing_repos_dir_once_and_its_return() {
+    let sb = Sandbox::new();
+    sb.request_approve("MOUNT-1");
+    let watch = Watch::start(&sb, "1");
+    let away = sb.root().join("state.unmounted");
+    fs::rename(sb.state_root(), &away).unwrap();
+    thread::sleep(Duration::from_millis(5500));
+    fs::rename(&away, sb.state_root()).unwrap();
+    thread::sleep(Duration::from_millis(2500));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    let failed = log.lines().filter(|l| l.contains("rescan failed")).count();
+    assert!(failed >= 1, "{log}");
+    assert_eq!(failed, 1, "the same rescan failure at every rescan:\n{log}");
+    let after = log.split("rescan failed").last().unwrap();
+    assert!(
+        after.lines().skip(1).any(|l| l.contains("INFO watch: ")
+            && !l.contains("SIGTERM")
+            && !l.contains("stopped")),
+        "nothing says the rescans work again:\n{log}"
+    );
+}
