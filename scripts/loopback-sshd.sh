@@ -73,9 +73,9 @@ for _ in 1 2 3 4 5; do
     cat >"$dir/sshd_config" <<CONFIG
 ListenAddress 127.0.0.1
 Port $port
-HostKey $dir/host_key
-AuthorizedKeysFile $dir/authorized_keys
-PidFile $dir/sshd.pid
+HostKey "$dir/host_key"
+AuthorizedKeysFile "$dir/authorized_keys"
+PidFile "$dir/sshd.pid"
 AllowUsers $user
 StrictModes no
 PubkeyAuthentication yes
@@ -93,10 +93,10 @@ Host *
     HostName 127.0.0.1
     Port $port
     User $user
-    IdentityFile $dir/client_key
+    IdentityFile "$dir/client_key"
     IdentitiesOnly yes
     IdentityAgent none
-    UserKnownHostsFile $dir/known_hosts
+    UserKnownHostsFile "$dir/known_hosts"
     GlobalKnownHostsFile /dev/null
     StrictHostKeyChecking accept-new
     BatchMode yes

@@ -261,6 +261,14 @@ pub fn run(
         if let Some(why) = &host_down {
             return needs_host(why);
         }
+        // Without REPOS_DIR (and its probe directory) here, what the host
+        // writes cannot be looked for: a failure would blame permissions.
+        if !writable {
+            return Outcome::Skip(
+                "needs REPOS_DIR writable: there is nowhere to look for what the host writes"
+                    .into(),
+            );
+        }
         let write = format!(
             "echo {token} > {}",
             shell_quote(&host_written.to_string_lossy())

@@ -107,41 +107,61 @@ fn item_of(repos_dir: &Path, path: &Path) -> Option<Item> {
     Some((RepoName::new(repo).ok()?, WorkItem::new(work_item).ok()?))
 }
 
-/// Whether a file event is something a writer did. inotify reports reads
-/// too (an open, a close after reading), and looking at an item reads its
-/// result: reacting to those would make every look cause the next.
-fn written(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Create(_)
-            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_))
-            | EventKind::Access(AccessKind::Close(AccessMode::Write))
-    )
+/// What one look at an item's files (without the lock) found.
+#[derive(Debug, Default)]
+struct Look {
+    /// A poll would act now: initiated, and a result, a passed deadline,
+    /// or a dispatch to resolve (a ticket unclaimed past the claim timeout,
+    /// revoked, or never written: the engine stopped mid-dispatch). The
+    /// poll itself decides again under the lock; looking first spares every
+    /// idle item a history line.
+    due: bool,
+    /// Not finalized: a result may still arrive, so its directory is watched.
+    live: bool,
+    /// Finalized with the deploy log not pushed: why.
+    push_error: Option<String>,
 }
 
-/// Whether a poll would act on the item now: initiated, and a result, a
-/// passed deadline, or a dispatch to resolve (a ticket unclaimed past the
-/// claim timeout, revoked, or never written: the engine stopped
-/// mid-dispatch). Checked without the lock to avoid a history line for every
-/// idle look; the poll itself decides under the lock.
-fn due(settings: &Settings, repo: &RepoName, work_item: &WorkItem) -> bool {
-    let paths = ItemPaths::new(&settings.repos_dir, repo, work_item);
-    match Snapshot::load(&paths) {
-        Ok(snap) if snap.state == StateName::Initiated => {
-            let now = std::time::SystemTime::now();
-            let at = snap.initiated_record().map(|r| r.dispatch_time());
-            let has_result = snap.result.is_some();
-            has_result
-                || matches!(
-                    snap.dispatch.as_ref().map(|d| d.ticket),
-                    Some(Ticket::Revoked | Ticket::Missing)
-                )
-                || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now)
-                    .is_some()
-                || machine::deadline_passed(settings, at, has_result, now).is_some()
-        }
-        _ => false,
+fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
+    let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
+    let snap = Snapshot::load(&paths).map_err(|e| e.to_string())?;
+    let push_error = snap
+        .finalized
+        .as_ref()
+        .and_then(|r| r.as_ref())
+        .filter(|record| record.push_pending())
+        .map(|record| {
+            record
+                .push_error
+                .clone()
+                .unwrap_or_else(|| "unknown error".to_owned())
+        });
+    if snap.state != StateName::Initiated {
+        return Ok(Look {
+            due: false,
+            live: push_error.is_none()
+                && !matches!(
+                    snap.state,
+                    StateName::FinalizedSuccess | StateName::FinalizedFailed
+                ),
+            push_error,
+        });
     }
+    let now = std::time::SystemTime::now();
+    let at = snap.initiated_record().map(|r| r.dispatch_time());
+    let has_result = snap.result.is_some();
+    let due = has_result
+        || matches!(
+            snap.dispatch.as_ref().map(|d| d.ticket),
+            Some(Ticket::Revoked | Ticket::Missing)
+        )
+        || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now).is_some()
+        || machine::deadline_passed(settings, at, has_result, now).is_some();
+    Ok(Look {
+        due,
+        live: true,
+        push_error: None,
+    })
 }
 
 /// Polls one item (blocking: git and the lock) and says what happened.
@@ -260,8 +280,11 @@ impl Backoff {
         self.next.remove(item).map(|r| r.attempts)
     }
 
-    fn forget(&mut self, item: &Item) {
-        self.next.remove(item);
+    /// Makes the item ready now, keeping what it failed with.
+    fn wake(&mut self, item: &Item) {
+        if let Some(retry) = self.next.get_mut(item) {
+            retry.at = Instant::now();
+        }
     }
 }
 
@@ -297,20 +320,6 @@ fn files_changed_at(settings: &Settings, item: &Item) -> Option<SystemTime> {
         .ok()
 }
 
-/// The push error of a finalized item whose deploy log is not on the remote.
-fn push_pending(settings: &Settings, item: &Item) -> Option<String> {
-    let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
-    Snapshot::load(&paths)
-        .ok()
-        .and_then(|snap| snap.finalized.flatten())
-        .filter(|record| record.push_pending())
-        .map(|record| {
-            record
-                .push_error
-                .unwrap_or_else(|| "unknown error".to_owned())
-        })
-}
-
 impl Schedule {
     /// Polls the item, logs what happened, and schedules what failed.
     fn poll(&mut self, settings: &Settings, item: &Item, stats: &mut Stats) -> Handled {
@@ -329,49 +338,102 @@ impl Schedule {
                 tracing::debug!("watch: {name} polled: {outcome}, {to}");
             }
             Handled::Failed { error, .. } => {
-                stats.errors += 1;
-                let (delay, new) = self
-                    .polls
-                    .failed(item, error, files_changed_at(settings, item));
-                if new {
-                    tracing::warn!(
-                        "watch: {name}: poll failed: {error}; retrying in {}",
-                        humantime::format_duration(delay)
-                    );
-                } else {
-                    tracing::debug!("watch: {name}: poll failed again; retrying in {delay:?}");
-                }
+                self.poll_failed(settings, item, error, stats);
+                return handled;
             }
         }
-        if !matches!(handled, Handled::Failed { .. }) {
-            if let Some(failures) = self.polls.succeeded(item) {
-                tracing::info!("watch: {name}: poll works again after {failures} failed attempts");
-            }
-            match push_pending(settings, item) {
-                Some(error) => {
-                    let (delay, new) = self.pushes.failed(item, &error, None);
-                    if new {
-                        tracing::warn!(
-                            "watch: {name}: deploy log not pushed: {error}; retrying in {}",
-                            humantime::format_duration(delay)
-                        );
-                    }
+        self.worked(item);
+        // A finalize pushes; a failed push is retried on its own schedule.
+        match look(settings, item).ok().and_then(|l| l.push_error) {
+            Some(error) => {
+                let (delay, new) = self.pushes.failed(item, &error, None);
+                if new {
+                    tracing::warn!(
+                        "watch: {name}: deploy log not pushed: {error}; retrying in {}",
+                        humantime::format_duration(delay)
+                    );
                 }
-                None => {
-                    if let Some(failures) = self.pushes.succeeded(item) {
-                        tracing::info!(
-                            "watch: {name}: deploy log pushed after {failures} failed attempts"
-                        );
-                    }
+            }
+            None => {
+                if let Some(failures) = self.pushes.succeeded(item) {
+                    tracing::info!(
+                        "watch: {name}: deploy log pushed after {failures} failed attempts"
+                    );
                 }
             }
         }
         handled
     }
 
-    /// A result of the item was written: whatever it waited for may be over.
+    /// Records a failed poll (or an item that cannot be read): logged when
+    /// the error is new, retried after a growing delay.
+    fn poll_failed(&mut self, settings: &Settings, item: &Item, error: &str, stats: &mut Stats) {
+        stats.errors += 1;
+        let name = shown(item);
+        let (delay, new) = self
+            .polls
+            .failed(item, error, files_changed_at(settings, item));
+        if new {
+            tracing::warn!(
+                "watch: {name}: poll failed: {error}; retrying in {}",
+                humantime::format_duration(delay)
+            );
+        } else {
+            tracing::debug!("watch: {name}: poll failed again; retrying in {delay:?}");
+        }
+    }
+
+    /// The item can be read and polled again.
+    fn worked(&mut self, item: &Item) {
+        if let Some(failures) = self.polls.succeeded(item) {
+            tracing::info!(
+                "watch: {}: poll works again after {failures} failed attempts",
+                shown(item)
+            );
+        }
+    }
+
+    /// Looks at the item and polls it if it is due and not waiting after a
+    /// failure, or retries its push when that is due. Also says whether the
+    /// item may still receive a result (as it was before the poll).
+    fn visit(
+        &mut self,
+        settings: &Settings,
+        item: &Item,
+        stats: &mut Stats,
+    ) -> (Option<Handled>, bool) {
+        let files = files_changed_at(settings, item);
+        let look = look(settings, item);
+        let live = look.as_ref().is_ok_and(|l| l.live);
+        let handled = match look {
+            Ok(look) if look.due => self
+                .polls
+                .ready(item, files)
+                .then(|| self.poll(settings, item, stats)),
+            Ok(look) if look.push_error.is_some() && self.pushes.ready(item, None) => {
+                Some(self.poll(settings, item, stats))
+            }
+            Ok(_) => {
+                self.worked(item);
+                None
+            }
+            Err(error) if self.polls.ready(item, files) => {
+                self.poll_failed(settings, item, &error, stats);
+                Some(Handled::Failed {
+                    item: shown(item),
+                    error,
+                })
+            }
+            Err(_) => None,
+        };
+        (handled, live)
+    }
+
+    /// A result of the item was written: whatever it waited for may be
+    /// over, so it is looked at now; a failure it had is still known (the
+    /// same error again is no news).
     fn written(&mut self, item: &Item) {
-        self.polls.forget(item);
+        self.polls.wake(item);
     }
 }
 
@@ -383,24 +445,154 @@ pub fn rescan(
     stats: &mut Stats,
     schedule: &mut Schedule,
 ) -> Result<Vec<Handled>, WatchError> {
+    rescan_pass(settings, stats, schedule).map(|pass| pass.handled)
+}
+
+/// What a rescan did, and which items may still receive a result.
+#[derive(Debug, Default)]
+struct Pass {
+    handled: Vec<Handled>,
+    live: Vec<Item>,
+}
+
+fn rescan_pass(
+    settings: &Settings,
+    stats: &mut Stats,
+    schedule: &mut Schedule,
+) -> Result<Pass, WatchError> {
     let items = store::list_items(&settings.repos_dir).map_err(|source| WatchError::List {
         path: settings.repos_dir.display().to_string(),
         source,
     })?;
-    let mut handled = Vec::new();
+    let mut pass = Pass::default();
     for item in items {
-        let attempt = if due(settings, &item.0, &item.1) {
-            schedule
-                .polls
-                .ready(&item, files_changed_at(settings, &item))
-        } else {
-            push_pending(settings, &item).is_some() && schedule.pushes.ready(&item, None)
-        };
-        if attempt {
-            handled.push(schedule.poll(settings, &item, stats));
+        let (handled, live) = schedule.visit(settings, &item, stats);
+        pass.handled.extend(handled);
+        if live {
+            pass.live.push(item);
         }
     }
-    Ok(handled)
+    Ok(pass)
+}
+
+/// A path a file event named, as far as the watch cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Named {
+    /// A result file of an item.
+    Result(Item),
+    /// A directory that may hold items (`.deploy-state-<repo>`) or results
+    /// (an item's state directory): to be watched.
+    Directory(PathBuf),
+}
+
+/// What a file event means to the watch, if anything. Results count when
+/// written whole (closed after writing, or renamed into place); directories
+/// when they appear.
+fn named(repos_dir: &Path, event: &notify::Event) -> Vec<Named> {
+    let closed_or_renamed = matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+    );
+    let appeared = matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+    );
+    let mut found = Vec::new();
+    for path in &event.paths {
+        if closed_or_renamed && let Some(item) = item_of(repos_dir, path) {
+            found.push(Named::Result(item));
+        } else if appeared && holds_items_or_results(repos_dir, path) {
+            found.push(Named::Directory(path.clone()));
+        }
+    }
+    found
+}
+
+/// `REPOS_DIR/.deploy-state-<repo>` or `REPOS_DIR/.deploy-state-<repo>/<item>`.
+fn holds_items_or_results(repos_dir: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(repos_dir) else {
+        return false;
+    };
+    let parts: Vec<_> = rel.iter().filter_map(|p| p.to_str()).collect();
+    let repo_dir = |p: &str| {
+        p.strip_prefix(crate::contract::remote::STATE_DIR_PREFIX)
+            .is_some_and(|r| RepoName::new(r).is_ok())
+    };
+    match parts.as_slice() {
+        [repo] => repo_dir(repo),
+        [repo, item] => repo_dir(repo) && WorkItem::new(item).is_ok(),
+        _ => false,
+    }
+}
+
+/// The directories the watch needs, one inotify watch each, none
+/// recursive: REPOS_DIR (repos appear), each `.deploy-state-<repo>` (items
+/// appear) and each live item's directory (results appear). Worktrees and
+/// everything else under REPOS_DIR stay unwatched; symlinks are never
+/// followed.
+struct Watched {
+    watcher: notify::RecommendedWatcher,
+    dirs: std::collections::HashSet<PathBuf>,
+}
+
+impl Watched {
+    fn add(&mut self, dir: &Path) {
+        let real_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+        if !real_dir || self.dirs.contains(dir) {
+            return;
+        }
+        match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                self.dirs.insert(dir.to_path_buf());
+            }
+            Err(e) => tracing::debug!("watch: cannot watch {}: {e}", dir.display()),
+        }
+    }
+
+    /// A repo's directory and the items already in it (created before its
+    /// watch was in place).
+    fn add_repo(&mut self, repo_dir: &Path) {
+        self.add(repo_dir);
+        if let Ok(entries) = std::fs::read_dir(repo_dir) {
+            for entry in entries.flatten() {
+                self.add(&entry.path());
+            }
+        }
+    }
+
+    /// After a rescan: every repo directory and every live item watched,
+    /// the items that reached a verdict no longer.
+    fn follow(&mut self, settings: &Settings, live: &[Item]) {
+        if let Ok(entries) = std::fs::read_dir(&settings.repos_dir) {
+            for entry in entries.flatten() {
+                if holds_items_or_results(&settings.repos_dir, &entry.path()) {
+                    self.add(&entry.path());
+                }
+            }
+        }
+        let wanted: std::collections::HashSet<PathBuf> = live
+            .iter()
+            .map(|(repo, item)| ItemPaths::new(&settings.repos_dir, repo, item).state_dir)
+            .collect();
+        for dir in &wanted {
+            self.add(dir);
+        }
+        let done: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .filter(|d| {
+                **d != settings.repos_dir
+                    && d.parent().is_some_and(|p| p != settings.repos_dir)
+                    && !wanted.contains(*d)
+            })
+            .cloned()
+            .collect();
+        for dir in done {
+            let _ = self.watcher.unwatch(&dir);
+            self.dirs.remove(&dir);
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves. The event in hand completes first: nothing
@@ -413,23 +605,30 @@ pub async fn run(
     if !repos_dir.is_dir() {
         return Err(WatchError::NotADirectory(repos_dir.display().to_string()));
     }
-    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && written(&event.kind)
-        {
-            for path in event.paths {
-                let _ = tx.send(path);
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<Named>();
+    let events_dir = repos_dir.clone();
+    // Only what matters is sent: a hook writing its log, or the watch
+    // reading a result, never wakes the loop.
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for named in named(&events_dir, &event) {
+                let _ = tx.send(named);
             }
         }
     })
     .map_err(WatchError::Watcher)?;
-    watcher
-        .watch(&repos_dir, RecursiveMode::Recursive)
+    let mut watched = Watched {
+        watcher,
+        dirs: Default::default(),
+    };
+    watched
+        .watcher
+        .watch(&repos_dir, RecursiveMode::NonRecursive)
         .map_err(|source| WatchError::Watch {
             path: repos_dir.display().to_string(),
             source,
         })?;
+    watched.dirs.insert(repos_dir.clone());
     let count = store::list_items(&repos_dir).map_or(0, |items| items.len());
     tracing::info!(
         "watch: started on {} ({count} work items, transport {}, rescan every {})",
@@ -441,6 +640,7 @@ pub async fn run(
     let settings = std::sync::Arc::new(settings);
     let mut stats = Stats::default();
     let mut schedule = Schedule::default();
+    let mut rescan_failing: Option<String> = None;
     let mut ticks = tokio::time::interval(settings.watch_rescan);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -448,44 +648,69 @@ pub async fn run(
         let work: Option<Vec<Item>> = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(path) = changed.recv() => {
-                let mut items: Vec<_> = item_of(&repos_dir, &path).into_iter().collect();
-                // Take every change already queued, once each.
-                while let Ok(path) = changed.try_recv() {
-                    if let Some(item) = item_of(&repos_dir, &path).filter(|i| !items.contains(i)) {
-                        items.push(item);
+            Some(first) = changed.recv() => {
+                let mut items = Vec::new();
+                let mut take = |named: Named, watched: &mut Watched| match named {
+                    Named::Result(item) => {
+                        if !items.contains(&item) {
+                            items.push(item);
+                        }
                     }
+                    Named::Directory(dir) if dir.parent() == Some(repos_dir.as_path()) => {
+                        watched.add_repo(&dir);
+                    }
+                    Named::Directory(dir) => watched.add(&dir),
+                };
+                take(first, &mut watched);
+                // Take every change already queued, once each.
+                while let Ok(named) = changed.try_recv() {
+                    take(named, &mut watched);
                 }
                 Some(items)
             }
             _ = ticks.tick() => None,
         };
+        if work.as_ref().is_some_and(Vec::is_empty) {
+            continue;
+        }
         let s = settings.clone();
-        (stats, schedule) = tokio::task::spawn_blocking(move || {
+        let pass;
+        (stats, schedule, pass) = tokio::task::spawn_blocking(move || {
             let mut stats = stats;
             let mut schedule = schedule;
-            match work {
+            let pass = match work {
                 Some(items) => {
-                    for item in items {
-                        schedule.written(&item);
-                        if due(&s, &item.0, &item.1) {
-                            schedule.poll(&s, &item, &mut stats);
-                        }
+                    for item in &items {
+                        schedule.written(item);
+                        let _ = schedule.visit(&s, item, &mut stats);
                     }
+                    None
                 }
-                None => {
-                    if let Err(e) = rescan(&s, &mut stats, &mut schedule) {
-                        stats.errors += 1;
-                        tracing::warn!("watch: rescan failed: {}", with_causes(&e));
-                    }
-                }
-            }
-            (stats, schedule)
+                None => Some(rescan_pass(&s, &mut stats, &mut schedule)),
+            };
+            (stats, schedule, pass)
         })
         .await
         .map_err(WatchError::Task)?;
+        match pass {
+            None => {}
+            Some(Ok(pass)) => {
+                if let Some(error) = rescan_failing.take() {
+                    tracing::info!("watch: rescans work again (they failed: {error})");
+                }
+                watched.follow(&settings, &pass.live);
+            }
+            Some(Err(e)) => {
+                stats.errors += 1;
+                let error = with_causes(&e);
+                if rescan_failing.as_ref() != Some(&error) {
+                    tracing::warn!("watch: rescan failed: {error}; retrying at every rescan");
+                    rescan_failing = Some(error);
+                }
+            }
+        }
     }
-    drop(watcher);
+    drop(watched);
     tracing::info!(
         "watch: stopped (finalized {}, revoked {}, errors {})",
         stats.finalized,

@@ -92,11 +92,13 @@ impl Cli {
         };
         let level = (base + i32::from(self.verbose) - i32::from(self.quiet)).clamp(0, 4);
         let level = LEVELS[level as usize];
-        // Other crates' debug output is noise even at -vv.
-        if level == "debug" || level == "trace" {
-            format!("warn,selfdeploy={level}")
-        } else {
-            level.to_owned()
+        match level {
+            // Other crates' debug output is noise even at -vv.
+            "debug" | "trace" => format!("warn,selfdeploy={level}"),
+            // The watch says what it did in its own lines; the engine's line
+            // per event (a failing poll's at every retry) waits for -v.
+            "info" if self.verbose == 0 => "info,selfdeploy::engine=warn".to_owned(),
+            _ => level.to_owned(),
         }
     }
 }

@@ -41,6 +41,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::open_regular;
 use crate::atomic;
 use crate::config::{Durability, Secret};
 
@@ -169,14 +170,13 @@ pub fn append_history(
     }
     let synced = durability == Durability::Synced;
     let mut notes = Vec::new();
-    let (mut file, created) = match OpenOptions::new().read(true).append(true).open(path) {
+    let (mut file, created) = match open_regular(path, OpenOptions::new().read(true).append(true)) {
         Ok(file) => (file, false),
         Err(e) if e.kind() == io::ErrorKind::NotFound => (
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .open(path)?,
+            open_regular(
+                path,
+                OpenOptions::new().read(true).append(true).create_new(true),
+            )?,
             true,
         ),
         Err(e) => return Err(e),
@@ -196,10 +196,10 @@ pub fn append_history(
         let mut torn = Vec::new();
         file.seek(SeekFrom::Start(cut))?;
         file.read_to_end(&mut torn)?;
-        let mut aside = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(torn_path(path))?;
+        let mut aside = open_regular(
+            &torn_path(path),
+            OpenOptions::new().create(true).append(true),
+        )?;
         aside.write_all(&torn)?;
         aside.write_all(b"\n")?;
         if synced {
@@ -335,7 +335,7 @@ const LAST_ENTRY_WINDOW: u64 = 16 * 1024;
 /// history is missing or empty, or its last line is damaged or torn (the
 /// next append repairs a torn one; `history` shows either).
 pub fn last_entry(path: &Path) -> io::Result<Option<HistoryEntry>> {
-    let mut file = match fs::File::open(path) {
+    let mut file = match open_regular(path, OpenOptions::new().read(true)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -525,8 +525,12 @@ fn mac_of_entry(bytes: &[u8], n: usize) -> Option<String> {
 }
 
 fn read_or_empty(path: &Path) -> io::Result<Vec<u8>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(bytes),
+    match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(mut file) => {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            Ok(bytes)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }

@@ -37,12 +37,13 @@ impl ItemLock {
         if let Some(dir) = path.parent() {
             atomic::create_dir_all(dir).map_err(io)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        // A FIFO would block this open for ever, a symlink would lock (or
+        // create) a file elsewhere: only a regular file is a lock file.
+        let file = super::open_regular(
+            path,
+            OpenOptions::new().create(true).truncate(false).write(true),
+        )
+        .map_err(io)?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {

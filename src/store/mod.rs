@@ -31,6 +31,40 @@ use crate::contract::markers::{Marker, TicketFile};
 use crate::contract::names::{RepoName, WorkItem};
 use crate::contract::remote;
 
+/// Opens `path` with `options`, never following a symlink in its last
+/// component nor waiting on a FIFO, and only if it is a regular file: the
+/// shared mount is written by the host too, so a name is not trusted to be
+/// what it says. The error says what was found instead (callers name the
+/// path).
+pub(crate) fn open_regular(path: &Path, options: &mut fs::OpenOptions) -> io::Result<fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link (never followed)"),
+            _ => e,
+        })?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::other(format!(
+        "it is {what}, not a regular file"
+    )))
+}
+
 /// The files of one work item.
 #[derive(Debug, Clone)]
 pub struct ItemPaths {
@@ -179,7 +213,11 @@ pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
             continue;
         };
         // The identity is lower-cased: a spelling with capitals is not ours.
-        if repo.as_str() != repo.given() || !entry.file_type()?.is_dir() {
+        // A symlink is listed (its items then read as unreadable, never as
+        // absent): an operator must see what is behind it.
+        let kind = entry.file_type()?;
+        let linked_dir = kind.is_symlink() && entry.path().is_dir();
+        if repo.as_str() != repo.given() || !(kind.is_dir() || linked_dir) {
             continue;
         }
         for item in fs::read_dir(entry.path())? {

@@ -10,7 +10,6 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::Serialize;
@@ -86,8 +85,11 @@ impl Snapshot {
         };
         // A symlink in place of the state directory would send every write
         // elsewhere: it is not a state directory.
-        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(StoreError::NotADirectory(dir.display().to_string()));
+        // So would a symlink in place of the repo's directory above it.
+        for dir in [dir.as_path(), dir.parent().unwrap_or(dir)] {
+            if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(StoreError::NotADirectory(dir.display().to_string()));
+            }
         }
         let mut files = Vec::new();
         match fs::read_dir(dir) {
@@ -272,39 +274,14 @@ impl std::fmt::Display for ReadError {
 /// anything but a regular file is refused with the reason. A file larger
 /// than `limit` is reported as `<N bytes>` (for a result: garbage).
 fn read_state_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let fail = |why: String| ReadError::Unreadable(why);
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => fail("it is a symbolic link (never followed)".to_owned()),
-            _ => fail(e.to_string()),
-        })?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let what = if kind.is_dir() {
-            "a directory"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else if kind.is_block_device() || kind.is_char_device() {
-            "a device"
-        } else {
-            "not a regular file"
-        };
-        return Err(fail(format!("it is {what}, not a regular file")));
-    }
+    let fail = |e: io::Error| ReadError::Unreadable(e.to_string());
+    let file = super::open_regular(path, OpenOptions::new().read(true)).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
     if meta.len() > limit {
         return Err(ReadError::TooLarge(meta.len()));
     }
     let mut raw = Vec::new();
-    file.take(limit)
-        .read_to_end(&mut raw)
-        .map_err(|e| fail(e.to_string()))?;
+    file.take(limit).read_to_end(&mut raw).map_err(fail)?;
     Ok(raw)
 }
 

@@ -605,18 +605,23 @@ fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
     )
     .unwrap();
 
-    let (code, r) = sb.event_json("request-approve", item, &[]);
-    if code != 0 || r["to"] != "approve_requested" {
-        return; // refused: nothing can be in flight, nothing hidden
-    }
-    let (code, r) = sb.approve(item);
-    if code != 0 || r["to"] != "initiated" {
-        return;
-    }
-    sb.wait_for_result(item);
-    // The item's own status knows.
-    assert_eq!(one(&sb, item)["state"], "initiated");
-
+    // Events refuse the link, naming it, and write nothing behind it.
+    let out = sb.event("request-approve", item, &[]);
+    let (code, _, stderr) = code_out_err(&out);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            ".deploy-state-{REPO} exists but is not a directory"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(fs::read_dir(&moved).unwrap().count(), 0);
+    // An item that was already behind it (an earlier release followed such
+    // links) is shown, as unreadable, by status and by the watch.
+    let behind = moved.join(item);
+    fs::create_dir_all(&behind).unwrap();
+    fs::write(behind.join("initiated"), "").unwrap();
+    fs::write(behind.join("result"), "0\n").unwrap();
     let out = sb.run(&["status", "--json"]);
     let (code, stdout, stderr) = code_out_err(&out);
     assert!(
@@ -633,8 +638,10 @@ fn a_symlinked_repo_state_directory_never_hides_a_deploy_in_flight() {
     let out = sb.run(&["watch", "--once"]);
     let (code, stdout, stderr) = code_out_err(&out);
     assert!(
-        stdout.contains(item) || code == 1,
-        "watch --once neither finalized {item} nor reported anything: exit {code}, {stdout:?} {stderr}"
+        code == 1
+            && stdout.contains(&format!("orchestrator/{item}: poll failed: "))
+            && stdout.contains("not a directory"),
+        "watch --once did not report {item}: exit {code}, {stdout:?} {stderr}"
     );
 }
 

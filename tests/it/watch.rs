@@ -804,3 +804,34 @@ fn watch_logs_a_missing_repos_dir_once_and_its_return() {
         "nothing says the rescans work again:\n{log}"
     );
 }
+
+/// The watch starts on an empty REPOS_DIR and never rescans: the first
+/// repo's directory, then the item's, appear under it and are watched as
+/// they appear, so the result of a deploy approved afterwards is finalized
+/// by its file event alone.
+#[test]
+fn watch_follows_repos_and_items_that_appear_after_it_started() {
+    let sb = Sandbox::new();
+    assert_eq!(fs::read_dir(sb.state_root()).unwrap().count(), 0);
+    let hold = Hold::hook(&sb);
+    let watch = Watch::start(&sb, "3600");
+    // Its one scan, at the start, has run.
+    thread::sleep(Duration::from_millis(300));
+    dispatch_held(&sb, "NEW-1");
+    hold.release();
+    let finalized = |e: &serde_json::Value| e["to"] == "finalized_success" && e["actor"] == "watch";
+    assert!(
+        support_wait_for(Duration::from_secs(15), || history(&sb, "NEW-1")
+            .iter()
+            .any(finalized)),
+        "not finalized by the watch: {}; {}",
+        state(&sb, "NEW-1"),
+        watch.log()
+    );
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("watch: orchestrator/NEW-1 finalized: finalized_success"),
+        "{log}"
+    );
+}
