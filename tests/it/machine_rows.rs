@@ -466,9 +466,62 @@ fn initiated_poll_with_a_result_finalizes_by_exit_code() {
             };
             let after: FinalizedRecord = decode(content.as_bytes()).unwrap();
             assert_eq!(after.pushed, Some(pushed));
-            assert_eq!(after.push_error, push.err());
+            assert_eq!(after.push_error, push.clone().err());
             assert_eq!(after.hook_exit_code, code);
+            // A change of the push state is the step's news...
+            let news = f.reason.expect("a changed push state is said");
+            assert!(
+                news.starts_with(if pushed {
+                    "pushed"
+                } else {
+                    "not pushed: unreachable"
+                }),
+                "{news}"
+            );
+            // ...and the same state again is none.
+            let again = step(
+                to,
+                &Event::Published {
+                    push: push.clone(),
+                    record: Some(after),
+                },
+                &facts,
+            );
+            assert_eq!(again.reason, None, "{again:?}");
         }
+    }
+}
+
+/// A feedback event where it has no meaning is illegal, and the reason
+/// names it by what happened.
+#[test]
+fn feedback_events_out_of_place_are_named_in_the_reason() {
+    let w = World::new(&[]);
+    for (event, label) in [
+        (Event::Launched, "launched"),
+        (Event::LaunchFailed("ssh: exit 255".into()), "launch-failed"),
+        (
+            Event::TicketRevoked(RevokeReason::Unclaimed),
+            "ticket-revoked",
+        ),
+        (
+            Event::TicketClaimed(RevokeReason::LaunchFailed, "ssh: exit 255".into()),
+            "ticket-claimed",
+        ),
+        (
+            Event::Published {
+                push: Ok(()),
+                record: None,
+            },
+            "published",
+        ),
+    ] {
+        let d = step(Idle, &event, &w.facts());
+        assert_eq!((d.to, d.outcome), (Idle, Outcome::Illegal), "{event:?}");
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(format!("{label} has no meaning in state idle").as_str())
+        );
     }
 }
 
