@@ -196,11 +196,17 @@ pub enum Revoke {
 
 /// Every work item with a state directory under `repos_dir`, sorted.
 pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
-    let mut items = Vec::new();
-    // A missing REPOS_DIR is an error, never "nothing in flight": an
-    // unmounted share must be noticed.
-    let entries = fs::read_dir(repos_dir)?;
-    for entry in entries {
+    let mut items = walk_items(repos_dir)?.collect::<io::Result<Vec<_>>>()?;
+    items.sort();
+    Ok(items)
+}
+
+/// The repos with a state directory under `repos_dir`, sorted. A missing
+/// REPOS_DIR is an error, never "nothing in flight": an unmounted share must
+/// be noticed.
+fn repo_dirs(repos_dir: &Path) -> io::Result<Vec<(RepoName, PathBuf)>> {
+    let mut repos = Vec::new();
+    for entry in fs::read_dir(repos_dir)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(repo) = name
@@ -220,13 +226,31 @@ pub fn list_items(repos_dir: &Path) -> io::Result<Vec<(RepoName, WorkItem)>> {
         if repo.as_str() != repo.given() || !(kind.is_dir() || linked_dir) {
             continue;
         }
-        for item in fs::read_dir(entry.path())? {
-            let item = item?;
-            if let Some(Ok(wi)) = item.file_name().to_str().map(WorkItem::new) {
-                items.push((repo.clone(), wi));
-            }
-        }
+        repos.push((repo, entry.path()));
     }
-    items.sort();
-    Ok(items)
+    repos.sort();
+    Ok(repos)
+}
+
+/// Every work item under `repos_dir` as the directories list them (repos
+/// sorted, items in directory order): nothing is collected, so a million
+/// items cost no more memory than ten.
+pub fn walk_items(
+    repos_dir: &Path,
+) -> io::Result<impl Iterator<Item = io::Result<(RepoName, WorkItem)>>> {
+    let repos = repo_dirs(repos_dir)?;
+    Ok(repos.into_iter().flat_map(|(repo, dir)| {
+        let entries: Box<dyn Iterator<Item = io::Result<fs::DirEntry>>> = match fs::read_dir(&dir) {
+            Ok(entries) => Box::new(entries),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        entries.filter_map(move |entry| match entry {
+            Err(e) => Some(Err(e)),
+            Ok(entry) => entry
+                .file_name()
+                .to_str()
+                .and_then(|name| WorkItem::new(name).ok())
+                .map(|wi| Ok((repo.clone(), wi))),
+        })
+    }))
 }

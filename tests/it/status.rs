@@ -447,7 +447,30 @@ fn status_sorts_by_last_activity_and_shows_its_age() {
         .join(".selfdeploy/history/other/OTH-2.jsonl");
     backdate_history(&other, hours);
 
-    let all = rows(&sb, &[]);
+    // JSON Lines come as the directories list them: every item once; the
+    // reader sorts. The table (below) sorts by last activity.
+    let mut all = rows(&sb, &[]);
+    let mut streamed = items_of(&all);
+    streamed.sort();
+    assert_eq!(
+        streamed,
+        [
+            "orchestrator/ORCH-920",
+            "orchestrator/ORCH-921",
+            "orchestrator/ORCH-922",
+            "orchestrator/ORCH-923",
+            "other/OTH-2",
+        ]
+    );
+    all.sort_by_key(|r| {
+        let age = r["last_event"]["age_secs"].as_u64();
+        (
+            age.is_none(),
+            age,
+            r["repo"].as_str().unwrap().to_owned(),
+            r["work_item"].as_str().unwrap().to_owned(),
+        )
+    });
     assert_eq!(
         items_of(&all),
         [
