@@ -11,7 +11,7 @@ use super::{EXIT_ERROR, EXIT_OK};
   selfdeploy demo --fail --keep
   selfdeploy demo --ssh \"$(id -un)@loopback\"   # with scripts/loopback-sshd.sh's PATH")]
 pub struct Args {
-    /// Make the hook's health check fail (the deploy ends finalized_failed).
+    /// Deploy an unhealthy image: the hook rolls back (exit code 1) and the deploy ends finalized_failed.
     #[arg(long)]
     fail: bool,
     /// Keep the sandbox directory and print where it is.

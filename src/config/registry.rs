@@ -141,6 +141,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// e-mail domain from the settings.
 pub const FINALIZER_NAME: &str = "deploy-finalizer";
 
+/// The image label that carries the commit an image was built from (the OCI
+/// annotation `org.opencontainers.image.revision`): the hook's provenance
+/// check compares it with EXPECTED_REVISION.
+pub const IMAGE_REVISION_LABEL: &str = "org.opencontainers.image.revision";
+
 /// Whether the setting called `name` is a secret.
 pub fn is_secret(name: &str) -> bool {
     REGISTRY.iter().any(|s| s.name == name && s.is_secret())

@@ -10,6 +10,7 @@ mod cli_conventions;
 mod concurrency;
 mod crash_restart;
 mod demo;
+mod deploy_hook;
 mod doctor;
 mod e2e_ssh;
 mod engine_happy_path;
