@@ -524,3 +524,42 @@ impl Reader<'_> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret shows as `<redacted>` wherever it is formatted: logs,
+    /// errors, `config`. Only `expose` gives the value.
+    #[test]
+    fn a_secret_is_shown_redacted_and_only_exposed_on_purpose() {
+        let secret = Secret::new("s3cr3t-value");
+        assert_eq!(format!("{secret:?}"), REDACTED);
+        assert_eq!(secret.to_string(), REDACTED);
+        assert_eq!(format!("{:?}", Some(&secret)), format!("Some({REDACTED})"));
+        assert_eq!(secret.expose(), "s3cr3t-value");
+
+        let resolved = |name, value: &str| Resolved {
+            name,
+            value: value.to_owned(),
+            source: Source::Environment,
+        };
+        let key = resolved("HISTORY_HMAC_KEY", "s3cr3t-value");
+        assert_eq!(key.shown(), REDACTED);
+        assert_eq!(
+            format!("{key:?}"),
+            format!(
+                "Resolved {{ name: \"HISTORY_HMAC_KEY\", value: \"{REDACTED}\", source: Environment }}"
+            )
+        );
+        assert_eq!(
+            serde_json::to_string(&key).unwrap(),
+            format!(
+                "{{\"name\":\"HISTORY_HMAC_KEY\",\"value\":\"{REDACTED}\",\"source\":{{\"kind\":\"environment\"}}}}"
+            )
+        );
+        // An unset secret shows as unset; a plain setting as itself.
+        assert_eq!(resolved("HISTORY_HMAC_KEY", "").shown(), "");
+        assert_eq!(resolved("STAGING_PORT", "8501").shown(), "8501");
+    }
+}
