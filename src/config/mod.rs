@@ -560,6 +560,6 @@ mod tests {
         );
         // An unset secret shows as unset; a plain setting as itself.
         assert_eq!(resolved("HISTORY_HMAC_KEY", "").shown(), "");
-        assert_eq!(resolved("STAGING_PORT", "8501").shown(), "8501");
+        assert_eq!(resolved("SELF_DEPLOY_ENABLED", "true").shown(), "true");
     }
 }
