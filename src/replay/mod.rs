@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use capture::capture;
-pub use fixture::{Act, EventStep, Expect, Fixture, Step};
+pub use fixture::{Act, EventStep, Expect, Fixture, Step, parse as parse_fixture};
 pub use runner::{Actual, Faults, Mismatch, Replayer, compare};
 
 use crate::table::Row;
