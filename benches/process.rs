@@ -84,6 +84,12 @@ fn ms(d: Duration) -> String {
 /// Runs `cmd` to its end with stdout discarded: the wall time and the peak
 /// RSS (KiB) of the process.
 fn measure(cmd: &mut Command) -> (Duration, i64) {
+    let (took, rss, _) = measure_cpu(cmd);
+    (took, rss)
+}
+
+/// [`measure`], and the CPU time (user and system) the process used.
+fn measure_cpu(cmd: &mut Command) -> (Duration, i64, Duration) {
     let start = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
@@ -102,7 +108,12 @@ fn measure(cmd: &mut Command) -> (Duration, i64) {
         "{cmd:?} exited {}",
         libc::WEXITSTATUS(status)
     );
-    (took, usage.ru_maxrss)
+    let cpu = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (
+        took,
+        usage.ru_maxrss,
+        cpu(usage.ru_utime) + cpu(usage.ru_stime),
+    )
 }
 
 fn selfdeploy(repos_dir: &Path) -> Command {
@@ -275,6 +286,15 @@ fn status(items: usize, runs: usize) {
         "  peak RSS",
         ours_rss / 1024,
         floor_rss / 1024
+    );
+    // The watch's safety-net rescan looks at every item the same way.
+    let (took, rss, cpu) = measure_cpu(selfdeploy(root).args(["watch", "--once"]));
+    println!(
+        "{:<44} {:>10} wall, {} of CPU, {} MiB",
+        format!("watch --once (one rescan), {items} items"),
+        ms(took),
+        ms(cpu),
+        rss / 1024
     );
 }
 

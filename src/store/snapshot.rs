@@ -280,7 +280,9 @@ fn read_state_file(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     if meta.len() > limit {
         return Err(ReadError::TooLarge(meta.len()));
     }
-    let mut raw = Vec::new();
+    // Sized from the fstat above: one read fills it and one more finds the
+    // end (a buffer grown by doubling reads small pieces first).
+    let mut raw = Vec::with_capacity(meta.len() as usize + 1);
     file.take(limit).read_to_end(&mut raw).map_err(fail)?;
     Ok(raw)
 }
