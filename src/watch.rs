@@ -120,6 +120,9 @@ struct Look {
     live: bool,
     /// Finalized with the deploy log not pushed: why.
     push_error: Option<String>,
+    /// Nothing to do until its files change: not initiated (whose claim
+    /// timeout and deadline run with the clock), no push pending.
+    settled: bool,
 }
 
 fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
@@ -144,6 +147,7 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
                     snap.state,
                     StateName::FinalizedSuccess | StateName::FinalizedFailed
                 ),
+            settled: push_error.is_none() && snap.unreadable.is_empty(),
             push_error,
         });
     }
@@ -161,6 +165,7 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
         due,
         live: true,
         push_error: None,
+        settled: false,
     })
 }
 
@@ -292,11 +297,21 @@ impl Backoff {
 /// a while. A poll that fails (a missing worktree, an unreadable file) is
 /// retried from 5 s, doubling up to 5 minutes; a push that fails, from 30 s.
 /// Each failed poll costs a lock, git and (for a new error) a history line.
+/// And which items are settled: nothing to do until their files change (not
+/// initiated, whose clock runs; no push pending), their directory unchanged
+/// since; a rescan passes them by with one `stat`.
 #[derive(Debug)]
 pub struct Schedule {
     polls: Backoff,
     pushes: Backoff,
+    /// The directory's modification time when settled, and whether the item
+    /// is live (waiting for approval: its directory stays watched).
+    settled: HashMap<Item, (SystemTime, bool)>,
 }
+
+/// A directory changed less than this long before a look may change again
+/// within the same timestamp tick unseen: it is not taken as settled.
+const SETTLED_AFTER: Duration = Duration::from_secs(2);
 
 const FIRST_POLL_RETRY: Duration = Duration::from_secs(5);
 const FIRST_PUSH_RETRY: Duration = Duration::from_secs(30);
@@ -307,6 +322,7 @@ impl Default for Schedule {
         Schedule {
             polls: Backoff::new(FIRST_POLL_RETRY, LONGEST_RETRY),
             pushes: Backoff::new(FIRST_PUSH_RETRY, LONGEST_RETRY),
+            settled: HashMap::new(),
         }
     }
 }
@@ -403,8 +419,20 @@ impl Schedule {
         stats: &mut Stats,
     ) -> (Option<Handled>, bool) {
         let files = files_changed_at(settings, item);
+        if let (Some(&(at, live)), Some(now)) = (self.settled.get(item), files)
+            && at == now
+        {
+            return (None, live);
+        }
+        self.settled.remove(item);
         let look = look(settings, item);
         let live = look.as_ref().is_ok_and(|l| l.live);
+        if let (Ok(l), Some(changed)) = (&look, files)
+            && l.settled
+            && changed.elapsed().is_ok_and(|age| age >= SETTLED_AFTER)
+        {
+            self.settled.insert(item.clone(), (changed, l.live));
+        }
         let handled = match look {
             Ok(look) if look.due => self
                 .polls
@@ -465,12 +493,17 @@ fn rescan_pass(
         source,
     })?;
     let mut pass = Pass::default();
-    for item in items {
-        let (handled, live) = schedule.visit(settings, &item, stats);
+    for item in &items {
+        let (handled, live) = schedule.visit(settings, item, stats);
         pass.handled.extend(handled);
         if live {
-            pass.live.push(item);
+            pass.live.push(item.clone());
         }
+    }
+    // Items gone (reset, removed) are forgotten.
+    if schedule.settled.len() > items.len() / 2 {
+        let listed: std::collections::HashSet<&Item> = items.iter().collect();
+        schedule.settled.retain(|item, _| listed.contains(item));
     }
     Ok(pass)
 }
