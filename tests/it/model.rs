@@ -702,8 +702,10 @@ fn the_machine_keeps_its_promises() {
     if !alone("model::the_machine_keeps_its_promises") {
         return;
     }
+    // Replays write without fsync (their store's durability), so the same
+    // time buys twice the cases it did.
     let mut runner = TestRunner::new(Config {
-        cases: 256,
+        cases: 512,
         source_file: Some(file!()),
         ..Config::default()
     });
