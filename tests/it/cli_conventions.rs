@@ -99,6 +99,16 @@ fn version_names_the_release() {
     let sb = Sandbox::new();
     let out = stdout(&sb.run(&["--version"]));
     assert_eq!(out, format!("selfdeploy {}\n", env!("CARGO_PKG_VERSION")));
+    // The changelog's newest entry is this version.
+    let changelog = include_str!("../../CHANGELOG.md");
+    let newest = changelog
+        .lines()
+        .find(|l| l.starts_with("## "))
+        .expect("CHANGELOG.md has a release");
+    assert!(
+        newest.starts_with(&format!("## {} - ", env!("CARGO_PKG_VERSION"))),
+        "{newest}"
+    );
 }
 
 #[test]
