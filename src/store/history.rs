@@ -929,6 +929,34 @@ mod tests {
         ));
     }
 
+    /// A history that is not a regular file is named for what it is, by
+    /// every reader and by an append, and nothing waits on a FIFO.
+    #[test]
+    fn a_history_that_is_not_a_regular_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.jsonl");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let linked = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &linked).unwrap();
+        for (path, what) in [
+            (&fifo, "it is a FIFO, not a regular file"),
+            (&linked, "it is a symbolic link (never followed)"),
+        ] {
+            let append = append_history(path, &entry(1), None, Durability::Synced);
+            assert_eq!(append.unwrap_err().to_string(), what);
+            assert_eq!(last_entry(path).unwrap_err().to_string(), what);
+            assert_eq!(read_history(path).unwrap_err().to_string(), what);
+        }
+        assert!(
+            !dir.path().join("elsewhere").exists(),
+            "nothing written through the link"
+        );
+    }
+
     /// Unsigned, only the file's end is read: a torn tail shorter or longer
     /// than the window read first, or a file that is one torn line, is
     /// moved aside whole, with durability on or off.
