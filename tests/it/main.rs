@@ -8,6 +8,7 @@ mod bad_input;
 mod claim_protocol;
 mod cli_conventions;
 mod concurrency;
+mod container;
 mod crash_restart;
 mod demo;
 mod deploy_hook;
