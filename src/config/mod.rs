@@ -562,4 +562,27 @@ mod tests {
         assert_eq!(resolved("HISTORY_HMAC_KEY", "").shown(), "");
         assert_eq!(resolved("SELF_DEPLOY_ENABLED", "true").shown(), "true");
     }
+
+    #[test]
+    fn sources_are_named_for_config() {
+        assert_eq!(Source::Default.to_string(), "default");
+        assert_eq!(Source::Environment.to_string(), "environment");
+        assert_eq!(Source::Program.to_string(), "program");
+        assert_eq!(Source::DotEnv(PathBuf::from(".env")).to_string(), ".env");
+    }
+
+    /// One bad value is that error itself; several are listed together.
+    #[test]
+    fn one_problem_is_itself_and_several_are_listed() {
+        let one = Settings::with_overrides(&[("SELF_DEPLOY_ENABLED", "maybe")]).unwrap_err();
+        assert!(!matches!(one, ConfigError::Several(_)), "{one:?}");
+        assert!(one.to_string().contains("SELF_DEPLOY_ENABLED"), "{one}");
+        let two =
+            Settings::with_overrides(&[("SELF_DEPLOY_ENABLED", "maybe"), ("STAGING_PORT", "x")])
+                .unwrap_err();
+        assert!(
+            matches!(two, ConfigError::Several(ref e) if e.len() == 2),
+            "{two:?}"
+        );
+    }
 }

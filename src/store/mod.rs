@@ -254,3 +254,134 @@ pub fn walk_items(
         })
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(root: &Path) -> ItemPaths {
+        ItemPaths::new(
+            root,
+            &RepoName::new("orchestrator").unwrap(),
+            &WorkItem::new("W-1").unwrap(),
+        )
+    }
+
+    /// The rename decides: a ticket renamed by this revoke, or by an earlier
+    /// one that crashed before saying so, is revoked; a ticket that is gone
+    /// (the host renamed it to claimed) is claimed.
+    #[test]
+    fn a_revoke_is_decided_by_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = item(dir.path());
+        let id = "00000000000000aa";
+        paths.write_ticket(id, "").unwrap();
+        assert!(paths.ticket_file(TicketFile::Dispatch, id).is_file());
+        assert_eq!(paths.revoke_ticket(id).unwrap(), Revoke::Revoked);
+        assert!(!paths.ticket_file(TicketFile::Dispatch, id).exists());
+        assert!(paths.ticket_file(TicketFile::Revoked, id).is_file());
+        // Again, after a crash: its own earlier rename.
+        assert_eq!(paths.revoke_ticket(id).unwrap(), Revoke::Revoked);
+        // Claimed by the host first: no ticket, no revoked file.
+        let other = "00000000000000bb";
+        paths.write_ticket(other, "").unwrap();
+        fs::rename(
+            paths.ticket_file(TicketFile::Dispatch, other),
+            paths.ticket_file(TicketFile::Claimed, other),
+        )
+        .unwrap();
+        assert_eq!(paths.revoke_ticket(other).unwrap(), Revoke::Claimed);
+        assert!(!paths.ticket_file(TicketFile::Revoked, other).exists());
+        // Any other error is an error.
+        fs::remove_dir_all(&paths.state_dir).unwrap();
+        fs::write(&paths.state_dir, "").unwrap();
+        assert!(paths.revoke_ticket(id).is_err());
+    }
+
+    #[test]
+    fn markers_are_written_removed_and_the_state_directory_goes_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = item(dir.path());
+        // Nothing to remove is fine.
+        paths.remove_state_dir().unwrap();
+        paths.remove_marker(Marker::Initiated).unwrap();
+        paths.write_marker(Marker::Initiated, "{}").unwrap();
+        assert_eq!(
+            fs::read_to_string(paths.marker(Marker::Initiated)).unwrap(),
+            "{}"
+        );
+        paths.remove_marker(Marker::Initiated).unwrap();
+        assert!(!paths.marker(Marker::Initiated).exists());
+        paths.write_marker(Marker::ApproveRequested, "").unwrap();
+        paths.remove_state_dir().unwrap();
+        assert!(!paths.state_dir.exists());
+        let left: Vec<_> = fs::read_dir(paths.state_dir.parent().unwrap())
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A file where the state directory belongs is not written through.
+        fs::write(&paths.state_dir, "").unwrap();
+        let err = paths.write_marker(Marker::Initiated, "{}").unwrap_err();
+        assert!(err.to_string().ends_with("is not a directory"), "{err}");
+        assert!(paths.remove_marker(Marker::Initiated).is_err());
+    }
+
+    #[test]
+    fn items_are_listed_under_their_repo_identity_and_symlinked_repos_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        assert!(
+            list_items(&root.join("missing")).is_err(),
+            "an unmounted share is an error"
+        );
+        fs::create_dir_all(root.join(".deploy-state-orchestrator/W-2")).unwrap();
+        fs::create_dir_all(root.join(".deploy-state-orchestrator/W-1")).unwrap();
+        fs::create_dir_all(root.join(".deploy-state-Orchestrator/W-9")).unwrap();
+        fs::create_dir_all(root.join("elsewhere/.deploy-state-linked/L-1")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join("elsewhere/.deploy-state-linked"),
+            root.join(".deploy-state-linked"),
+        )
+        .unwrap();
+        fs::write(root.join(".deploy-state-file"), "").unwrap();
+        fs::create_dir_all(root.join(".worktrees/orchestrator")).unwrap();
+        let names: Vec<String> = list_items(root)
+            .unwrap()
+            .into_iter()
+            .map(|(r, w)| format!("{r}/{w}"))
+            .collect();
+        assert_eq!(
+            names,
+            ["linked/L-1", "orchestrator/W-1", "orchestrator/W-2"]
+        );
+        let mut walked: Vec<String> = walk_items(root)
+            .unwrap()
+            .map(|i| i.map(|(r, w)| format!("{r}/{w}")).unwrap())
+            .collect();
+        walked.sort();
+        assert_eq!(walked, names);
+    }
+
+    #[test]
+    fn only_regular_files_open_and_the_rest_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, "x").unwrap();
+        assert!(open_regular(&file, fs::OpenOptions::new().read(true)).is_ok());
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let said = |path: &Path| {
+            open_regular(path, fs::OpenOptions::new().read(true))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(said(&link), "it is a symbolic link (never followed)");
+        assert_eq!(said(dir.path()), "it is a directory, not a regular file");
+        assert_eq!(
+            open_regular(&dir.path().join("none"), fs::OpenOptions::new().read(true))
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+}
