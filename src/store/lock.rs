@@ -57,3 +57,37 @@ impl ItemLock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A held lock is waited for up to the timeout: taken when the holder
+    /// lets go in time, refused as busy (after waiting) when it does not.
+    #[test]
+    fn a_held_lock_is_waited_for_then_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/x.lock");
+        let held = ItemLock::acquire(&path, Duration::from_secs(1)).unwrap();
+        let start = Instant::now();
+        let busy = ItemLock::acquire(&path, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(busy, LockError::Busy(_)), "{busy}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
+        let releaser = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let start = Instant::now();
+        ItemLock::acquire(&path, Duration::from_secs(10)).unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            start.elapsed()
+        );
+        releaser.join().unwrap();
+    }
+}

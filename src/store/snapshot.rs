@@ -301,6 +301,13 @@ mod tests {
 
     const ID: &str = "00000000000000aa";
 
+    /// The limits the runbook documents.
+    #[test]
+    fn the_read_limits_are_the_documented_ones() {
+        assert_eq!(RESULT_READ_LIMIT, 16 * 1024 * 1024);
+        assert_eq!(MARKER_READ_LIMIT, 1024 * 1024);
+    }
+
     /// An item of ours, initiated for dispatch `ID`, in a fresh tempdir.
     fn initiated_item() -> (tempfile::TempDir, ItemPaths) {
         let root = tempfile::tempdir().unwrap();
