@@ -34,7 +34,7 @@ fn main() {
         corpus.steps.push(Step {
             act: Act::Event(EventStep {
                 event: "reset".into(),
-                ..empty_event()
+                ..EventStep::default()
             }),
             expect: Expect {
                 state: "idle".into(),
@@ -65,22 +65,4 @@ fn main() {
         events as f64 / took.as_secs_f64(),
         took.as_secs_f64() * 1e6 / events as f64
     );
-}
-
-fn empty_event() -> EventStep {
-    EventStep {
-        event: String::new(),
-        actor: None,
-        branch: None,
-        worktree: None,
-        revision: None,
-        merged: None,
-        force: false,
-        dispatch_fails: None,
-        host_claims: false,
-        push_fails: false,
-        no_worktree: false,
-        branch_tip: None,
-        no_transport_program: false,
-    }
 }

@@ -80,7 +80,9 @@ pub enum Act {
     LockHeld(EventStep),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `EventStep { event: "poll".into(), ..EventStep::default() }`: the event
+/// alone, the world as production defaults it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventStep {
     pub event: String,

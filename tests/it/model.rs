@@ -823,18 +823,8 @@ fn the_model_reaches_every_row_and_crash_point() {
 fn event(name: &str) -> EventStep {
     EventStep {
         event: name.to_owned(),
-        actor: None,
-        branch: None,
-        worktree: None,
-        revision: None,
-        merged: None,
-        force: false,
-        dispatch_fails: None,
-        host_claims: false,
-        push_fails: false,
-        no_worktree: false,
         branch_tip: Some("abc123".into()),
-        no_transport_program: false,
+        ..EventStep::default()
     }
 }
 
