@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
         worktree: Path::new("/wt"),
         revision: Revision::Known("abc123".into()),
         worktree_check: Ok(()),
+        head_ref: Ok("refs/heads/deploy/ORCH-1".into()),
         transport_program: Ok(()),
         new_dispatch_id: "00000000000000bb",
         dispatch: Some(&dispatch),

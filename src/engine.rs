@@ -17,7 +17,7 @@ use crate::machine::{
     self, Decision, Event, EventName, Facts, Guard, Outcome, Revision, StateName,
 };
 use crate::probe::Probe;
-use crate::store::{self, HistoryEntry, ItemLock, ItemPaths, Revoke, Snapshot};
+use crate::store::{self, HistoryEntry, Intent, ItemLock, ItemPaths, Revoke, Snapshot};
 
 /// An event as the stage engine delivers it.
 #[derive(Debug, Clone)]
@@ -50,6 +50,10 @@ pub struct Report {
     /// What best-effort steps reported (git, the stamp).
     pub notes: Vec<String>,
     pub dry_run: bool,
+    /// The event's history entry could not be appended (why): it is kept
+    /// and written by the next event or watch pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +76,34 @@ pub enum EngineError {
     Worktree { path: String, error: std::io::Error },
     #[error("cannot append history {path}: {error}")]
     History { path: String, error: std::io::Error },
+    #[error(
+        "cannot record the event before it acts ({path}: {error}); nothing done: free space or fix the permissions, then retry"
+    )]
+    Intent { path: String, error: std::io::Error },
+    #[error(
+        "an earlier event on this item is not in its history yet and cannot be appended ({path}: {error}); nothing done: free space or fix the permissions, then retry"
+    )]
+    Unrecorded { path: String, error: std::io::Error },
+    #[error(
+        "the history {0} is signed, and HISTORY_HMAC_KEY is not set: an entry written now would break its chain; set HISTORY_HMAC_KEY to the key that signs it, then retry; nothing done"
+    )]
+    Unsigned(String),
+    #[error(transparent)]
+    NotOwner(store::owner::NotOwner),
+    #[error("interrupted by {0} before the event acted; nothing done")]
+    Interrupted(&'static str),
 }
 
 /// Handles one event: the facts are read through `probe`, the effects the
 /// machine decides are carried out by `perform`. A dry run (the recording
 /// performer) takes no lock and writes nothing, not even the history.
+///
+/// The history holds every event that acted, whatever stops the process:
+/// before the first effect, an intent is written durably; after the
+/// event, its entry is appended and the intent cleared. An intent left
+/// behind (kill -9, a full disk) is reconciled into the history by the next
+/// event or watch pass, before anything else. When the entry cannot be
+/// appended, the report says so in `history_error` (the CLI exits 4).
 pub fn handle(
     settings: &Settings,
     req: &Request,
@@ -88,19 +115,148 @@ pub fn handle(
     let req = &resolve_worktree(req)?;
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item)
         .with_durability(settings.durability);
-    let _lock = if dry_run {
-        None
-    } else {
-        Some(ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?)
-    };
+    if dry_run {
+        let snapshot = Snapshot::load(&paths)?;
+        if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
+            return Err(EngineError::ResultUnreadable(why));
+        }
+        let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+        let result = run(
+            settings,
+            req,
+            &paths,
+            &snapshot,
+            &probed,
+            perform,
+            &mut |_| Ok(()),
+        );
+        trace(req, &result, true);
+        return result;
+    }
+    let _lock = acting(settings, &paths)?;
+    let recovered = reconcile_locked(settings, &paths, &req.actor, probe.now())?;
     let snapshot = Snapshot::load(&paths)?;
     if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
         return Err(EngineError::ResultUnreadable(why));
     }
     let probed = probe_facts(settings, req, &snapshot, probe, false)?;
-    let result = run(settings, req, &paths, &snapshot, &probed, perform);
+    // Before the first effect: a signal stops the event here, with nothing
+    // done; past it, the intent makes the event's entry durable.
+    let mut before_acting = |intent: Intent| {
+        if let Some(signal) = crate::interrupt::received() {
+            return Err(EngineError::Interrupted(crate::interrupt::name(signal)));
+        }
+        store::write_intent(&paths.history_file, &intent, settings.durability).map_err(|error| {
+            EngineError::Intent {
+                path: store::intent_path(&paths.history_file)
+                    .display()
+                    .to_string(),
+                error,
+            }
+        })
+    };
+    let result = run(
+        settings,
+        req,
+        &paths,
+        &snapshot,
+        &probed,
+        perform,
+        &mut before_acting,
+    );
+    trace(req, &result, false);
     let now = humantime::format_rfc3339_seconds(probed.now).to_string();
-    match &result {
+    let entry = match &result {
+        Ok(report) => HistoryEntry {
+            time: now.clone(),
+            actor: req.actor.clone(),
+            event: req.event.to_string(),
+            from: report.from.to_string(),
+            to: report.to.to_string(),
+            outcome: report.outcome.to_string(),
+            reason: report.reason.clone(),
+            effects: report.effects.iter().map(|e| e.kind().to_owned()).collect(),
+        },
+        Err(err) => HistoryEntry {
+            time: now.clone(),
+            actor: req.actor.clone(),
+            event: req.event.to_string(),
+            from: snapshot.state.to_string(),
+            to: Snapshot::load(&paths).map_or("unknown".into(), |s| s.state.to_string()),
+            outcome: "error".into(),
+            reason: Some(err.to_string()),
+            effects: Vec::new(),
+        },
+    };
+    // A failure that repeats the last entry word for word (a poller
+    // retrying a missing worktree) is recorded once: the history tells
+    // what happened, not how often somebody asked.
+    let repeated = result.is_err()
+        && store::last_entry(&paths.history_file)
+            .ok()
+            .flatten()
+            .is_some_and(|last| last == entry_without_time(&entry, &last.time));
+    let appended = if repeated {
+        Ok(Vec::new())
+    } else {
+        store::append_history(
+            &paths.history_file,
+            &entry,
+            settings.history_key.as_ref(),
+            settings.durability,
+        )
+    };
+    let intended = store::intent_pending(&paths.history_file);
+    let (mut notes, history_error) = match appended {
+        Ok(repaired) => {
+            if intended {
+                // The entry is in the history: a failure to clear the intent
+                // would only record the event twice, never lose it.
+                if let Err(error) = store::clear_intent(&paths.history_file, settings.durability) {
+                    tracing::warn!(%error, "intent not cleared");
+                }
+            }
+            (repaired, None)
+        }
+        // What was done is done (a deploy may be launched): the report
+        // tells it, and the entry waits in the intent for the next event.
+        Err(error) => {
+            let error = EngineError::History {
+                path: paths.history_file.display().to_string(),
+                error,
+            };
+            tracing::warn!(%error, "history not appended");
+            if intended {
+                let finished = Intent {
+                    entry: entry.clone(),
+                    finished: true,
+                    dispatch_id: None,
+                };
+                // Best effort on a full disk: the intent written before the
+                // first effect is reconciled all the same.
+                let _ = store::write_intent(&paths.history_file, &finished, settings.durability);
+            }
+            let pending = if intended {
+                "; the event's record is kept and is written to the history by the next event or watch pass"
+            } else {
+                "; nothing was changed by this event"
+            };
+            (Vec::new(), Some(format!("{error}{pending}")))
+        }
+    };
+    notes.splice(0..0, recovered);
+    match result {
+        Ok(mut report) => {
+            report.notes.extend(notes);
+            report.history_error = history_error;
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn trace(req: &Request, result: &Result<Report, EngineError>, dry_run: bool) {
+    match result {
         Ok(r) => tracing::info!(
             repo = %req.repo, work_item = %req.work_item, event = %req.event,
             from = %r.from, to = %r.to, outcome = %r.outcome, reason = r.reason.as_deref(),
@@ -112,69 +268,213 @@ pub fn handle(
             "event failed"
         ),
     }
-    if !dry_run {
-        let entry = match &result {
-            Ok(report) => HistoryEntry {
-                time: now.clone(),
-                actor: req.actor.clone(),
-                event: req.event.to_string(),
-                from: report.from.to_string(),
-                to: report.to.to_string(),
-                outcome: report.outcome.to_string(),
-                reason: report.reason.clone(),
-                effects: report.effects.iter().map(|e| e.kind().to_owned()).collect(),
-            },
-            Err(err) => HistoryEntry {
-                time: now.clone(),
-                actor: req.actor.clone(),
-                event: req.event.to_string(),
-                from: snapshot.state.to_string(),
-                to: Snapshot::load(&paths).map_or("unknown".into(), |s| s.state.to_string()),
-                outcome: "error".into(),
-                reason: Some(err.to_string()),
-                effects: Vec::new(),
-            },
-        };
-        // A failure that repeats the last entry word for word (a poller
-        // retrying a missing worktree) is recorded once: the history tells
-        // what happened, not how often somebody asked.
-        let repeated = result.is_err()
-            && store::last_entry(&paths.history_file)
-                .ok()
-                .flatten()
-                .is_some_and(|last| last == entry_without_time(&entry, &last.time));
-        let appended = if repeated {
-            Ok(Vec::new())
-        } else {
-            store::append_history(
-                &paths.history_file,
-                &entry,
-                settings.history_key.as_ref(),
-                settings.durability,
-            )
-        };
-        let notes = match appended {
-            Ok(repaired) => repaired,
-            // What was done is done (a deploy may be launched): report it
-            // truthfully, with the missing history line, rather than as an error.
-            Err(error) => {
-                let error = EngineError::History {
-                    path: paths.history_file.display().to_string(),
-                    error,
-                };
-                tracing::warn!(%error, "history not appended");
-                vec![error.to_string()]
-            }
-        };
-        return match result {
-            Ok(mut report) => {
-                report.notes.extend(notes);
-                Ok(report)
-            }
-            Err(e) => Err(e),
-        };
+}
+
+/// What a command that writes under REPOS_DIR checks once the item is
+/// known, and the item's lock: the owner of REPOS_DIR runs it, and a signed
+/// history is never extended unsigned.
+fn acting(settings: &Settings, paths: &ItemPaths) -> Result<ItemLock, EngineError> {
+    check_owner(settings)?;
+    let lock = ItemLock::acquire(&paths.lock_file, settings.lock_timeout)?;
+    if settings.history_key.is_none() {
+        let signed =
+            store::is_signed(&paths.history_file).map_err(|error| EngineError::History {
+                path: paths.history_file.display().to_string(),
+                error,
+            })?;
+        if signed {
+            return Err(EngineError::Unsigned(
+                paths.history_file.display().to_string(),
+            ));
+        }
     }
-    result
+    Ok(lock)
+}
+
+/// Refuses a command that would write under REPOS_DIR as another user than
+/// its owner (root included).
+pub fn check_owner(settings: &Settings) -> Result<(), EngineError> {
+    match store::owner::check(&settings.repos_dir) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_owner)) => Err(EngineError::NotOwner(not_owner)),
+        Err(e) => Err(EngineError::ReposDir(format!(
+            "{} cannot be read ({e})",
+            settings.repos_dir.display()
+        ))),
+    }
+}
+
+/// Brings the history up to date for one item without an event: a pending
+/// intent and late results of runs kept by a reset. The watch calls it; an
+/// event does the same first, under its lock.
+pub fn reconcile(
+    settings: &Settings,
+    repo: &RepoName,
+    work_item: &WorkItem,
+    actor: &str,
+) -> Result<Vec<String>, EngineError> {
+    preflight(settings)?;
+    let paths =
+        ItemPaths::new(&settings.repos_dir, repo, work_item).with_durability(settings.durability);
+    let _lock = acting(settings, &paths)?;
+    reconcile_locked(settings, &paths, actor, SystemTime::now())
+}
+
+/// Under the item's lock: an intent left by an event that stopped (or
+/// could not append) becomes its history entry, before anything else is
+/// recorded. When even that append fails, nothing more is done.
+fn reconcile_locked(
+    settings: &Settings,
+    paths: &ItemPaths,
+    actor: &str,
+    now: SystemTime,
+) -> Result<Vec<String>, EngineError> {
+    let history_error = |error| EngineError::History {
+        path: paths.history_file.display().to_string(),
+        error,
+    };
+    let mut notes = Vec::new();
+    let intent = store::read_intent(&paths.history_file).map_err(history_error)?;
+    if let Some(intent) = intent {
+        let snapshot = Snapshot::load(paths)?;
+        let entry = recovered_entry(intent, &snapshot, actor, now);
+        store::append_history(
+            &paths.history_file,
+            &entry,
+            settings.history_key.as_ref(),
+            settings.durability,
+        )
+        .map_err(|error| EngineError::Unrecorded {
+            path: paths.history_file.display().to_string(),
+            error,
+        })?;
+        store::clear_intent(&paths.history_file, settings.durability).map_err(history_error)?;
+        notes.push(format!(
+            "recorded an earlier {} by {} that had not reached the history: {}",
+            entry.event, entry.actor, entry.outcome
+        ));
+    }
+    let snapshot = Snapshot::load(paths)?;
+    for run in &snapshot.kept_runs {
+        let Some(exit) = run.result.as_ref().filter(|_| !run.recorded) else {
+            continue;
+        };
+        let approved = run
+            .record
+            .as_ref()
+            .map(|r| format!(" (approved by {} at {})", r.approved_by, r.approved_at))
+            .unwrap_or_default();
+        let verdict = exit.verdict();
+        let entry = HistoryEntry {
+            time: humantime::format_rfc3339_seconds(now).to_string(),
+            actor: actor.to_owned(),
+            event: LATE_RESULT_EVENT.to_owned(),
+            from: snapshot.state.to_string(),
+            to: snapshot.state.to_string(),
+            outcome: "recorded".to_owned(),
+            reason: Some(format!(
+                "dispatch {}{approved} ran on after a reset of the item: its hook ended with exit code {}: {verdict}; the item was not finalized by it",
+                run.id, exit.code
+            )),
+            effects: Vec::new(),
+        };
+        store::append_history(
+            &paths.history_file,
+            &entry,
+            settings.history_key.as_ref(),
+            settings.durability,
+        )
+        .map_err(|error| EngineError::Unrecorded {
+            path: paths.history_file.display().to_string(),
+            error,
+        })?;
+        paths
+            .settle_kept_run(&run.id)
+            .map_err(|error| EngineError::History {
+                path: paths.late_mark(&run.id).display().to_string(),
+                error,
+            })?;
+        notes.push(format!(
+            "recorded the late verdict of dispatch {} (kept by a reset): {verdict} (exit code {})",
+            run.id, exit.code
+        ));
+    }
+    Ok(notes)
+}
+
+/// The history's name for the verdict of a run a reset kept.
+pub const LATE_RESULT_EVENT: &str = "late-result";
+
+/// The history entry of an intent left behind. A finished event's entry is
+/// its own; an event that stopped is told by what its intent planned and
+/// what the state directory shows now.
+fn recovered_entry(
+    intent: Result<Intent, String>,
+    snapshot: &Snapshot,
+    actor: &str,
+    now: SystemTime,
+) -> HistoryEntry {
+    let at = humantime::format_rfc3339_seconds(now);
+    let intent = match intent {
+        Ok(intent) => intent,
+        Err(shown) => {
+            return HistoryEntry {
+                time: at.to_string(),
+                actor: actor.to_owned(),
+                event: "unknown".into(),
+                from: "unknown".into(),
+                to: snapshot.state.to_string(),
+                outcome: "interrupted".into(),
+                reason: Some(format!(
+                    "an event's record before it acted was found damaged ({shown}); the item is now {}",
+                    snapshot.state
+                )),
+                effects: Vec::new(),
+            };
+        }
+    };
+    let mut entry = intent.entry;
+    if intent.finished {
+        let late = format!("appended at {at}: the history could not be written when the event ran");
+        entry.reason = Some(match entry.reason {
+            Some(reason) => format!("{reason} ({late})"),
+            None => late,
+        });
+        return entry;
+    }
+    let mut reason = format!(
+        "the process stopped after the event began to act (it planned: {}); the item is now {}",
+        entry.effects.join(", "),
+        snapshot.state
+    );
+    if let Some(id) = &intent.dispatch_id {
+        reason.push_str("; ");
+        reason.push_str(&dispatch_fate(snapshot, id));
+    }
+    reason.push_str(&format!(
+        "; recorded at {at} from the record written before the first effect"
+    ));
+    entry.to = snapshot.state.to_string();
+    entry.outcome = "interrupted".into();
+    entry.reason = Some(reason);
+    entry
+}
+
+/// What became of dispatch `id`, as its ticket files show.
+fn dispatch_fate(snapshot: &Snapshot, id: &str) -> String {
+    use crate::contract::markers::TicketFile;
+    let has = |kind: TicketFile| snapshot.files.iter().any(|f| *f == kind.name(id));
+    if has(TicketFile::Result) || has(TicketFile::Claimed) {
+        format!("dispatch {id} was claimed by the host: its deploy ran")
+    } else if has(TicketFile::Revoked) {
+        format!("dispatch {id} was revoked: it never ran")
+    } else if has(TicketFile::Dispatch) {
+        format!(
+            "dispatch {id} was written, and whether its launch reached the host is not known: a poll revokes it unless the host claims it within the claim timeout"
+        )
+    } else {
+        format!("dispatch {id} has no ticket: nothing was launched")
+    }
 }
 
 /// What every event checks before anything acts: the settings, and the
@@ -230,11 +530,36 @@ fn run(
     snapshot: &Snapshot,
     probed: &Probed,
     perform: &mut dyn Perform,
+    before_acting: &mut dyn FnMut(Intent) -> Result<(), EngineError>,
 ) -> Result<Report, EngineError> {
     let facts = probed.facts(settings, req, snapshot);
+    let event = req.event.event();
+    // The machine is pure: asking it first what the event will do costs
+    // nothing, and lets the intent be durable before the first effect.
+    let plan = machine::step(snapshot.state, &event, &facts);
+    if !plan.effects.is_empty() {
+        let dispatch_id = plan.effects.iter().find_map(|e| match e {
+            Effect::WriteTicket { dispatch_id } => Some(dispatch_id.clone()),
+            _ => None,
+        });
+        before_acting(Intent {
+            entry: HistoryEntry {
+                time: facts.stamp(),
+                actor: req.actor.clone(),
+                event: req.event.to_string(),
+                from: snapshot.state.to_string(),
+                to: snapshot.state.to_string(),
+                outcome: "pending".into(),
+                reason: None,
+                effects: plan.effects.iter().map(|e| e.kind().to_owned()).collect(),
+            },
+            finished: false,
+            dispatch_id,
+        })?;
+    }
     let mut performer = |effect: &Effect| perform.perform(paths, effect);
-    let driven = drive(snapshot.state, &req.event.event(), &facts, &mut performer)
-        .map_err(EngineError::Effect)?;
+    let driven =
+        drive(snapshot.state, &event, &facts, &mut performer).map_err(EngineError::Effect)?;
     let condition = driven.condition();
     Ok(Report {
         repo: req.repo.clone(),
@@ -248,6 +573,7 @@ fn run(
         effects: driven.effects,
         notes: driven.notes,
         dry_run: perform.dry_run(),
+        history_error: None,
     })
 }
 
@@ -337,7 +663,7 @@ pub fn drive(
                 Performed::Revoke(found) if revoke_reason(&driven) == Some(RevokeReason::Reset) => {
                     if found == Revoke::Claimed {
                         driven.notes.push(
-                            "the host had claimed the ticket: the hook may still be running on the host, and its late result will be stale".to_owned(),
+                            "the host had claimed the ticket: the hook may still be running on the host, its place is kept, and the history records its verdict when its result lands (it never decides a new deploy)".to_owned(),
                         );
                     }
                 }
@@ -383,6 +709,7 @@ struct Probed {
     worktree: PathBuf,
     revision: Revision,
     worktree_check: Result<(), String>,
+    head_ref: Result<String, String>,
     transport_program: Result<(), String>,
     new_dispatch_id: String,
 }
@@ -427,6 +754,7 @@ fn probe_facts(
             None => Revision::Inactive,
         },
         worktree_check: Ok(()),
+        head_ref: Ok(String::new()),
         transport_program: Ok(()),
         new_dispatch_id: String::new(),
     };
@@ -439,6 +767,9 @@ fn probe_facts(
             probe,
         );
         probed.worktree_check = probe.work_tree(settings, &probed.worktree);
+        if probed.worktree_check.is_ok() {
+            probed.head_ref = probe.head_ref(settings, &probed.worktree);
+        }
         probed.transport_program = transport_program(settings, probe);
         probed.new_dispatch_id = probe.new_dispatch_id().map_err(EngineError::Random)?;
     }
@@ -465,6 +796,7 @@ impl Probed {
             worktree: &self.worktree,
             revision: self.revision.clone(),
             worktree_check: self.worktree_check.clone(),
+            head_ref: self.head_ref.clone(),
             transport_program: self.transport_program.clone(),
             new_dispatch_id: &self.new_dispatch_id,
             dispatch: snapshot.dispatch.as_ref(),
@@ -528,6 +860,7 @@ pub fn explain(
         &snapshot,
         &probed,
         &mut exec::RecordingPerformer::default(),
+        &mut |_| Ok(()),
     )?;
     Ok(Explanation {
         snapshot,
@@ -548,6 +881,10 @@ fn guard_pass_detail(guard: Guard, f: &Facts<'_>) -> String {
             _ => "inactive: EXPECTED_REVISION is omitted".to_owned(),
         },
         Guard::Worktree => format!("{} is a git work tree", f.worktree.display()),
+        Guard::Branch => match &f.head_ref {
+            Ok(head) => format!("{} is on {head}", f.worktree.display()),
+            Err(_) => "not checked: the worktree guard says no".to_owned(),
+        },
         Guard::TransportProgram => {
             format!("{:?} transport program found", f.settings.transport).to_lowercase()
         }

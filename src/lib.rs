@@ -55,6 +55,8 @@ pub mod doctor;
 pub mod effect;
 pub mod engine;
 pub mod exec;
+#[doc(hidden)]
+pub mod interrupt;
 mod load_settings;
 pub mod machine;
 pub mod probe;

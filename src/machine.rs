@@ -201,6 +201,9 @@ pub struct Facts<'a> {
     pub revision: Revision,
     /// Whether the worktree exists and is a git work tree, and if not why.
     pub worktree_check: Result<(), String>,
+    /// The ref the worktree's HEAD names (`refs/heads/<branch>`), or why
+    /// there is none (detached, unreadable).
+    pub head_ref: Result<String, String>,
     /// Whether the transport's program (ssh or bash) was found, and if not why.
     pub transport_program: Result<(), String>,
     /// The id a new dispatch takes (fresh from the OS random source).
@@ -324,15 +327,17 @@ pub enum Guard {
     StagingPort,
     Freshness,
     Worktree,
+    Branch,
     TransportProgram,
 }
 
 impl Guard {
-    pub const DISPATCH: [Guard; 5] = [
+    pub const DISPATCH: [Guard; 6] = [
         Guard::Applies,
         Guard::StagingPort,
         Guard::Freshness,
         Guard::Worktree,
+        Guard::Branch,
         Guard::TransportProgram,
     ];
 
@@ -342,6 +347,7 @@ impl Guard {
             Guard::StagingPort => "staging_port",
             Guard::Freshness => "freshness",
             Guard::Worktree => "worktree",
+            Guard::Branch => "branch",
             Guard::TransportProgram => "transport_program",
         }
     }
@@ -353,6 +359,7 @@ impl Guard {
             Guard::StagingPort => "staging port = prod port",
             Guard::Freshness => "revision unknown",
             Guard::Worktree => "no worktree",
+            Guard::Branch => "worktree not on the branch",
             Guard::TransportProgram => "no transport program",
         }
     }
@@ -375,7 +382,7 @@ impl Guard {
                 )))
             }
             Guard::Applies | Guard::StagingPort => Some(Ok(())),
-            Guard::Freshness | Guard::Worktree | Guard::TransportProgram => None,
+            Guard::Freshness | Guard::Worktree | Guard::Branch | Guard::TransportProgram => None,
         }
     }
 
@@ -396,6 +403,27 @@ impl Guard {
                     "worktree guard: {why}; the deploy log could not be recorded, so nothing is dispatched (pass --worktree)"
                 )
             }),
+            // The finalizer pushes the log to this branch after production
+            // changed: a worktree elsewhere would surface only then.
+            // Without a work tree there is no HEAD: the worktree guard says why.
+            Guard::Branch if f.worktree_check.is_err() => Ok(()),
+            Guard::Branch => {
+                let wt = f.worktree.display();
+                match (&f.head_ref, f.branch) {
+                    (Err(why), _) => Err(format!(
+                        "branch guard: the worktree {wt} is on no branch ({why}); check out the work item's branch there"
+                    )),
+                    (Ok(head), Some(branch)) if *head != format!("refs/heads/{branch}") => {
+                        Err(format!(
+                            "branch guard: the worktree {wt} is on {head}, not refs/heads/{branch}; check out {branch} there or pass the branch it is on"
+                        ))
+                    }
+                    (Ok(head), None) if !head.starts_with("refs/heads/") => Err(format!(
+                        "branch guard: the worktree {wt} is on {head}, not a branch; check out the work item's branch there"
+                    )),
+                    (Ok(_), _) => Ok(()),
+                }
+            }
             Guard::TransportProgram => f.transport_program.clone(),
             _ => Ok(()),
         }
@@ -764,7 +792,7 @@ impl SelfDeploy {
                     .filter(|d| d.ticket == Ticket::Claimed)
                 {
                     context.reason = Some(format!(
-                        "the host had claimed dispatch {}: its hook may still be running on the host, and its late result will be stale",
+                        "the host had claimed dispatch {}: its hook may still be running on the host, its place is kept, and the history records its verdict when its result lands (it never decides a new deploy)",
                         d.id
                     ));
                 }

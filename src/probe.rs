@@ -21,6 +21,10 @@ pub trait Probe {
     /// Whether the worktree exists and is a git work tree (`Err(why)` if not).
     fn work_tree(&mut self, settings: &Settings, worktree: &Path) -> Result<(), String>;
 
+    /// The ref the worktree's HEAD names (`refs/heads/<branch>`; `Err(why)`
+    /// when detached or unreadable).
+    fn head_ref(&mut self, settings: &Settings, worktree: &Path) -> Result<String, String>;
+
     /// The commit at the tip of `branch` (or HEAD) in the worktree.
     fn branch_tip(
         &mut self,
@@ -50,6 +54,10 @@ impl Probe for HostProbe {
 
     fn work_tree(&mut self, settings: &Settings, worktree: &Path) -> Result<(), String> {
         git::work_tree(settings, worktree)
+    }
+
+    fn head_ref(&mut self, settings: &Settings, worktree: &Path) -> Result<String, String> {
+        git::head_ref(settings, worktree)
     }
 
     fn branch_tip(

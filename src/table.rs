@@ -43,6 +43,8 @@ enum Scenario {
     StagingPortEqual,
     RevisionUnknown,
     NoWorktree,
+    /// The worktree's HEAD is another branch than the item's.
+    WrongBranch,
     NoTransportProgram,
     /// The launch fails, and the revoke wins the rename.
     LaunchFailsRevoked,
@@ -72,12 +74,13 @@ enum Scenario {
     PushPending,
 }
 
-const SCENARIOS: [Scenario; 21] = [
+const SCENARIOS: [Scenario; 22] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
     Scenario::RevisionUnknown,
     Scenario::NoWorktree,
+    Scenario::WrongBranch,
     Scenario::NoTransportProgram,
     Scenario::LaunchFailsRevoked,
     Scenario::LaunchFailsClaimed,
@@ -165,6 +168,10 @@ pub fn derive() -> Vec<Row> {
             worktree_check: match scenario {
                 Scenario::NoWorktree => Err("no worktree".into()),
                 _ => Ok(()),
+            },
+            head_ref: match scenario {
+                Scenario::WrongBranch => Ok("refs/heads/other".into()),
+                _ => Ok("refs/heads/b".into()),
             },
             transport_program: match scenario {
                 Scenario::NoTransportProgram => Err("no ssh binary".into()),

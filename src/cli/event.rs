@@ -9,7 +9,7 @@ use selfdeploy::exec::{HostPerformer, RecordingPerformer};
 use selfdeploy::machine::EventName;
 use selfdeploy::probe::HostProbe;
 
-use super::{EXIT_USAGE, item_names, print_json};
+use super::{EXIT_INTERRUPTED, EXIT_UNRECORDED, EXIT_USAGE, item_names, print_json};
 
 /// The event and its arguments, shared with `explain`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,9 @@ pub struct EventArgs {
   selfdeploy event reset --repo orchestrator --work-item ORCH-42 --force
 
 Exit status: 0 transitioned, unchanged or deferred; 3 refused, illegal or
-dispatch_failed; 1 an error; 2 a usage error.")]
+dispatch_failed; 1 an error (nothing done); 2 a usage error; 4 the event
+ran as reported but its history entry could not be appended (it is kept and
+written by the next event or watch pass); 130 interrupted before it acted.")]
 pub struct Args {
     #[command(flatten)]
     target: EventArgs,
@@ -109,25 +111,49 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     };
     // A dry run is the recording performer: it reads the same facts and
     // performs nothing.
-    let report = if args.dry_run {
+    let handled = if args.dry_run {
         engine::handle(
             settings,
             &request,
             &mut HostProbe,
             &mut RecordingPerformer::default(),
-        )?
+        )
     } else {
+        // An event that has begun to act is finished and recorded, never
+        // cancelled half-way; a signal before that stops it with nothing done.
+        selfdeploy::interrupt::install();
         engine::handle(
             settings,
             &request,
             &mut HostProbe,
             &mut HostPerformer { settings },
-        )?
+        )
+    };
+    let report = match handled {
+        Ok(report) => report,
+        Err(error @ engine::EngineError::Interrupted(_)) => {
+            eprintln!("selfdeploy: {error}");
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Err(error) => return Err(error.into()),
     };
     if args.json {
         print_json(&report);
     } else {
         print_report(&report);
+    }
+    if let Some(signal) = selfdeploy::interrupt::received() {
+        eprintln!(
+            "selfdeploy: {} arrived while the event acted: it was finished, not cancelled half-way ({} -> {}: {})",
+            selfdeploy::interrupt::name(signal),
+            report.from,
+            report.to,
+            report.outcome
+        );
+    }
+    if let Some(error) = &report.history_error {
+        eprintln!("selfdeploy: error: {error}");
+        return Ok(EXIT_UNRECORDED);
     }
     Ok(report.outcome.exit_code() as u8)
 }

@@ -27,6 +27,11 @@ use selfdeploy::engine;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
+/// The event ran (its report says how) but its history entry could not be
+/// appended: it is kept and written by the next event or watch pass.
+pub const EXIT_UNRECORDED: u8 = 4;
+/// A signal stopped the event before it acted: nothing done.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -126,11 +126,26 @@ struct Row {
     /// The exit code of a result that arrived after the result deadline had
     /// already finalized this dispatch as failed.
     late_result: Option<String>,
+    /// Runs the host claimed that a reset kept: still running (no result),
+    /// or ended, their verdict recorded in the history.
+    kept_runs: Vec<KeptRunRow>,
     last_event: Option<LastEvent>,
     /// What blocks progress until someone acts, if anything.
     problem: Option<String>,
     /// The problem (as `PROBLEM: ...`) and what the files say, for a human.
     note: String,
+}
+
+/// A run a reset kept, as `status --json` shows it.
+#[derive(Debug, Serialize)]
+struct KeptRunRow {
+    dispatch_id: String,
+    /// The hook's exit code, once its result landed.
+    result: Option<String>,
+    /// SUCCESS or FAILED, once its result landed.
+    verdict: Option<Verdict>,
+    /// Its verdict is in the history.
+    recorded: bool,
 }
 
 /// The last event of an item's history, or a note on why there is none
@@ -227,6 +242,16 @@ fn row(
             None => snap.state == StateName::Initiated,
         };
 
+    let kept_runs: Vec<KeptRunRow> = snap
+        .kept_runs
+        .iter()
+        .map(|k| KeptRunRow {
+            dispatch_id: k.id.clone(),
+            result: k.result.as_ref().map(|r| r.code.clone()),
+            verdict: k.result.as_ref().map(|r| r.verdict()),
+            recorded: k.recorded,
+        })
+        .collect();
     let problems = problems(&snap, last.as_ref(), &push_error, &late_result);
     let problem = (!problems.is_empty()).then(|| problems.join("; "));
     let mut notes = notes(&snap, problem.is_some(), timed_out, now);
@@ -252,6 +277,7 @@ fn row(
         push,
         push_error,
         late_result,
+        kept_runs,
         last_event: last,
         problem,
         note,
@@ -324,6 +350,13 @@ fn problems(
             "late result: hook exit code {code} arrived after the result deadline had failed this deploy (the verdict stays FAILED); check the host: {host}"
         ));
     }
+    // A hook a reset did not stop: it may still change production.
+    for run in snap.kept_runs.iter().filter(|k| k.result.is_none()) {
+        problems.push(format!(
+            "dispatch {} was reset while the host ran it: its hook may still be running on the host (its verdict is recorded when its result lands)",
+            run.id
+        ));
+    }
     problems
 }
 
@@ -393,6 +426,21 @@ fn notes(snap: &Snapshot, blocked: bool, timed_out: bool, now: SystemTime) -> Ve
         }
         (StateName::Idle, ..) => {}
     }
+    for run in &snap.kept_runs {
+        if let Some(exit) = &run.result {
+            let recorded = if run.recorded {
+                "recorded in the history"
+            } else {
+                "recorded by the next event or watch pass"
+            };
+            notes.push(format!(
+                "dispatch {}, reset while it ran, ended {} (hook exit code {}): {recorded}; it decided nothing",
+                run.id,
+                exit.verdict(),
+                exit.code
+            ));
+        }
+    }
     if !snap.stale_results.is_empty() {
         notes.push(format!(
             "stale: {} (another dispatch's, never a verdict)",
@@ -434,6 +482,7 @@ fn unreadable_row(
         push: None,
         push_error: None,
         late_result: None,
+        kept_runs: Vec::new(),
         last_event: last,
         note: format!("PROBLEM: error: {error}"),
         problem: Some(format!("error: {error}")),

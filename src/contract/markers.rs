@@ -90,14 +90,19 @@ pub enum TicketFile {
     Revoked,
     /// `result-<id>`: the hook's exit code, written by the host wrapper.
     Result,
+    /// `reset-<id>`: a reset found this dispatch claimed with no verdict
+    /// recorded, and kept the place its result and log land (the file holds
+    /// the dispatch's `initiated` record, when it was the current one).
+    Reset,
 }
 
 impl TicketFile {
-    pub const ALL: [TicketFile; 4] = [
+    pub const ALL: [TicketFile; 5] = [
         TicketFile::Dispatch,
         TicketFile::Claimed,
         TicketFile::Revoked,
         TicketFile::Result,
+        TicketFile::Reset,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -106,6 +111,7 @@ impl TicketFile {
             TicketFile::Claimed => "claimed-",
             TicketFile::Revoked => "revoked-",
             TicketFile::Result => "result-",
+            TicketFile::Reset => "reset-",
         }
     }
 

@@ -197,6 +197,25 @@ pub fn work_tree(settings: &Settings, worktree: &Path) -> Result<(), String> {
     }
 }
 
+/// The ref HEAD names in the worktree (`refs/heads/<branch>`); an error
+/// when HEAD is detached.
+pub fn head_ref(settings: &Settings, worktree: &Path) -> Result<String, String> {
+    let out = git(
+        settings,
+        worktree,
+        &["symbolic-ref", "--quiet", "HEAD"],
+        settings.git_timeout,
+    )?;
+    let head = out.stdout.trim();
+    if out.success() && !head.is_empty() {
+        Ok(head.to_owned())
+    } else if out.code == Some(1) {
+        Err("HEAD is detached".to_owned())
+    } else {
+        Err(format!("git symbolic-ref HEAD failed: {}", out.summary()))
+    }
+}
+
 /// The commit at the tip of `branch` (or HEAD) in the worktree.
 pub fn branch_tip(
     settings: &Settings,

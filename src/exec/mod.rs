@@ -126,10 +126,19 @@ impl Perform for HostPerformer<'_> {
                 no_symlink_below(worktree, path)?;
                 stamp(path, *merged)
             }
-            Effect::RemoveStateDir => paths
-                .remove_state_dir()
-                .map(|()| Performed::Done)
-                .map_err(|e| fail(format!("cannot remove {}", paths.state_dir.display()), e)),
+            Effect::RemoveStateDir => match paths.reset_state_dir() {
+                Ok(kept) if kept.is_empty() => Ok(Performed::Done),
+                Ok(kept) => Ok(Performed::Notes(
+                    kept.iter()
+                        .map(|id| {
+                            format!(
+                                "dispatch {id} was claimed by the host and has no verdict yet: its place is kept (reset-{id}), its result and hook.log still land there, and the history records its verdict when it does"
+                            )
+                        })
+                        .collect(),
+                )),
+                Err(e) => Err(fail(format!("cannot reset {}", paths.state_dir.display()), e)),
+            },
         }
     }
 }

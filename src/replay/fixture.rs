@@ -112,6 +112,10 @@ pub struct EventStep {
     /// The worktree is not a git work tree (the worktree guard says no).
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_worktree: bool,
+    /// The ref the worktree's HEAD names (`refs/heads/other`, or `""` for
+    /// a detached HEAD); none: the step's branch (the branch guard passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
     /// What `git rev-parse` finds in the worktree; none: no commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch_tip: Option<String>,

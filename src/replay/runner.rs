@@ -55,6 +55,17 @@ impl Probe for ReplayProbe<'_> {
         }
     }
 
+    fn head_ref(&mut self, _: &Settings, _: &Path) -> Result<String, String> {
+        match self.step.head.as_deref() {
+            Some("") => Err("HEAD is detached".to_owned()),
+            Some(head) => Ok(head.to_owned()),
+            None => Ok(format!(
+                "refs/heads/{}",
+                self.step.branch.as_deref().unwrap_or("main")
+            )),
+        }
+    }
+
     fn program(&mut self, program: &str) -> Result<(), String> {
         if self.step.no_transport_program {
             Err(format!("{program} not found on PATH"))

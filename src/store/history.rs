@@ -335,6 +335,10 @@ const LAST_ENTRY_WINDOW: u64 = 16 * 1024;
 /// history is missing or empty, or its last line is damaged or torn (the
 /// next append repairs a torn one; `history` shows either).
 pub fn last_entry(path: &Path) -> io::Result<Option<HistoryEntry>> {
+    Ok(last_line(path)?.map(|line| line.entry))
+}
+
+fn last_line(path: &Path) -> io::Result<Option<Line>> {
     let mut file = match open_regular(path, OpenOptions::new().read(true)) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -356,13 +360,24 @@ pub fn last_entry(path: &Path) -> io::Result<Option<HistoryEntry>> {
             None => &body[..0],
         };
         match body.iter().rposition(|&b| b == b'\n') {
-            Some(start) => return Ok(parse(&body[start + 1..]).map(|l| l.entry)),
-            None if window == len => return Ok(parse(body).map(|l| l.entry)),
+            Some(start) => return Ok(parse(&body[start + 1..])),
+            None if window == len => return Ok(parse(body)),
             // The last line is longer than the window (or the window holds
             // only blank lines): read more.
             None => window = (window * 4).min(len),
         }
     }
+}
+
+/// Whether the history is signed: it has a head file, or its last entry
+/// carries a MAC. A signed history must never be extended unsigned.
+pub fn is_signed(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(head_path(path)) {
+        Ok(_) => return Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(last_line(path)?.is_some_and(|line| line.mac.is_some()))
 }
 
 /// A damaged line as text, for a human: lossy and cut short.

@@ -10,7 +10,9 @@
 //! removes that directory whole.
 
 mod history;
+mod intent;
 mod lock;
+pub mod owner;
 mod snapshot;
 
 use std::fs;
@@ -19,15 +21,18 @@ use std::path::{Path, PathBuf};
 
 pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
-    HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, key_id,
-    last_entry, read_entries, read_history, torn_path, verify_history,
+    HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, is_signed,
+    key_id, last_entry, read_entries, read_history, torn_path, verify_history,
 };
+pub use intent::{Intent, clear_intent, intent_path, intent_pending, read_intent, write_intent};
 pub use lock::{ItemLock, LockError};
-pub use snapshot::{InitiatedMarker, ReadError, Snapshot, StoreError, Unreadable, read_regular};
+pub use snapshot::{
+    InitiatedMarker, KeptRun, ReadError, Snapshot, StoreError, Unreadable, read_regular,
+};
 
 use crate::atomic;
 use crate::config::Durability;
-use crate::contract::markers::{Marker, TicketFile};
+use crate::contract::markers::{InitiatedRecord, Marker, TicketFile};
 use crate::contract::names::{RepoName, WorkItem};
 use crate::contract::remote;
 
@@ -164,6 +169,119 @@ impl ItemPaths {
             )));
         }
         atomic::create_dir_all_with(&self.state_dir, self.durability)
+    }
+
+    /// A reset: removes the item's state, but never the place where a run
+    /// the host claimed will still write (`result-<id>`, `hook.log`) while
+    /// its verdict is not in the history: a deploy that ran is a fact,
+    /// whatever the operator resets. Such a run is kept with a
+    /// `reset-<id>` record (the dispatch's `initiated` record, when it is
+    /// the current one), and the item reads as idle. Without one, the
+    /// directory goes whole. Returns the ids kept.
+    ///
+    /// The caller holds the item's lock, and every unclaimed ticket was
+    /// revoked before: the set of claimed runs cannot grow meanwhile.
+    pub fn reset_state_dir(&self) -> io::Result<Vec<String>> {
+        let names = match fs::read_dir(&self.state_dir) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<io::Result<Vec<String>>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let has = |name: &str| names.iter().any(|n| n == name);
+        let initiated = snapshot::read_regular(&self.marker(Marker::Initiated), 1024 * 1024)
+            .ok()
+            .and_then(|bytes| crate::contract::markers::decode::<InitiatedRecord>(&bytes));
+        let current = initiated.as_ref().map(|r| r.dispatch_id.as_str());
+        let kept: Vec<String> = names
+            .iter()
+            .filter_map(|name| match TicketFile::parse(name) {
+                Some((TicketFile::Claimed, id)) => Some(id.to_owned()),
+                _ => None,
+            })
+            .filter(|id| {
+                // Settled: its verdict is in the history, as a late result,
+                // or as the item's own finalize from its result.
+                let late = fs::symlink_metadata(self.late_mark(id)).is_ok();
+                let result = TicketFile::Result.name(id);
+                let finalized_by_it = current == Some(id.as_str())
+                    && has(Marker::Finalized.file_name())
+                    && has(&result);
+                // A result that is no regular file (a FIFO, a symlink) says
+                // the run ended but never what it came to: reset --force
+                // clears it, as any unreadable state file.
+                let unreadable = has(&result)
+                    && snapshot::read_regular(&self.state_dir.join(&result), 1)
+                        .is_err_and(|e| !matches!(e, snapshot::ReadError::TooLarge(_)));
+                !late && !finalized_by_it && !unreadable
+            })
+            .collect();
+        if kept.is_empty() {
+            self.remove_state_dir()?;
+            return Ok(kept);
+        }
+        for id in &kept {
+            let record = self.ticket_file(TicketFile::Reset, id);
+            if !has(&TicketFile::Reset.name(id)) {
+                let content = match &initiated {
+                    Some(r) if r.dispatch_id == *id => crate::contract::markers::encode(r),
+                    _ => "{}".to_owned(),
+                };
+                atomic::write_with(&record, content.as_bytes(), self.durability)?;
+            }
+        }
+        let keep = |name: &str| {
+            name == remote::HOOK_LOG_FILE
+                || match TicketFile::parse(name) {
+                    Some((TicketFile::Claimed | TicketFile::Result | TicketFile::Reset, id)) => {
+                        kept.iter().any(|k| k == id)
+                    }
+                    _ => false,
+                }
+        };
+        // The markers first, each removal a state the item had before: the
+        // legacy result (else it reads as initiated), `initiated`,
+        // `finalized`, `approve-requested`; then the rest. A crash midway
+        // leaves an earlier state that a second reset finishes.
+        let first = [
+            remote::LEGACY_RESULT_FILE,
+            Marker::Initiated.file_name(),
+            Marker::Finalized.file_name(),
+            Marker::ApproveRequested.file_name(),
+        ];
+        let rest = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !first.contains(n));
+        for name in first.into_iter().filter(|n| has(n)).chain(rest) {
+            if keep(name) {
+                continue;
+            }
+            let path = self.state_dir.join(name);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir_all(&path)?,
+                Ok(_) => fs::remove_file(&path)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        atomic::sync_dir_with(&self.state_dir, self.durability)?;
+        Ok(kept)
+    }
+
+    /// Where the history marks that kept run `id`'s verdict is recorded:
+    /// `<item>.jsonl.late-<id>`, outside the state directory (which the host
+    /// shares, and which events that change nothing must not touch).
+    pub fn late_mark(&self, id: &str) -> PathBuf {
+        let mut name = self.history_file.as_os_str().to_owned();
+        name.push(format!(".late-{id}"));
+        PathBuf::from(name)
+    }
+
+    /// Marks kept run `id`'s verdict as recorded in the history.
+    pub fn settle_kept_run(&self, id: &str) -> io::Result<()> {
+        atomic::write_with(&self.late_mark(id), id.as_bytes(), self.durability)
     }
 
     /// Removes the state directory whole. It is first renamed to a name no

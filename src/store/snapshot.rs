@@ -45,6 +45,19 @@ pub struct InitiatedMarker {
     pub record: Option<InitiatedRecord>,
 }
 
+/// A run the host claimed that a reset kept (`reset-<id>`); its verdict is
+/// recorded once in the history, marked beside it (`<item>.jsonl.late-<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptRun {
+    pub id: String,
+    /// The dispatch's `initiated` record, when the reset kept the current one.
+    pub record: Option<InitiatedRecord>,
+    /// Its result, once the host wrote it.
+    pub result: Option<HookExit>,
+    /// Its verdict is in the history.
+    pub recorded: bool,
+}
+
 /// A state file that is not a regular file we can read, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Unreadable {
@@ -70,6 +83,9 @@ pub struct Snapshot {
     pub stale_results: Vec<String>,
     /// Ids of every unclaimed ticket (`dispatch-<id>`) in the directory.
     pub open_tickets: Vec<String>,
+    /// Claimed runs a reset kept (their result and log still land here):
+    /// each one's verdict is recorded in the history when its result lands.
+    pub kept_runs: Vec<KeptRun>,
     /// State files that could not be read (a symlink, a FIFO, a directory,
     /// a device, an I/O error). A poll needs `initiated` and the result, so
     /// those block it; every other event still works, reset above all.
@@ -145,6 +161,45 @@ impl Snapshot {
             .as_ref()
             .and_then(|m| m.record.as_ref())
             .map(|r| r.dispatch_id.clone());
+        let mut kept_runs = Vec::new();
+        for name in &files {
+            let Some((TicketFile::Reset, id)) = TicketFile::parse(name) else {
+                continue;
+            };
+            // Kept outside the state directory: recording a verdict changes
+            // nothing the host shares, whatever event was delivered.
+            let recorded = fs::symlink_metadata(paths.late_mark(id)).is_ok();
+            let record = match read_state_file(&dir.join(name), MARKER_READ_LIMIT) {
+                Ok(bytes) => markers::decode::<InitiatedRecord>(&bytes),
+                Err(_) => None,
+            };
+            let result_name = TicketFile::Result.name(id);
+            let result = if present(&result_name) {
+                match read_state_file(&dir.join(&result_name), RESULT_READ_LIMIT) {
+                    Ok(raw) => hook_result::parse_result(&raw),
+                    Err(ReadError::TooLarge(len)) => Some(HookExit {
+                        code: "1".into(),
+                        garbage: Some(format!("<{len} bytes>")),
+                    }),
+                    Err(why) => {
+                        unreadable.push(Unreadable {
+                            file: result_name.clone(),
+                            why: why.to_string(),
+                        });
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            kept_runs.push(KeptRun {
+                id: id.to_owned(),
+                record,
+                result,
+                recorded,
+            });
+        }
+        let kept = |id: &str| kept_runs.iter().any(|k| k.id == id);
         let mut stale_results = Vec::new();
         let mut open_tickets = Vec::new();
         let mut ticket = Ticket::Missing;
@@ -157,7 +212,10 @@ impl Snapshot {
                 (Some((TicketFile::Result, id)), Some(cur)) if id == cur => {
                     result_name = Some(name.clone())
                 }
+                // A kept run's result is its own verdict, shown as such.
+                (Some((TicketFile::Result, id)), _) if kept(id) => {}
                 (Some((TicketFile::Result, _)), _) => stale_results.push(name.clone()),
+                (Some((TicketFile::Reset, _)), _) => {}
                 (Some((kind, id)), Some(cur)) if id == cur => {
                     // Of the three, the furthest along wins: a claim or a
                     // revoke is a rename, so two at once means a hand edit.
@@ -229,6 +287,7 @@ impl Snapshot {
             result,
             stale_results,
             open_tickets,
+            kept_runs,
             unreadable,
         })
     }
@@ -240,8 +299,13 @@ impl Snapshot {
                 || u.file == LEGACY_RESULT_FILE
                 || TicketFile::parse(&u.file).is_some_and(|(k, _)| k == TicketFile::Result)
         };
+        let kept = |u: &&Unreadable| {
+            TicketFile::parse(&u.file)
+                .is_some_and(|(_, id)| self.kept_runs.iter().any(|k| k.id == id))
+        };
         self.unreadable
             .iter()
+            .filter(|u| !kept(u))
             .find(needed)
             .map(|u| format!("{} is unreadable: {}", u.file, u.why))
     }

@@ -701,31 +701,77 @@ fn status_all_shows_an_unreadable_item_and_still_lists_the_others() {
 
 #[test]
 fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
-    let sb = Sandbox::new();
-    let (code, _) = sb.event_json("request-approve", "ORCH-61", &[]);
+    let mut sb = Sandbox::new();
+    let item = "ORCH-61";
+    let (code, _) = sb.event_json("request-approve", item, &[]);
     assert_eq!(code, 0);
     let history = sb
         .state_root()
         .join(".selfdeploy/history/orchestrator/ORCH-61.jsonl");
+    let pending = PathBuf::from(format!("{}.pending", history.display()));
+    // A history that cannot be written before the event: nothing is done.
     fs::remove_file(&history).unwrap();
     fs::create_dir(&history).unwrap();
-    let (code, r) = sb.event_json(
+    let before = sb.disk_but_own();
+    let out = sb.event(
         "approved",
-        "ORCH-61",
+        item,
         &["--worktree", &wt(&sb), "--revision", "abc"],
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ORCH-61.jsonl"),
+        "names the history: {stderr}"
+    );
+    assert_eq!(sb.disk_but_own(), before, "nothing dispatched");
+    sb.assert_no_hook_run("the approval was refused");
+    fs::remove_dir(&history).unwrap();
+
+    // The history breaks while the launch runs (a `bash` first on PATH
+    // makes it a directory once, then runs the real one): the deploy is
+    // launched and reported, the exit is 4, and its entry waits.
+    let bin = sb.root().join("bin");
+    let trigger = sb.root().join("break-history");
+    fs::write(&trigger, "").unwrap();
+    write_script(
+        &bin,
+        "bash",
+        &format!(
+            "#!/bin/sh\nif [ -e '{t}' ]; then rm -f '{t}' '{h}'; mkdir '{h}'; fi\nexec '{bash}' \"$@\"\n",
+            t = trigger.display(),
+            h = history.display(),
+            bash = tool("bash"),
+        ),
+    );
+    sb.set("PATH", path_with_first_dir(&bin));
+    let out = sb.event(
+        "approved",
+        item,
+        &["--worktree", &wt(&sb), "--revision", "abc"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("the report is printed");
     assert_eq!(
-        (code, r["outcome"].as_str()),
-        (0, Some("transitioned")),
+        (r["outcome"].as_str(), r["to"].as_str()),
+        (Some("transitioned"), Some("initiated")),
         "{r}"
     );
     assert!(
-        r["notes"][0]
+        r["history_error"]
             .as_str()
             .unwrap()
             .starts_with("cannot append history"),
         "{r}"
     );
+    assert!(
+        stderr.contains("written to the history by the next event"),
+        "{stderr}"
+    );
+    let intent: Value = serde_json::from_slice(&fs::read(&pending).unwrap()).unwrap();
+    assert_eq!(intent["finished"], true, "{intent}");
+    assert_eq!(intent["entry"]["outcome"], "transitioned", "{intent}");
     let start = std::time::Instant::now();
     while sb.hook_runs() == 0 {
         assert!(
@@ -734,10 +780,35 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // And it is finalized like any other, exactly once.
-    let r = sb.poll_until_final("ORCH-61", &["--branch", BRANCH]);
+    // While the history is still broken, no event acts.
+    let out = sb.event("poll", item, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Space (here: the file) returns: the next event writes the approval's
+    // entry first, then its own; the deploy is finalized exactly once.
+    fs::remove_dir(&history).unwrap();
+    let r = sb.poll_until_final(item, &["--branch", BRANCH]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     assert_eq!(sb.hook_runs(), 1);
+    assert!(!pending.exists());
+    let lines: Vec<Value> = fs::read_to_string(&history)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["event"], "approved", "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "transitioned", "{lines:?}");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the history could not be written"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.last().unwrap()["to"],
+        "finalized_success",
+        "{lines:?}"
+    );
 }
 
 #[test]

@@ -499,10 +499,20 @@ fn claim_race(sb: &Sandbox, claims: &Path, procs: usize, rounds: usize, round: D
         // one entry per event, one launch per dispatching approval.
         let out = sb.run(&["history", "--repo", REPO, "--work-item", &wi, "--json"]);
         assert_eq!(code(&out), 0, "{out:?}");
-        let entries: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        let (late, entries): (Vec<Value>, Vec<Value>) = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .partition(|e| e["event"] == "late-result");
+        // A run a reset kept gets its verdict recorded once, beside the
+        // events: only a run the host claimed has one.
+        for entry in &late {
+            let reason = entry["reason"].as_str().unwrap();
+            assert!(
+                claimed.iter().any(|id| reason.contains(id.as_str())),
+                "{wi}: a late verdict of a run nobody claimed: {entry}"
+            );
+            assert_eq!(entry["from"], entry["to"], "{entry}");
+        }
         assert_eq!(entries.len(), fired.len() + 1, "{wi}: one entry per event");
         assert_eq!(entries[0]["from"], "idle", "{}", entries[0]);
         for pair in entries.windows(2) {
@@ -731,11 +741,40 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
         (0, Some("transitioned"), Some("idle")),
         "{r}"
     );
-    // The ticket is claimed: nothing to revoke, the directory goes.
+    // The ticket is claimed: nothing to revoke. The run's verdict is a fact
+    // to come, so the place its result and log land is kept; the item is idle.
     assert_eq!(effect_kinds(&r), ["remove_state_dir"], "{r}");
     assert!(
-        !sb.item_dir(wi).exists(),
-        "reset removes the state directory"
+        r["notes"].to_string().contains(&format!("reset-{old}")),
+        "the report says what was kept: {r}"
+    );
+    let mut left: Vec<String> = fs::read_dir(sb.item_dir(wi))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!("claimed-{old}"),
+            "hook.log".to_owned(),
+            format!("reset-{old}")
+        ],
+        "only the running dispatch's place is kept"
+    );
+    let st = sb.status_json(wi);
+    assert_eq!(st["state"], "idle", "{st}");
+    assert_eq!(
+        st["kept_runs"],
+        serde_json::json!([{"dispatch_id": old, "result": null, "verdict": null, "recorded": false}]),
+        "{st}"
+    );
+    assert!(
+        st["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("may still be running"),
+        "status says a hook may still run: {st}"
     );
 
     sb.request_approve(wi);
@@ -758,16 +797,32 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
     assert_eq!(
         (c, r["outcome"].as_str(), r["to"].as_str()),
         (0, Some("deferred"), Some("initiated")),
-        "a stale result is never a verdict: {r}"
+        "a kept run's result is never the new dispatch's verdict: {r}"
     );
     let st = sb.status_json(wi);
     assert_eq!(st["state"], "initiated", "{st}");
     assert!(st["result"].is_null(), "{st}");
+    let old_verdict = if old_exit == "0" { "SUCCESS" } else { "FAILED" };
     assert_eq!(
-        st["stale_results"],
-        serde_json::json!([format!("result-{old}")]),
+        st["kept_runs"],
+        serde_json::json!([{"dispatch_id": old, "result": old_exit, "verdict": old_verdict, "recorded": true}]),
         "{st}"
     );
+    // The history records the old run's verdict, once.
+    let history = sb.run(&["history", "--repo", REPO, "--work-item", wi, "--json"]);
+    let late: Vec<Value> = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["event"] == "late-result")
+        .collect();
+    assert_eq!(late.len(), 1, "{late:?}");
+    let reason = late[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&old) && reason.contains(old_verdict),
+        "{reason}"
+    );
+    let (_, r) = sb.event_json("poll", wi, &[]);
+    assert_eq!(r["outcome"], "deferred", "{r}");
     assert!(!sb.deploy_log(wi).exists());
 
     hold.release();
@@ -784,7 +839,20 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
     );
     sb.assert_deploy_log(wi, verdict, new_exit);
     wait_for_wrappers(&sb.item_dir(wi), Duration::from_secs(10));
-    assert_eq!(hook_ids(&sb), [old, new]);
+    assert_eq!(hook_ids(&sb), [old.clone(), new]);
+    let history = sb.run(&["history", "--repo", REPO, "--work-item", wi, "--json"]);
+    let late = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .filter(|l| l.contains("\"late-result\""))
+        .count();
+    assert_eq!(
+        late, 1,
+        "the late verdict is recorded once, whatever polls follow"
+    );
+    // A reset now removes everything: the kept run is settled.
+    let (c, r) = sb.event_json("reset", wi, &[]);
+    assert_eq!((c, r["to"].as_str()), (0, Some("idle")), "{r}");
+    assert!(!sb.item_dir(wi).exists(), "nothing is left to keep");
 }
 
 #[test]
@@ -1417,7 +1485,46 @@ fn special_files_are_never_followed_or_waited_on_and_reset_clears_them() {
                 (0, Some("transitioned"), Some("idle")),
                 "{what}: {r}"
             );
-            assert!(!dir.exists(), "{what}: reset clears the item");
+            if target == Target::Initiated {
+                // The host claimed this dispatch and its hook ended with a
+                // result nothing recorded: the reset keeps it, and the next
+                // event records its verdict (FAILED, exit 1).
+                let st = parse_json(&bounded(&[
+                    "status",
+                    "--repo",
+                    REPO,
+                    "--work-item",
+                    &wi,
+                    "--json",
+                ]));
+                assert_eq!(st["state"], "idle", "{what}: {st}");
+                assert_eq!(st["kept_runs"][0]["result"], "1", "{what}: {st}");
+                assert!(
+                    st["unreadable"].as_array().unwrap().is_empty(),
+                    "{what}: {st}"
+                );
+                let out = bounded(&[
+                    "event",
+                    "request-approve",
+                    "--repo",
+                    REPO,
+                    "--work-item",
+                    &wi,
+                    "--json",
+                ]);
+                assert_eq!(code(&out), 0, "{what}: {out:?}");
+                let history = text(
+                    &bounded(&["history", "--repo", REPO, "--work-item", &wi, "--json"]).stdout,
+                );
+                assert!(
+                    history
+                        .lines()
+                        .any(|l| l.contains("late-result") && l.contains("FAILED")),
+                    "{what}: {history}"
+                );
+            } else {
+                assert!(!dir.exists(), "{what}: reset clears the item");
+            }
             assert_eq!(fs::read_to_string(&zero).unwrap(), "0\n", "{what}");
         }
     }

@@ -921,23 +921,54 @@ fn remote_holds_log(sb: &Sandbox, branch: &str, work_item: &str) -> bool {
 }
 
 /// The invariant behind `pushed`: when `finalized` says pushed, the remote
-/// branch has the log. Broken today when the worktree is checked out on
-/// another branch than the approved one: the log is committed on HEAD and
-/// the approved branch, unchanged, is pushed.
+/// branch has the log. A worktree checked out on another branch than the
+/// approved one would commit the log on HEAD and push the approved branch
+/// unchanged, after production changed: the branch guard refuses that
+/// approval before anything is written or run. On the right branch, the
+/// same approval deploys and the remote branch holds the log.
 #[test]
 fn pushed_true_means_the_remote_branch_holds_the_log() {
     let sb = Sandbox::new();
-    git(&sb.worktree(), &["checkout", "-q", "-b", "elsewhere"]);
-    sb.approve_item(ITEM);
+    let wt = sb.worktree();
+    git(&wt, &["checkout", "-q", "-b", "elsewhere"]);
+    sb.request_approve(ITEM);
+    let before = sb.disk_but_own();
+    let (code, r) = sb.approve(ITEM);
+    assert_eq!(
+        (code, r["outcome"].as_str(), r["condition"].as_str()),
+        (3, Some("refused"), Some("worktree not on the branch")),
+        "{r}"
+    );
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refs/heads/elsewhere") && reason.contains(&format!("refs/heads/{BRANCH}")),
+        "{reason}"
+    );
+    assert_eq!(
+        sb.disk_but_own(),
+        before,
+        "a refused approval touches nothing"
+    );
+    // A detached HEAD is no branch either.
+    git(&wt, &["checkout", "-q", "--detach"]);
+    let (code, r) = sb.approve(ITEM);
+    assert_eq!(
+        (code, r["condition"].as_str()),
+        (3, Some("worktree not on the branch")),
+        "{r}"
+    );
+    sb.assert_no_hook_run("both approvals were refused");
+    git(&wt, &["checkout", "-q", BRANCH]);
+    let (code, r) = sb.approve(ITEM);
+    assert_eq!((code, r["to"].as_str()), (0, Some("initiated")), "{r}");
     sb.wait_for_result(ITEM);
     let r = sb.poll_until_final(ITEM, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
-    if sb.finalized_json(ITEM)["pushed"] == true {
-        assert!(
-            remote_holds_log(&sb, BRANCH, ITEM),
-            "pushed:true, but {BRANCH} on the remote has no deploy log: {r}"
-        );
-    }
+    assert_eq!(sb.finalized_json(ITEM)["pushed"], true, "{r}");
+    assert!(
+        remote_holds_log(&sb, BRANCH, ITEM),
+        "pushed:true, but {BRANCH} on the remote has no deploy log: {r}"
+    );
 }
 
 #[test]

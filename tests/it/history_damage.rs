@@ -370,8 +370,27 @@ fn a_key_turned_on_mid_history_reports_the_earlier_entries_as_unsigned() {
         (Some("valid"), Some(5), Some(2)),
         "{v}"
     );
-    // An unsigned entry after signing began breaks the chain there.
-    entries(&sb, 1, None, None);
+    // Without the key, no event extends the signed history.
+    let out = with_keys(&sb, None, None)
+        .args(["event", "reset", "--repo", REPO, "--work-item", ITEM])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let (code, msg, _) = verify(&sb, Some(KEY), None);
+    assert_eq!(code, 0, "{msg}");
+    // An unsigned entry after signing began (an earlier release's) breaks
+    // the chain there.
+    let path = sb
+        .state_root()
+        .join(".selfdeploy/history")
+        .join(REPO)
+        .join(format!("{ITEM}.jsonl"));
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str(
+        r#"{"time":"2026-01-01T00:00:00Z","actor":"old","event":"reset","from":"approve_requested","to":"idle","outcome":"transitioned","reason":null,"effects":["remove_state_dir"]}"#,
+    );
+    text.push('\n');
+    fs::write(&path, text).unwrap();
     let (code, msg, _) = verify(&sb, Some(KEY), None);
     assert_eq!(code, 1, "{msg}");
     assert!(

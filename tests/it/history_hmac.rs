@@ -153,10 +153,33 @@ fn an_unsigned_history_says_so_and_a_key_names_its_first_unsigned_entry() {
             "history of {REPO}/{ITEM}: 2 entries, chain valid from entry 2; warning: entries 1 to 1 were written before signing was turned on and are unsigned\n"
         )
     );
-    // An unsigned entry after signing began is a break.
+    // A host without the key may not extend a signed history: the event is
+    // refused before it acts (exit 1, naming the setting), nothing changes.
     sb.env.remove("HISTORY_HMAC_KEY");
-    let (code, r) = sb.event_json("request-approve", ITEM, &[]);
+    let before = sb.disk();
+    let out = sb.event("request-approve", ITEM, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is signed")
+            && stderr.contains("HISTORY_HMAC_KEY")
+            && stderr.contains("nothing done"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(sb.disk(), before, "nothing written, the history included");
+    // Reading needs no key; a dry run writes nothing and still works.
+    let (code, r) = sb.event_json("request-approve", ITEM, &["--dry-run"]);
     assert_eq!(code, 0, "{r}");
+    assert_eq!(sb.disk(), before);
+    // A history extended unsigned by an earlier release: the break is named.
+    let mut text = fs::read_to_string(sb.history_path(ITEM)).unwrap();
+    text.push_str(
+        r#"{"time":"2026-01-01T00:00:00Z","actor":"old","event":"request-approve","from":"idle","to":"approve_requested","outcome":"transitioned","reason":null,"effects":["write_marker"]}"#,
+    );
+    text.push('\n');
+    fs::write(sb.history_path(ITEM), text).unwrap();
     sb.set("HISTORY_HMAC_KEY", KEY.into());
     let (code, stdout) = verify(&sb);
     assert_eq!(code, 1, "{stdout}");

@@ -67,6 +67,7 @@ impl World {
             worktree: Path::new("/wt"),
             revision: Revision::Known("abc123".into()),
             worktree_check: Ok(()),
+            head_ref: Ok("refs/heads/deploy/ORCH-9".into()),
             transport_program: Ok(()),
             new_dispatch_id: NEW,
             dispatch: Some(&self.dispatch),
@@ -209,6 +210,20 @@ fn approved_is_refused_by_each_failing_guard_with_no_effects() {
                 ..plain.facts()
             },
             "worktree guard: worktree /wt does not exist",
+        ),
+        (
+            Facts {
+                head_ref: Ok("refs/heads/main".into()),
+                ..plain.facts()
+            },
+            "branch guard: the worktree /wt is on refs/heads/main, not refs/heads/deploy/ORCH-9",
+        ),
+        (
+            Facts {
+                head_ref: Err("HEAD is detached".into()),
+                ..plain.facts()
+            },
+            "branch guard: the worktree /wt is on no branch (HEAD is detached)",
         ),
         (
             Facts {

@@ -70,6 +70,8 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
         prop::bool::weighted(0.06),
         prop::bool::weighted(0.06),
         prop::bool::weighted(0.35),
+        // The worktree on no branch: a detached HEAD (the branch guard says no).
+        prop::option::weighted(0.05, Just(String::new())),
     )
         .prop_map(
             |(
@@ -82,6 +84,7 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
                 no_program,
                 no_wt,
                 push_fails,
+                head,
             )| {
                 EventStep {
                     push_fails,
@@ -95,6 +98,7 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
                     dispatch_fails,
                     host_claims,
                     no_worktree: no_wt,
+                    head,
                     branch_tip,
                     no_transport_program: no_program,
                 }
@@ -372,6 +376,8 @@ fn first_failing_guard(run: &Run, step: &EventStep) -> Option<&'static str> {
         Some("revision unknown")
     } else if step.no_worktree {
         Some("no worktree")
+    } else if step.head.as_deref() == Some("") {
+        Some("worktree not on the branch")
     } else if step.no_transport_program {
         Some("no transport program")
     } else {

@@ -18,6 +18,17 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
     );
     assert_eq!(code, 0, "{r}");
 
+    // The host claims in the background: wait for it, so that the poll
+    // below meets a claimed ticket (an unclaimed one is revoked instead).
+    assert!(
+        crate::support::sandbox::wait_for(std::time::Duration::from_secs(10), || {
+            sb.protocol_files("ORCH-40")
+                .iter()
+                .any(|f| f.starts_with("claimed-"))
+        }),
+        "the host never claimed: {:?}",
+        sb.protocol_files("ORCH-40")
+    );
     sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "3600".into());
     let (_, r) = sb.event_json("poll", "ORCH-40", &[]);
     assert_eq!(r["outcome"], "deferred", "{r}");

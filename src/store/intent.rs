@@ -1,0 +1,133 @@
+//! The intent: what an event is about to do, written durably before its
+//! first effect, so that its history entry cannot be lost whatever kills the
+//! process (kill -9, a full disk at the append). The next event on the item,
+//! or the watch, reconciles it into the history under the item's lock.
+//!
+//! `<REPOS_DIR>/.selfdeploy/history/<repo>/<item>.jsonl.pending` holds one
+//! JSON object. Written before the first effect it says who started which
+//! event from which state, and what it planned (`finished: false`: what it
+//! did is read back from the state directory). When the event finished but
+//! its entry could not be appended, it is rewritten with that entry
+//! (`finished: true`), if the disk allows.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::HistoryEntry;
+use crate::atomic;
+use crate::config::Durability;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// The entry as far as it is known: `to`, `outcome` and `reason` are
+    /// the event's own once `finished`, else the state it started from
+    /// and `pending`.
+    pub entry: HistoryEntry,
+    /// The event ran to its end; only the append of its entry failed.
+    pub finished: bool,
+    /// The dispatch the event was about to make, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
+}
+
+/// `<item>.jsonl.pending` beside the history file.
+pub fn intent_path(history: &Path) -> PathBuf {
+    let mut name = history.as_os_str().to_owned();
+    name.push(".pending");
+    PathBuf::from(name)
+}
+
+/// Writes the intent durably (temp file, fsync, rename, directory fsync).
+pub fn write_intent(history: &Path, intent: &Intent, durability: Durability) -> io::Result<()> {
+    if let Some(dir) = history.parent() {
+        atomic::create_dir_all_with(dir, durability)?;
+    }
+    let mut text = serde_json::to_string(intent).map_err(io::Error::other)?;
+    text.push('\n');
+    atomic::write_with(&intent_path(history), text.as_bytes(), durability)
+}
+
+/// The pending intent, if any: `Err(shown)` when the file is there but is
+/// not an intent (it is reconciled as an unknown event all the same).
+pub fn read_intent(history: &Path) -> io::Result<Option<Result<Intent, String>>> {
+    let path = intent_path(history);
+    let mut file = match super::open_regular(&path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.by_ref().take(1024 * 1024).read_to_end(&mut bytes)?;
+    Ok(Some(serde_json::from_slice(&bytes).map_err(|_| {
+        String::from_utf8_lossy(&bytes).chars().take(120).collect()
+    })))
+}
+
+/// Whether an intent is pending (one `stat`, for the watch's looks).
+pub fn intent_pending(history: &Path) -> bool {
+    std::fs::symlink_metadata(intent_path(history)).is_ok()
+}
+
+/// Removes the intent once its entry is in the history.
+pub fn clear_intent(history: &Path, durability: Durability) -> io::Result<()> {
+    atomic::remove_with(&intent_path(history), durability)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> HistoryEntry {
+        HistoryEntry {
+            time: "2026-01-01T00:00:00Z".into(),
+            actor: "alice".into(),
+            event: "approved".into(),
+            from: "approve_requested".into(),
+            to: "approve_requested".into(),
+            outcome: "pending".into(),
+            reason: None,
+            effects: vec!["write_marker".into(), "ssh".into()],
+        }
+    }
+
+    #[test]
+    fn an_intent_round_trips_and_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("h/orchestrator/W-1.jsonl");
+        assert_eq!(read_intent(&history).unwrap(), None);
+        assert!(!intent_pending(&history));
+        let intent = Intent {
+            entry: entry(),
+            finished: false,
+            dispatch_id: Some("00000000000000aa".into()),
+        };
+        write_intent(&history, &intent, Durability::Synced).unwrap();
+        assert!(intent_pending(&history));
+        assert_eq!(read_intent(&history).unwrap(), Some(Ok(intent)));
+        clear_intent(&history, Durability::Synced).unwrap();
+        assert_eq!(read_intent(&history).unwrap(), None);
+        clear_intent(&history, Durability::Synced).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_intent_is_shown_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = dir.path().join("W-1.jsonl");
+        std::fs::write(intent_path(&history), b"{\"entry\": tor").unwrap();
+        assert_eq!(
+            read_intent(&history).unwrap(),
+            Some(Err("{\"entry\": tor".to_owned()))
+        );
+        std::fs::remove_file(intent_path(&history)).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "{}").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, intent_path(&history)).unwrap();
+        assert!(
+            read_intent(&history).is_err(),
+            "a symlink is never followed"
+        );
+    }
+}
