@@ -998,3 +998,94 @@ fn a_pending_push_retried_under_another_branch_still_pushes_the_log() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// 8. A commit that fails
+
+/// A commit refused by a hook of the finalizer's own git configuration
+/// (`HOME` is AGENT_HOME_DIR) leaves the branch as it was: pushing that
+/// branch then "succeeds" with none of the log on it. The failure is
+/// recorded as not pushed, naming the commit, and nothing reaches the remote.
+#[test]
+fn a_failed_commit_is_recorded_as_not_pushed_and_pushes_nothing() {
+    let sb = Sandbox::new();
+    sb.approve_item(ITEM);
+    sb.wait_for_result(ITEM);
+    let hooks = sb.root().join("refusing-hooks");
+    write_script(
+        &hooks,
+        "pre-commit",
+        "#!/bin/sh\necho 'pre-commit: refused by the test' >&2\nexit 1\n",
+    );
+    write(
+        &sb.home().join(".gitconfig"),
+        format!("[core]\n\thooksPath = {}\n", hooks.display()).as_bytes(),
+    );
+    let remote_tip = git(&sb.remote(), &["rev-parse", BRANCH]);
+
+    let (code, r) = sb.event_json("poll", ITEM, &[]);
+    assert_eq!(code, 0, "finalizing never waits for the push: {r}");
+    assert_eq!(
+        (r["to"].as_str(), r["condition"].as_str()),
+        (Some("finalized_success"), Some("result 0, not pushed")),
+        "{r}"
+    );
+    let f = sb.finalized_json(ITEM);
+    assert_eq!(f["pushed"], false, "{f}");
+    let err = f["push_error"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("git commit failed") && err.contains("refused by the test"),
+        "{f}"
+    );
+    let s = sb.status_json(ITEM);
+    assert_eq!(s["pushed"], false, "{s}");
+    assert!(
+        s["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("git commit failed")),
+        "{s}"
+    );
+    // `git add` worked: the log waits, staged, for a commit that can be made.
+    assert_eq!(
+        git(&sb.worktree(), &["diff", "--cached", "--name-only"]),
+        format!("{}\n", log_rel(ITEM))
+    );
+    assert!(!remote_holds_log(&sb, BRANCH, ITEM));
+    assert_eq!(git(&sb.remote(), &["rev-parse", BRANCH]), remote_tip);
+    assert!(sb.finalizer_commits().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 9. A tag named like the branch
+
+/// A tag with the branch's very name (at an older commit) makes the bare
+/// name ambiguous to git: only the full refspec pushes the branch, with the
+/// log, and leaves the tag where it is.
+#[test]
+fn a_tag_named_like_the_branch_does_not_divert_the_push() {
+    let sb = Sandbox::new();
+    sb.approve_item(ITEM);
+    sb.wait_for_result(ITEM);
+    let wt = sb.worktree();
+    let older = sb.tip();
+    git(&wt, &["tag", BRANCH, &older]);
+
+    let r = sb.poll_until_final(ITEM, &[]);
+    assert_eq!(
+        (r["to"].as_str(), r["condition"].as_str()),
+        (Some("finalized_success"), Some("result 0, pushed")),
+        "{r}"
+    );
+    let f = sb.finalized_json(ITEM);
+    assert_eq!(f["pushed"], true, "{f}");
+    assert!(remote_holds_log(&sb, BRANCH, ITEM));
+    let branch_ref = format!("refs/heads/{BRANCH}");
+    let pushed = git(&sb.remote(), &["rev-parse", &branch_ref]);
+    assert_eq!(pushed, git(&wt, &["rev-parse", &branch_ref]));
+    assert_ne!(pushed.trim(), older);
+    assert_eq!(
+        git(&sb.remote(), &["tag", "--list"]),
+        "",
+        "the tag stays local"
+    );
+}

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::store::{ItemLock, ItemPaths};
 
-use crate::support::sandbox::{BRANCH, Hold, Sandbox, git, wait_for as support_wait_for};
+use crate::support::sandbox::{
+    BRANCH, Hold, Sandbox, git, path_with_first_dir, wait_for as support_wait_for,
+    write_executable, write_script,
+};
 
 /// A running `selfdeploy watch`, its stderr (the log) read as it comes.
 struct Watch {
@@ -834,4 +837,340 @@ fn watch_follows_repos_and_items_that_appear_after_it_started() {
         log.contains("watch: orchestrator/NEW-1 finalized: finalized_success"),
         "{log}"
     );
+}
+
+/// A host that never runs the wrapper (it lost the command, or died before
+/// the claim): a `setsid` first on the sandbox's PATH that does nothing. The
+/// launch succeeds and the ticket `dispatch-<id>` stays unclaimed; no hook
+/// ever runs, so no result will ever wake the watch.
+fn wrapper_never_runs(sb: &mut Sandbox) {
+    let bin = sb.root().join("lost-bin");
+    write_script(&bin, "setsid", "#!/bin/sh\nexit 0\n");
+    sb.set("PATH", path_with_first_dir(&bin));
+}
+
+/// Approves `item` on a host whose wrapper never runs; returns the id of the
+/// dispatch, whose ticket `dispatch-<id>` is left unclaimed.
+fn dispatch_unclaimed(sb: &Sandbox, item: &str) -> String {
+    sb.approve_item(item);
+    let id = sb
+        .dispatch_id(item)
+        .expect("initiated records the dispatch");
+    assert_eq!(
+        sb.protocol_files(item),
+        [format!("dispatch-{id}")],
+        "{item}: the launch left its ticket unclaimed"
+    );
+    id
+}
+
+/// The item's last history entry as (actor, event, from, to, outcome).
+fn last_entry(sb: &Sandbox, item: &str) -> (String, String, String, String, String) {
+    let entries = history(sb, item);
+    let last = entries.last().expect("a history entry");
+    let field = |k: &str| last[k].as_str().unwrap_or("").to_owned();
+    (
+        field("actor"),
+        field("event"),
+        field("from"),
+        field("to"),
+        field("outcome"),
+    )
+}
+
+/// Waits (bounded) for a history entry by the watch that went to `to`.
+fn watch_recorded(sb: &Sandbox, watch: &Watch, item: &str, to: &str, limit: Duration) {
+    let by_watch = |e: &serde_json::Value| e["actor"] == "watch" && e["to"] == to;
+    assert!(
+        support_wait_for(limit, || history(sb, item).iter().any(by_watch)),
+        "the watch did not take {item} to {to} within {limit:?}: {}; {:#?}\n{}",
+        state(sb, item),
+        history(sb, item),
+        watch.log()
+    );
+}
+
+/// Nothing but its clock makes an unclaimed dispatch due: no result comes
+/// and nobody else polls. The watch alone revokes it once the claim timeout
+/// has passed, so that a human may approve again.
+#[test]
+fn watch_alone_revokes_a_dispatch_unclaimed_past_the_claim_timeout() {
+    let mut sb = Sandbox::new();
+    wrapper_never_runs(&mut sb);
+    sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "2".into());
+    let item = "UNCLAIMED-1";
+    let id = dispatch_unclaimed(&sb, item);
+    let watch = Watch::start(&sb, "1");
+
+    watch_recorded(
+        &sb,
+        &watch,
+        item,
+        "approve_requested",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        last_entry(&sb, item),
+        (
+            "watch".into(),
+            "poll".into(),
+            "initiated".into(),
+            "approve_requested".into(),
+            "dispatch_failed".into()
+        )
+    );
+    let reason = history(&sb, item).pop().unwrap()["reason"].clone();
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("did not claim dispatch {id}"))),
+        "{reason}"
+    );
+    assert_eq!(sb.protocol_files(item), [format!("revoked-{id}")]);
+    assert_eq!(state(&sb, item), "approve_requested");
+    // Before the timeout the item was not due: no deferred poll recorded.
+    let polls = history(&sb, item)
+        .iter()
+        .filter(|e| e["event"] == "poll")
+        .count();
+    assert_eq!(polls, 1, "{:#?}", history(&sb, item));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "watch: orchestrator/{item}: dispatch revoked: the host did not claim dispatch {id}"
+        )),
+        "{log}"
+    );
+    assert_eq!(sb.hook_runs(), 0);
+}
+
+/// The engine stopped mid-dispatch and nothing will ever come for the
+/// dispatch `initiated` names: its ticket was revoked (a failed launch) but
+/// `initiated` was not cleared, or it was never written (stopped before
+/// the launch). Neither a claim nor a result can arrive: the watch alone
+/// hands each item back for approval.
+#[test]
+fn watch_once_hands_back_a_dispatch_revoked_or_never_ticketed() {
+    let mut sb = Sandbox::new();
+    wrapper_never_runs(&mut sb);
+    // Timeouts far away: only the ticket can make these items due.
+    sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "3600".into());
+    let revoked = dispatch_unclaimed(&sb, "CRASH-REVOKED");
+    let dir = sb.item_dir("CRASH-REVOKED");
+    fs::rename(
+        dir.join(format!("dispatch-{revoked}")),
+        dir.join(format!("revoked-{revoked}")),
+    )
+    .unwrap();
+    let missing = dispatch_unclaimed(&sb, "CRASH-MISSING");
+    fs::remove_file(
+        sb.item_dir("CRASH-MISSING")
+            .join(format!("dispatch-{missing}")),
+    )
+    .unwrap();
+    for item in ["CRASH-REVOKED", "CRASH-MISSING"] {
+        assert_eq!(state(&sb, item), "initiated");
+    }
+
+    let out = sb.run(&["watch", "--once"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.ends_with("finalized 0, revoked 2, errors 0\n"),
+        "{stdout}"
+    );
+    for (item, id, why) in [
+        ("CRASH-REVOKED", &revoked, "was revoked before it ran"),
+        ("CRASH-MISSING", &missing, "has no ticket"),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&format!(
+                "orchestrator/{item}: dispatch revoked (dispatch {id} {why}"
+            ))),
+            "{item}: {stdout}"
+        );
+        assert_eq!(state(&sb, item), "approve_requested", "{item}");
+        assert_eq!(
+            last_entry(&sb, item),
+            (
+                "watch".into(),
+                "poll".into(),
+                "initiated".into(),
+                "approve_requested".into(),
+                "dispatch_failed".into()
+            ),
+            "{item}"
+        );
+        assert!(!sb.item_dir(item).join("initiated").exists(), "{item}");
+    }
+    assert_eq!(
+        sb.protocol_files("CRASH-REVOKED"),
+        [format!("revoked-{revoked}")]
+    );
+    assert!(sb.protocol_files("CRASH-MISSING").is_empty());
+}
+
+/// The host claimed the dispatch, then went silent (the hook hangs, the
+/// host died): no result file will ever wake the watch. Past the result
+/// deadline the watch alone fails the deploy closed.
+#[test]
+fn watch_alone_fails_a_claimed_dispatch_past_the_result_deadline() {
+    let mut sb = Sandbox::new();
+    wrapper_never_runs(&mut sb);
+    sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "2".into());
+    let item = "SILENT-1";
+    let id = dispatch_unclaimed(&sb, item);
+    // The host wrapper's claim, and then nothing.
+    let dir = sb.item_dir(item);
+    fs::rename(
+        dir.join(format!("dispatch-{id}")),
+        dir.join(format!("claimed-{id}")),
+    )
+    .unwrap();
+    let watch = Watch::start(&sb, "1");
+
+    watch_recorded(
+        &sb,
+        &watch,
+        item,
+        "finalized_failed",
+        Duration::from_secs(10),
+    );
+    let entries = history(&sb, item);
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (
+            last["actor"].as_str(),
+            last["event"].as_str(),
+            last["from"].as_str()
+        ),
+        (Some("watch"), Some("poll"), Some("initiated")),
+        "{last}"
+    );
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the result deadline is 2 s")),
+        "{last}"
+    );
+    sb.assert_deploy_log(item, "FAILED", "timeout");
+    assert_eq!(sb.finalized_json(item)["pushed"], true);
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains(&format!(
+            "watch: orchestrator/{item} finalized: finalized_failed"
+        )),
+        "{log}"
+    );
+}
+
+/// A host that writes its result under a temporary name and renames it into
+/// place (as careful writers do) never closes a file named `result-<id>`:
+/// the rename alone must wake the watch, whose next rescan is an hour away.
+#[test]
+fn watch_alone_finalizes_on_a_result_renamed_into_place() {
+    let mut sb = Sandbox::new();
+    wrapper_never_runs(&mut sb);
+    let item = "RENAMED-1";
+    let id = dispatch_unclaimed(&sb, item);
+    let dir = sb.item_dir(item);
+    fs::rename(
+        dir.join(format!("dispatch-{id}")),
+        dir.join(format!("claimed-{id}")),
+    )
+    .unwrap();
+    let watch = Watch::start(&sb, "3600");
+    // Its one scan has run once it watches REPOS_DIR, the repo's directory
+    // and the item's: a result placed before that is found by the scan,
+    // which would prove nothing about the rename.
+    let pid = watch.pid();
+    assert!(
+        support_wait_for(Duration::from_secs(10), || inotify_watches(pid) >= 3),
+        "the watch never watched the item's directory: {} watches\n{}",
+        inotify_watches(pid),
+        watch.log()
+    );
+
+    let partial = dir.join(format!(".result-{id}.partial"));
+    fs::write(&partial, "0\n").unwrap();
+    fs::rename(&partial, sb.result_file(item)).unwrap();
+    watch_recorded(
+        &sb,
+        &watch,
+        item,
+        "finalized_success",
+        Duration::from_secs(10),
+    );
+    sb.assert_deploy_log(item, "SUCCESS", "0");
+    let polls = history(&sb, item)
+        .iter()
+        .filter(|e| e["event"] == "poll")
+        .count();
+    assert_eq!(polls, 1, "{:#?}", history(&sb, item));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A push the remote refuses is retried after a delay (30 s at first,
+/// doubling), not at every rescan: each attempt costs the item's lock, a
+/// git push and the remote's time. The remote's pre-receive hook counts the
+/// attempts and refuses every one.
+#[test]
+fn watch_retries_a_refused_push_after_its_backoff_not_at_every_rescan() {
+    let sb = Sandbox::new();
+    let item = "REFUSED-1";
+    let attempts = sb.root().join("push-attempts");
+    write_executable(
+        &sb.remote().join("hooks/pre-receive"),
+        &format!(
+            "#!/bin/sh\necho attempt >> '{}'\necho 'refused by the test' >&2\nexit 1\n",
+            attempts.display()
+        ),
+    );
+    let count = || {
+        fs::read_to_string(&attempts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    sb.approve_item(item);
+    sb.wait_for_result(item);
+    // A stage engine's poll finalizes; the remote refuses the push.
+    let (code, r) = sb.event_json("poll", item, &[]);
+    assert_eq!(
+        (code, r["condition"].as_str()),
+        (0, Some("result 0, not pushed")),
+        "{r}"
+    );
+    assert_eq!(count(), 1, "the finalize's push reached the remote");
+
+    let watch = Watch::start(&sb, "1");
+    // The watch retries the pending push at its first scan...
+    assert!(
+        support_wait_for(Duration::from_secs(10), || count() >= 2),
+        "the watch never retried the push\n{}",
+        watch.log()
+    );
+    // ...and not again within the first backoff, however many rescans (one
+    // a second) pass.
+    thread::sleep(Duration::from_secs(5));
+    let seen = count();
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(
+        seen, 2,
+        "{seen} push attempts: the watch retried at every rescan\n{log}"
+    );
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "watch: orchestrator/{item}: deploy log not pushed: "
+            ))
+        })
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].ends_with("retrying in 30s"), "{log}");
+    assert_eq!(sb.finalized_json(item)["pushed"], false);
 }
