@@ -68,6 +68,9 @@ pub enum Handled {
         to: StateName,
         outcome: String,
     },
+    /// An earlier event's entry, or the verdict of a run a reset kept, was
+    /// written to the history.
+    Recorded { item: String, what: String },
     /// The poll failed; it is retried later.
     Failed { item: String, error: String },
 }
@@ -78,6 +81,7 @@ impl std::fmt::Display for Handled {
             Handled::Finalized { item, to } => write!(f, "{item}: finalized ({to})"),
             Handled::Revoked { item, reason } => write!(f, "{item}: dispatch revoked ({reason})"),
             Handled::Polled { item, to, outcome } => write!(f, "{item}: polled, {outcome}, {to}"),
+            Handled::Recorded { item, what } => write!(f, "{item}: {what}"),
             Handled::Failed { item, error } => write!(f, "{item}: poll failed: {error}"),
         }
     }
@@ -123,11 +127,24 @@ struct Look {
     /// Nothing to do until its files change: not initiated (whose claim
     /// timeout and deadline run with the clock), no push pending.
     settled: bool,
+    /// The history lags: an event's intent was left behind (killed, or the
+    /// disk was full), or a run a reset kept has a result not yet recorded.
+    reconcile: bool,
 }
 
 fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
     let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
     let snap = Snapshot::load(&paths).map_err(|e| e.to_string())?;
+    let reconcile = store::intent_pending(&paths.history_file)
+        || snap
+            .kept_runs
+            .iter()
+            .any(|k| k.result.is_some() && !k.recorded);
+    // A run a reset kept may still write its result here.
+    let awaited = snap
+        .kept_runs
+        .iter()
+        .any(|k| k.result.is_none() && !k.recorded);
     let push_error = snap
         .finalized
         .as_ref()
@@ -142,13 +159,15 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
     if snap.state != StateName::Initiated {
         return Ok(Look {
             due: false,
-            live: push_error.is_none()
-                && !matches!(
-                    snap.state,
-                    StateName::FinalizedSuccess | StateName::FinalizedFailed
-                ),
-            settled: push_error.is_none() && snap.unreadable.is_empty(),
+            live: awaited
+                || push_error.is_none()
+                    && !matches!(
+                        snap.state,
+                        StateName::FinalizedSuccess | StateName::FinalizedFailed
+                    ),
+            settled: push_error.is_none() && snap.unreadable.is_empty() && !reconcile,
             push_error,
+            reconcile,
         });
     }
     let now = std::time::SystemTime::now();
@@ -166,7 +185,28 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
         live: true,
         push_error: None,
         settled: false,
+        reconcile,
     })
+}
+
+/// Brings the item's history up to date (no event: an idle item's history
+/// gets no poll line) and says what was recorded.
+fn reconcile(settings: &Settings, item: &Item) -> Handled {
+    let name = shown(item);
+    match engine::reconcile(settings, &item.0, &item.1, "watch") {
+        Ok(notes) => Handled::Recorded {
+            item: name,
+            what: if notes.is_empty() {
+                "history up to date".to_owned()
+            } else {
+                notes.join("; ")
+            },
+        },
+        Err(e) => Handled::Failed {
+            item: name,
+            error: e.to_string(),
+        },
+    }
 }
 
 /// Polls one item (blocking: git and the lock) and says what happened.
@@ -353,6 +393,9 @@ impl Schedule {
             Handled::Polled { to, outcome, .. } => {
                 tracing::debug!("watch: {name} polled: {outcome}, {to}");
             }
+            Handled::Recorded { what, .. } => {
+                tracing::info!("watch: {name}: {what}");
+            }
             Handled::Failed { error, .. } => {
                 self.poll_failed(settings, item, error, stats);
                 return handled;
@@ -441,6 +484,19 @@ impl Schedule {
             Ok(look) if look.push_error.is_some() && self.pushes.ready(item, None) => {
                 Some(self.poll(settings, item, stats))
             }
+            // A poll reconciles first; an item no poll is due for gets the
+            // reconcile alone.
+            Ok(look) if look.reconcile => self.polls.ready(item, files).then(|| {
+                let handled = reconcile(settings, item);
+                match &handled {
+                    Handled::Failed { error, .. } => self.poll_failed(settings, item, error, stats),
+                    handled => {
+                        tracing::info!("watch: {handled}");
+                        self.worked(item);
+                    }
+                }
+                handled
+            }),
             Ok(_) => {
                 self.worked(item);
                 None

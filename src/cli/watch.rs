@@ -19,6 +19,10 @@ pub struct Args {
 }
 
 pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
+    // The watch writes under REPOS_DIR (finalizes, history, locks): only as
+    // its owner.
+    selfdeploy::engine::check_repos_dir(&settings)?;
+    selfdeploy::engine::check_owner(&settings)?;
     if args.once {
         let mut stats = watch::Stats::default();
         let handled = watch::rescan(&settings, &mut stats, &mut watch::Schedule::default())?;

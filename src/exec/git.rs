@@ -225,7 +225,12 @@ pub fn branch_tip(
     if !worktree.is_dir() {
         return Err(format!("worktree {} does not exist", worktree.display()));
     }
-    let rev = format!("{}^{{commit}}", branch.unwrap_or("HEAD"));
+    // A tag named like the branch wins over it in git's lookup: the branch
+    // is named by its full ref.
+    let rev = match branch {
+        Some(branch) => format!("refs/heads/{branch}^{{commit}}"),
+        None => "HEAD^{commit}".to_owned(),
+    };
     let out = git(
         settings,
         worktree,

@@ -1089,3 +1089,40 @@ fn a_tag_named_like_the_branch_does_not_divert_the_push() {
         "the tag stays local"
     );
 }
+
+/// The freshness revision is the branch's tip, even when a tag of the same
+/// name points elsewhere (git's lookup prefers the tag to the branch).
+#[test]
+fn a_tag_named_like_the_branch_does_not_change_the_validated_revision() {
+    let sb = Sandbox::new();
+    let wt = sb.worktree();
+    let older = sb.tip();
+    git(&wt, &["tag", BRANCH, &older]);
+    fs::write(wt.join("newer.txt"), "newer\n").unwrap();
+    git(&wt, &["add", "newer.txt"]);
+    git(&wt, &["commit", "-q", "-m", "newer"]);
+    let newer = sb.tip();
+    assert_ne!(newer, older);
+    sb.request_approve(ITEM);
+    let (code, r) = sb.approve(ITEM);
+    assert_eq!(code, 0, "{r}");
+    let argv = r["effects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e["argv"].as_array())
+        .expect("a launch")
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        argv.contains(&format!("EXPECTED_REVISION={newer}")),
+        "the branch tip, not the tag: {argv}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(sb.item_dir(ITEM).join("initiated")).unwrap())
+            .unwrap();
+    assert_eq!(record["revision"], newer.as_str(), "{record}");
+}
