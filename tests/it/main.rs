@@ -28,6 +28,7 @@ mod merge_stamp_oracle;
 mod model;
 mod no_host_literals;
 mod purity;
+mod record_survives;
 mod replay_corpus;
 mod result_deadline;
 mod secret_scan;
