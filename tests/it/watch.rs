@@ -1174,3 +1174,47 @@ fn watch_retries_a_refused_push_after_its_backoff_not_at_every_rescan() {
     assert!(warned[0].ends_with("retrying in 30s"), "{log}");
     assert_eq!(sb.finalized_json(item)["pushed"], false);
 }
+
+/// A deploy reset with --force while its hook runs: the watch alone (no
+/// poll, no other event) records the run's verdict when its result lands,
+/// once, without a poll line for the idle item; status shows it recorded.
+#[test]
+fn watch_alone_records_the_verdict_of_a_run_a_reset_kept() {
+    let sb = Sandbox::new();
+    let hold = Hold::hook(&sb);
+    dispatch_held(&sb, "KEPT-1");
+    let id = sb.dispatch_id("KEPT-1").unwrap();
+    let (code, r) = sb.event_json("reset", "KEPT-1", &["--force"]);
+    assert_eq!((code, r["to"].as_str()), (0, Some("idle")), "{r}");
+    assert!(sb.item_dir("KEPT-1").join(format!("reset-{id}")).is_file());
+    let watch = Watch::start(&sb, "3600");
+    hold.release();
+    let late = |e: &serde_json::Value| e["event"] == "late-result";
+    assert!(
+        support_wait_for(Duration::from_secs(15), || history(&sb, "KEPT-1")
+            .iter()
+            .any(late)),
+        "the watch did not record the kept run's verdict: {}",
+        watch.log()
+    );
+    let entries = history(&sb, "KEPT-1");
+    let recorded: Vec<_> = entries.iter().filter(|e| late(e)).collect();
+    assert_eq!(recorded.len(), 1, "{entries:#?}");
+    assert_eq!(recorded[0]["actor"], "watch", "{entries:#?}");
+    assert!(
+        recorded[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("dispatch {id}")),
+        "{entries:#?}"
+    );
+    assert!(
+        entries.iter().all(|e| e["event"] != "poll"),
+        "an idle item gets no poll: {entries:#?}"
+    );
+    let st = sb.status_json("KEPT-1");
+    assert_eq!(st["kept_runs"][0]["recorded"], true, "{st}");
+    assert_eq!(st["kept_runs"][0]["verdict"], "SUCCESS", "{st}");
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+}
