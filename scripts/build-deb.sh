@@ -92,8 +92,9 @@ expect_mode() {
         fail "/$1 has mode $got, not $2"
     fi
 }
-# The env file holds the secrets: readable by root only.
-expect_mode etc/selfdeploy/selfdeploy.env -rw-------
+# The env file holds the secrets: written by root, read by the selfdeploy
+# group (the postinst's tmpfiles.d sets the group).
+expect_mode etc/selfdeploy/selfdeploy.env -rw-r-----
 expect_mode usr/bin/selfdeploy -rwxr-xr-x
 expect_mode usr/share/selfdeploy/deploy-hook.sh -rwxr-xr-x
 expect_mode usr/lib/systemd/system/selfdeploy-watch.service -rw-r--r--
@@ -179,6 +180,11 @@ if command -v systemd-sysusers >/dev/null 2>&1 &&
     ssh_dir=$(stat -c '%a %u' "$root/var/lib/selfdeploy/.ssh" 2>/dev/null || true)
     if [ "$ssh_dir" != "700 $uid" ]; then
         fail "/var/lib/selfdeploy/.ssh is \"${ssh_dir:-missing}\", not mode 700 owned by selfdeploy ($uid)"
+    fi
+    gid=$(grep '^selfdeploy:' "$root/etc/group" | cut -d: -f3)
+    env_file=$(stat -c '%a %u %g' "$root/etc/selfdeploy/selfdeploy.env" 2>/dev/null || true)
+    if [ "$env_file" != "640 0 $gid" ]; then
+        fail "/etc/selfdeploy/selfdeploy.env is \"${env_file:-missing}\", not mode 640 root:selfdeploy ($gid)"
     fi
 else
     echo "note: systemd-sysusers, systemd-tmpfiles or root is missing here; the user and its home were not made"

@@ -143,7 +143,33 @@ pub fn run(
     let token = token();
     let probe_dir = settings.repos_dir.join(".selfdeploy").join("doctor");
     let probe = probe_dir.join(format!("probe-{token}"));
+    // Files under REPOS_DIR are created by its owner alone: as anybody
+    // else, doctor writes nothing there either.
+    let owned = r.check("REPOS_DIR owner", || {
+        if !settings.repos_dir.is_dir() {
+            return Outcome::Skip("REPOS_DIR is not a directory".into());
+        }
+        match crate::engine::check_owner(settings) {
+            Ok(()) => pass(format!(
+                "{} belongs to this user ({})",
+                settings.repos_dir.display(),
+                crate::store::owner::user_name(
+                    // SAFETY: geteuid cannot fail.
+                    unsafe { libc::geteuid() }
+                )
+            )),
+            Err(e) => fail(
+                e.to_string(),
+                "run selfdeploy as the owner of REPOS_DIR (the service user)",
+            ),
+        }
+    }) != Status::Fail;
     let writable = r.check("REPOS_DIR writable", || {
+        if !owned {
+            return Outcome::Skip(
+                "needs the owner of REPOS_DIR: nothing is written as another user".into(),
+            );
+        }
         let written = if settings.repos_dir.is_dir() {
             atomic::create_dir_all(&probe_dir)
                 .and_then(|()| atomic::write(&probe, token.as_bytes()))

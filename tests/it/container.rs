@@ -4,7 +4,7 @@
 //! needs; the `Dockerfile` builds with `--locked`, runs `watch` as the
 //! build-time user and labels the image with the crate's version and the
 //! revision; `[package.metadata.deb]` in `Cargo.toml` ships the binary, the
-//! env file as a 0600 conffile, the reference hook, the generated manual
+//! env file as a 0640 conffile (root:selfdeploy once installed), the reference hook, the generated manual
 //! pages and completions, the docs and a unit that runs `watch` from the
 //! package. Each check is a function of the files' text, and
 //! `container_and_packaging_checks_fail_on_a_broken_copy` breaks a copy once
@@ -742,7 +742,7 @@ fn unit_entries(text: &str) -> BTreeMap<String, String> {
 /// The destinations the package needs, each with its source and mode.
 const SHIPPED: &[(&str, &str, &str)] = &[
     ("usr/bin/", "target/release/selfdeploy", "755"),
-    ("etc/selfdeploy/selfdeploy.env", ".env.example", "600"),
+    ("etc/selfdeploy/selfdeploy.env", ".env.example", "640"),
     (
         "usr/share/selfdeploy/deploy-hook.sh",
         "scripts/deploy-hook.sh",
@@ -1069,7 +1069,7 @@ fn container_and_packaging_checks_fail_on_a_broken_copy() {
         (dockerfile, "      org.opencontainers.image.source=\"${SOURCE_URL}\" \\\n", "", "no label org.opencontainers.image.source"),
         (dockerfile, "description=\"A persisted", "description=\"An old", "org.opencontainers.image.description"),
         // the package
-        (cargo, "\"etc/selfdeploy/selfdeploy.env\", \"600\"", "\"etc/selfdeploy/selfdeploy.env\", \"644\"", "selfdeploy.env has mode 644"),
+        (cargo, "\"etc/selfdeploy/selfdeploy.env\", \"640\"", "\"etc/selfdeploy/selfdeploy.env\", \"644\"", "selfdeploy.env has mode 644"),
         (cargo, "    [\"scripts/deploy-hook.sh\", \"usr/share/selfdeploy/deploy-hook.sh\", \"755\"],\n", "", "installed as usr/share/selfdeploy/deploy-hook.sh"),
         (cargo, "bash, git, openssh-client,", "bash, git,", "lacks openssh-client"),
         (cargo, "[\"docs/operations/*.md\"", "[\"docs/ops/*.md\"", "matches no file"),

@@ -403,6 +403,22 @@ fn only_the_owner_of_repos_dir_acts() {
             "{stderr}"
         );
     }
+    // doctor names it as a failure and writes nothing either.
+    let out = sb.run(&["doctor", "--json"]);
+    assert_eq!(code(&out), 1, "{out:?}");
+    let owner_check = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|c| c["name"] == "REPOS_DIR owner")
+        .expect("an owner check");
+    assert_eq!(owner_check["status"], "fail", "{owner_check}");
+    assert!(
+        owner_check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to nobody"),
+        "{owner_check}"
+    );
     assert_eq!(sb.disk(), before, "nothing written as root");
     // Reading works as root.
     let out = sb.run(&["status", "--all", "--json"]);
