@@ -46,6 +46,14 @@ fn check(what: &'static str, raw: &str) -> Result<(), NameError> {
     {
         return Err(fail(format!("it contains {bad:?}")));
     }
+    // Git never stores a path component that reads as `.git` (in any case,
+    // with trailing dots: NTFS and HFS+ protection are on by default): a
+    // deploy log below it would never be committed.
+    if raw.to_ascii_lowercase().trim_end_matches('.') == ".git" {
+        return Err(fail(
+            "git cannot store it as a path component (it reads as .git)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -241,6 +249,34 @@ impl fmt::Display for BranchName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exactly what git refuses as a path component on this platform (each
+    /// checked against a real `git add`: `tests/it/git_safety.rs`).
+    #[test]
+    fn names_that_read_as_dot_git_are_rejected() {
+        for bad in [".git", ".GIT", ".Git", ".git.", ".git..", ".gIt..."] {
+            for err in [
+                WorkItem::new(bad).unwrap_err(),
+                RepoName::new(bad).unwrap_err(),
+            ] {
+                assert!(
+                    err.to_string().contains("git cannot store it"),
+                    "{bad}: {err}"
+                );
+            }
+        }
+        for ok in [
+            ".gitmodules",
+            ".gitignore",
+            "a.git",
+            ".git_",
+            "..git",
+            ".git-",
+            "git",
+        ] {
+            assert!(WorkItem::new(ok).is_ok(), "{ok}");
+        }
+    }
 
     #[test]
     fn accepts_plain_names() {

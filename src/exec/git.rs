@@ -140,6 +140,36 @@ fn commit_and_push(
         )?;
         notes.push("git commit: done".to_owned());
     }
+    // "Nothing to commit" and a commit that did not take the file (a path
+    // git ignores, a nested repository) must not read as done: the committed
+    // tree holds the log's exact bytes, or it is not recorded.
+    let committed = git(
+        settings,
+        worktree,
+        &["ls-tree", "--object-only", "HEAD", "--", &rel],
+        t,
+    )?;
+    let written = step(
+        "hash-object",
+        git(
+            settings,
+            worktree,
+            &["hash-object", "--no-filters", "--", &rel],
+            t,
+        ),
+    )?;
+    if !committed.success() || committed.stdout.trim().is_empty() {
+        return Err(format!(
+            "the deploy log {rel} is not in the committed tree (git ls-tree HEAD found nothing: is its directory ignored, or a nested repository?)"
+        ));
+    }
+    if committed.stdout.trim() != written.stdout.trim() {
+        return Err(format!(
+            "the committed deploy log {rel} differs from the one written (blob {} committed, {} written)",
+            committed.stdout.trim(),
+            written.stdout.trim()
+        ));
+    }
     let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
     step(
         "push",

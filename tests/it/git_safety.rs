@@ -1126,3 +1126,93 @@ fn a_tag_named_like_the_branch_does_not_change_the_validated_revision() {
             .unwrap();
     assert_eq!(record["revision"], newer.as_str(), "{record}");
 }
+
+/// Names git cannot hold as a path component are refused at the edge, and
+/// the list is git's own: every name refused here is one `git add` refuses,
+/// and every one accepted is one git stores.
+#[test]
+fn work_items_git_cannot_store_are_refused_at_the_edge() {
+    let sb = Sandbox::new();
+    let probe = sb.root().join("probe");
+    git(sb.root(), &["init", "-q", probe.to_str().unwrap()]);
+    let git_stores = |name: &str| {
+        let dir = probe.join("d").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("log"), "x").unwrap();
+        let rel = format!("d/{name}/log");
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&probe)
+            .args(["add", "--", &rel])
+            .output()
+            .unwrap()
+            .status
+            .success()
+            && std::process::Command::new("git")
+                .arg("-C")
+                .arg(&probe)
+                .args(["ls-files", "--error-unmatch", "--", &rel])
+                .output()
+                .unwrap()
+                .status
+                .success()
+    };
+    let names = [
+        ".git",
+        ".GIT",
+        ".Git",
+        ".git.",
+        ".git..",
+        ".gIT...",
+        ".gitmodules",
+        ".git_",
+        "..git",
+        "a.git",
+        ".git-",
+        "ORCH-7",
+    ];
+    let mut refused = 0;
+    for name in names {
+        let before = sb.disk_but_own();
+        let out = sb.event("request-approve", name, &[]);
+        let accepted = out.status.code() == Some(0);
+        assert_eq!(accepted, git_stores(name), "{name}: {out:?}");
+        if !accepted {
+            refused += 1;
+            assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("git cannot store it"),
+                "{name}: {out:?}"
+            );
+            assert_eq!(sb.disk_but_own(), before, "{name}: nothing touched");
+        }
+    }
+    assert_eq!(refused, 6);
+}
+
+/// A nested repository at the item's log directory: `git add` cannot stage
+/// the log, so nothing is committed; the deploy is finalized but never
+/// recorded as pushed, and the branch on the remote has no log.
+#[test]
+fn a_log_git_does_not_commit_is_never_recorded_as_pushed() {
+    let sb = Sandbox::new();
+    let wt = sb.worktree();
+    let nested = wt.join("docs/work-items").join(ITEM);
+    fs::create_dir_all(&nested).unwrap();
+    git(&nested, &["init", "-q"]);
+    sb.approve_item(ITEM);
+    sb.wait_for_result(ITEM);
+    let r = sb.poll_until_final(ITEM, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    let f = sb.finalized_json(ITEM);
+    assert_eq!(f["pushed"], false, "{f}");
+    assert!(!remote_holds_log(&sb, BRANCH, ITEM), "{f}");
+    let st = sb.status_json(ITEM);
+    assert!(
+        st["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not pushed"),
+        "{st}"
+    );
+}
