@@ -350,6 +350,22 @@ impl Settings {
                 self.hook_script, self.hook_script
             ));
         }
+        // Each of these reaches the hook's environment and, in the reference
+        // hook, an argv word of docker or compose: one that begins with `-`
+        // would be read as an option (`--build` restarts everything).
+        for (name, value) in [
+            ("DEPLOY_PROD_SOURCE_IMAGE", &self.source_image),
+            ("DEPLOY_PROD_TARGET_SERVICE", &self.target_service),
+            ("DEPLOY_PROD_TARGET_IMAGE", &self.target_image),
+            ("DEPLOY_PROD_COMPOSE_PROFILE", &self.compose_profile),
+        ] {
+            if value.trim_start().starts_with('-') {
+                out.push(format!(
+                    "{name}={value:?} begins with '-': docker or compose would read it as an option; name the {} itself",
+                    name.trim_start_matches("DEPLOY_PROD_").to_ascii_lowercase().replace('_', " ")
+                ));
+            }
+        }
         if self.git_email_domain.is_empty()
             || self
                 .git_email_domain
@@ -501,7 +517,10 @@ impl Reader<'_> {
         self.get(name)
             .value
             .split(',')
-            .map(|s| s.trim().to_lowercase())
+            // ASCII only: Unicode lower-casing would turn a Kelvin sign into
+            // `k` and enable a repo nobody listed; the names' check then
+            // rejects anything but ASCII.
+            .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect()
     }

@@ -928,3 +928,60 @@ fn an_event_never_waits_past_the_lock_timeout_on_a_lock_file_that_is_a_fifo() {
     assert_eq!(code(&out), 1, "{out:?}");
     assert!(!sb.item_dir(ITEM).exists(), "nothing done without the lock");
 }
+
+/// A setting that reaches an argv word of docker or compose never begins
+/// with `-`, and SELF_DEPLOY_REPOS holds repo names (ASCII only: a Kelvin
+/// sign lower-cases to `k` in Unicode and would enable `kube`). Each is a
+/// settings error for `config --check` and for every event, nothing touched.
+#[test]
+fn settings_that_would_become_options_or_other_repos_are_refused() {
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "DEPLOY_PROD_TARGET_SERVICE",
+            "--build",
+            "DEPLOY_PROD_TARGET_SERVICE=\"--build\" begins with '-'",
+        ),
+        (
+            "DEPLOY_PROD_SOURCE_IMAGE",
+            "-q",
+            "DEPLOY_PROD_SOURCE_IMAGE=\"-q\" begins with '-'",
+        ),
+        (
+            "DEPLOY_PROD_TARGET_IMAGE",
+            " --rm",
+            "DEPLOY_PROD_TARGET_IMAGE=\" --rm\" begins with '-'",
+        ),
+        (
+            "DEPLOY_PROD_COMPOSE_PROFILE",
+            "--all",
+            "DEPLOY_PROD_COMPOSE_PROFILE=\"--all\" begins with '-'",
+        ),
+        (
+            "SELF_DEPLOY_REPOS",
+            "\u{212A}ube",
+            "SELF_DEPLOY_REPOS: invalid repo name",
+        ),
+    ];
+    for (name, value, said) in cases {
+        let mut sb = Sandbox::new();
+        sb.set(name, value.into());
+        let out = sb.run(&["config", "--check"]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        assert!(
+            text(&out.stdout).contains(said) || text(&out.stderr).contains(said),
+            "{name}: {out:?}"
+        );
+        let before = sb.disk();
+        let out = sb.run(&[
+            "event",
+            "request-approve",
+            "--repo",
+            "kube",
+            "--work-item",
+            ITEM,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {out:?}");
+        assert!(text(&out.stderr).contains(said), "{name}: {out:?}");
+        assert_eq!(sb.disk(), before, "{name}: nothing touched");
+    }
+}
