@@ -188,16 +188,21 @@ pub fn handle(
             effects: Vec::new(),
         },
     };
-    // A failure that repeats the last entry word for word (a poller
-    // retrying a missing worktree) is recorded once: the history tells
-    // what happened, not how often somebody asked.
-    let repeated = result.is_err()
+    // An event that changed nothing and repeats the last entry word for
+    // word (a deferred poll of a poller, a failure retried) is recorded
+    // once, with a count: the history tells what happened, not how often
+    // somebody asked.
+    let changed_nothing = match &result {
+        Ok(report) => report.outcome == Outcome::Deferred && report.effects.is_empty(),
+        Err(_) => true,
+    };
+    let repeated = changed_nothing
         && store::last_entry(&paths.history_file)
             .ok()
             .flatten()
             .is_some_and(|last| last == entry_without_time(&entry, &last.time));
     let appended = if repeated {
-        Ok(Vec::new())
+        store::count_repeat(&paths.history_file, &now, settings.durability).map(|()| Vec::new())
     } else {
         store::append_history(
             &paths.history_file,

@@ -47,14 +47,24 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let rows: Vec<[String; 7]> = lines
         .into_iter()
         .map(|line| match line {
-            HistoryLine::Entry(e) => [
+            HistoryLine::Entry { entry: e, repeats } => [
                 e.time,
                 e.actor,
                 e.event,
                 e.from,
                 e.to,
                 e.outcome,
-                e.reason.unwrap_or_default(),
+                match repeats {
+                    Some(r) => format!(
+                        "{} (again {} times, the last at {})",
+                        e.reason.unwrap_or_default(),
+                        r.count,
+                        r.last
+                    )
+                    .trim_start()
+                    .to_owned(),
+                    None => e.reason.unwrap_or_default(),
+                },
             ],
             // Shown, never skipped and never fatal: history is evidence.
             HistoryLine::Damaged { entry, damaged } => [

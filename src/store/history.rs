@@ -85,12 +85,78 @@ struct Head {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum HistoryLine {
-    Entry(HistoryEntry),
+    Entry {
+        #[serde(flatten)]
+        entry: HistoryEntry,
+        /// The same event came again this many more times with the same
+        /// outcome and nothing changed (a deferred poll, a repeated error):
+        /// recorded once, counted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        repeats: Option<Repeats>,
+    },
     Damaged {
         /// 1-based, as `history` numbers entries.
         entry: usize,
         damaged: String,
     },
+}
+
+/// How often an entry's event came again, changing nothing, and when last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeats {
+    pub count: u64,
+    pub last: String,
+}
+
+/// One run of repeats in `<item>.jsonl.repeats`: of the entry that ends at
+/// byte `at` of the history (append-only, so an offset names an entry).
+#[derive(Debug, Serialize, Deserialize)]
+struct RepeatRun {
+    at: u64,
+    count: u64,
+    last: String,
+}
+
+/// `<item>.jsonl.repeats`: the counts of entries that came again.
+pub fn repeats_path(history: &Path) -> PathBuf {
+    with_suffix(history, ".repeats")
+}
+
+fn read_runs(history: &Path) -> io::Result<Vec<RepeatRun>> {
+    let bytes = read_or_empty(&repeats_path(history))?;
+    // A damaged line costs its count only: repeats are a courtesy, the
+    // entries are the evidence.
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect())
+}
+
+/// Counts one more repeat of the history's last entry at `time`, instead of
+/// appending the same entry again. The caller holds the item's lock and has
+/// checked that the last entry is the one repeated.
+pub fn count_repeat(history: &Path, time: &str, durability: Durability) -> io::Result<()> {
+    let at = open_regular(history, OpenOptions::new().read(true))?
+        .metadata()?
+        .len();
+    let mut runs = read_runs(history)?;
+    match runs.last_mut() {
+        Some(run) if run.at == at => {
+            run.count += 1;
+            run.last = time.to_owned();
+        }
+        _ => runs.push(RepeatRun {
+            at,
+            count: 1,
+            last: time.to_owned(),
+        }),
+    }
+    let mut text = String::new();
+    for run in &runs {
+        text.push_str(&serde_json::to_string(run).map_err(io::Error::other)?);
+        text.push('\n');
+    }
+    atomic::write_with(&repeats_path(history), text.as_bytes(), durability)
 }
 
 /// What [`verify_history`] found.
@@ -305,15 +371,32 @@ fn parse(line: &[u8]) -> Option<Line> {
 /// The lines, oldest first: entries, and damaged lines shown as such.
 pub fn read_history(path: &Path) -> io::Result<Vec<HistoryLine>> {
     let bytes = read_or_empty(path)?;
-    Ok(lines(&bytes)
-        .map(|(n, l)| match parse(l) {
-            Some(line) => HistoryLine::Entry(line.entry),
+    let runs = read_runs(path)?;
+    let mut out = Vec::new();
+    let mut end = 0u64;
+    let mut n = 0;
+    for raw in bytes.split_inclusive(|&b| b == b'\n') {
+        end += raw.len() as u64;
+        let l = raw.strip_suffix(b"\n").unwrap_or(raw);
+        if l.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        n += 1;
+        out.push(match parse(l) {
+            Some(line) => HistoryLine::Entry {
+                entry: line.entry,
+                repeats: runs.iter().find(|r| r.at == end).map(|r| Repeats {
+                    count: r.count,
+                    last: r.last.clone(),
+                }),
+            },
             None => HistoryLine::Damaged {
                 entry: n,
                 damaged: shown(l),
             },
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }
 
 /// The entries alone, damaged lines left out (a fixture's history).
@@ -321,7 +404,7 @@ pub fn read_entries(path: &Path) -> io::Result<Vec<HistoryEntry>> {
     Ok(read_history(path)?
         .into_iter()
         .filter_map(|l| match l {
-            HistoryLine::Entry(e) => Some(e),
+            HistoryLine::Entry { entry, .. } => Some(entry),
             HistoryLine::Damaged { .. } => None,
         })
         .collect())

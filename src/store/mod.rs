@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 
 pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
-    HistoryEntry, HistoryKeys, HistoryLine, Verification, append_history, head_path, is_signed,
-    key_id, last_entry, read_entries, read_history, torn_path, verify_history,
+    HistoryEntry, HistoryKeys, HistoryLine, Repeats, Verification, append_history, count_repeat,
+    head_path, is_signed, key_id, last_entry, read_entries, read_history, repeats_path, torn_path,
+    verify_history,
 };
 pub use intent::{Intent, clear_intent, intent_path, intent_pending, read_intent, write_intent};
 pub use lock::{ItemLock, LockError};

@@ -477,3 +477,52 @@ fn only_the_owner_of_repos_dir_acts() {
     }
     assert!(sb.item_dir(item).join("approve-requested").exists());
 }
+
+/// A poller asking again and again while the hook runs: the deferred poll
+/// is recorded once per state, with a count of its repeats and the last
+/// time; the next change is a new entry; a signed history still verifies.
+#[test]
+fn a_deferred_poll_is_recorded_once_per_state_with_a_count() {
+    let mut sb = Sandbox::new();
+    let key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    sb.set("HISTORY_HMAC_KEY", key.into());
+    let item = "REP-1";
+    fs::write(sb.host_repo().join("hold"), "").unwrap();
+    sb.request_approve(item);
+    let (c, r) = sb.approve(item);
+    assert_eq!(c, 0, "{r}");
+    assert!(
+        wait_for(Duration::from_secs(10), || sb
+            .protocol_files(item)
+            .iter()
+            .any(|f| f.starts_with("claimed-"))),
+        "the host never claimed"
+    );
+    for _ in 0..12 {
+        let (c, r) = sb.event_json("poll", item, &[]);
+        assert_eq!((c, r["outcome"].as_str()), (0, Some("deferred")), "{r}");
+    }
+    let h = history(&sb, item);
+    let deferred: Vec<&Value> = h.iter().filter(|e| e["outcome"] == "deferred").collect();
+    assert_eq!(deferred.len(), 1, "{h:#?}");
+    assert_eq!(deferred[0]["repeats"]["count"], 11, "{h:#?}");
+    assert!(deferred[0]["repeats"]["last"].is_string(), "{h:#?}");
+    let table = text(
+        &sb.run(&["history", "--repo", REPO, "--work-item", item])
+            .stdout,
+    );
+    assert!(table.contains("(again 11 times, the last at "), "{table}");
+    // The hook ends: the next poll is news.
+    fs::remove_file(sb.host_repo().join("hold")).unwrap();
+    let r = sb.poll_until_final(item, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    let h = history(&sb, item);
+    assert_eq!(h.last().unwrap()["to"], "finalized_success", "{h:#?}");
+    assert_eq!(
+        h.iter().filter(|e| e["outcome"] == "deferred").count(),
+        1,
+        "{h:#?}"
+    );
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+}
