@@ -42,7 +42,24 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .init();
-    match cli::run(args) {
+    let acts = args.acts();
+    let mut ran = cli::run(args);
+    // What an event did is done and recorded; only its report is lost, and
+    // its exit code stays the documented one. A read command has failed.
+    if let Some(why) = cli::stdout_failure() {
+        eprintln!(
+            "selfdeploy: error: cannot write to stdout ({why}): the output is incomplete{}",
+            if acts {
+                "; what the event did is in its history (selfdeploy history)"
+            } else {
+                ""
+            }
+        );
+        if !acts && matches!(ran, Ok(cli::EXIT_OK)) {
+            ran = Ok(cli::EXIT_ERROR);
+        }
+    }
+    match ran {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("selfdeploy: error: {}", one_line(&err));

@@ -61,7 +61,7 @@ pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
             .iter()
             .map(|l| [l.name.to_owned(), l.value.clone(), l.source.clone()])
             .collect();
-        print!(
+        out!(
             "{}",
             selfdeploy::text_table::render(&["SETTING", "VALUE", "SOURCE"], &rows)
         );
@@ -84,13 +84,13 @@ fn check(env_file: Option<&Path>) -> u8 {
         Err(e) => vec![e.to_string()],
     };
     if problems.is_empty() {
-        println!("configuration OK ({} settings)", REGISTRY.len());
+        outln!("configuration OK ({} settings)", REGISTRY.len());
         return EXIT_OK;
     }
     for p in &problems {
-        println!("problem: {p}");
+        outln!("problem: {p}");
     }
-    println!(
+    outln!(
         "{} problem(s); fix them in the environment or the env file",
         problems.len()
     );

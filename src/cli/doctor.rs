@@ -43,7 +43,7 @@ pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
     let count = |s: Status| checks.iter().filter(|c| c.status == s).count();
     let failed = count(Status::Fail);
     if !args.json {
-        println!(
+        outln!(
             "{} passed, {failed} failed, {} skipped",
             count(Status::Pass),
             count(Status::Skip)
@@ -56,8 +56,8 @@ pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
 /// host: ...`, then the fix of a failed check.
 fn print_check(c: &Check) {
     match c.status {
-        Status::Skip => println!("{} {}: {}", c.status.label(), c.name, c.detail),
-        _ => println!(
+        Status::Skip => outln!("{} {}: {}", c.status.label(), c.name, c.detail),
+        _ => outln!(
             "{} {} ({} ms): {}",
             c.status.label(),
             c.name,
@@ -66,6 +66,6 @@ fn print_check(c: &Check) {
         ),
     }
     if let Some(fix) = &c.fix {
-        println!("     fix: {fix}");
+        outln!("     fix: {fix}");
     }
 }

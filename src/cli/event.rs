@@ -160,19 +160,24 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
 
 pub fn print_report(report: &engine::Report) {
     let dry = if report.dry_run { " (dry run)" } else { "" };
-    println!(
+    outln!(
         "{}/{}: {}: {} -> {}: {}{dry}",
-        report.repo, report.work_item, report.event, report.from, report.to, report.outcome
+        report.repo,
+        report.work_item,
+        report.event,
+        report.from,
+        report.to,
+        report.outcome
     );
-    println!("  condition: {}", report.condition);
+    outln!("  condition: {}", report.condition);
     if let Some(reason) = &report.reason {
-        println!("  reason: {reason}");
+        outln!("  reason: {reason}");
     }
     for effect in &report.effects {
-        println!("  effect: {}", selfdeploy::effect::describe(effect));
+        outln!("  effect: {}", selfdeploy::effect::describe(effect));
     }
     for note in &report.notes {
-        println!("  note: {note}");
+        outln!("  note: {note}");
     }
 }
 

@@ -39,16 +39,16 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     } else {
         x.snapshot.files.join(", ")
     };
-    println!("state on disk: {} (files: {files})", x.snapshot.state);
+    outln!("state on disk: {} (files: {files})", x.snapshot.state);
     if let Some(result) = &x.snapshot.result {
-        println!("result: exit code {}", result.code);
+        outln!("result: exit code {}", result.code);
     }
-    println!("dispatch guards, in the order they are checked:");
+    outln!("dispatch guards, in the order they are checked:");
     for g in &x.guards {
         let verdict = if g.passes { "pass" } else { "FAIL" };
-        println!("  {:<18} {verdict}  {}", g.guard.name(), g.detail);
+        outln!("  {:<18} {verdict}  {}", g.guard.name(), g.detail);
     }
-    println!("what {} would do now:", request.event);
+    outln!("what {} would do now:", request.event);
     print_report(&x.report);
     Ok(code)
 }

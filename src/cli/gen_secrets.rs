@@ -32,7 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let names = secrets::secret_names();
     let Some(path) = args.write else {
         for (name, value) in secrets::generate(&names)? {
-            println!("{name}={value}");
+            outln!("{name}={value}");
         }
         return Ok(EXIT_OK);
     };
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let values = secrets::generate(&names)?;
             secrets::create_env_file(&path, secrets::addition(b"", &values).as_bytes())
                 .with_context(|| format!("cannot create {shown}"))?;
-            println!("wrote {} to {shown} (mode 0600)", names.join(", "));
+            outln!("wrote {} to {shown} (mode 0600)", names.join(", "));
             return Ok(EXIT_OK);
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {shown}")),
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         secrets::read_env_file(&path).with_context(|| format!("cannot parse env file {shown}"))?;
     let missing = secrets::missing(&names, &values);
     if missing.is_empty() {
-        println!(
+        outln!(
             "{shown} already has a value for {}: nothing changed",
             names.join(", ")
         );
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let values = secrets::generate(&missing)?;
     append(&path, secrets::addition(&existing, &values).as_bytes())
         .with_context(|| format!("cannot append to {shown}"))?;
-    println!("appended {} to {shown} (mode 0600)", missing.join(", "));
+    outln!("appended {} to {shown} (mode 0600)", missing.join(", "));
     Ok(EXIT_OK)
 }
 

@@ -41,7 +41,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     }
     if lines.is_empty() {
-        println!("no history for {repo}/{wi}");
+        outln!("no history for {repo}/{wi}");
         return Ok(EXIT_OK);
     }
     let rows: Vec<[String; 7]> = lines
@@ -79,7 +79,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         })
         .collect();
     let header = ["TIME", "ACTOR", "EVENT", "FROM", "TO", "OUTCOME", "REASON"];
-    print!("{}", text_table::render(&header, &rows));
+    out!("{}", text_table::render(&header, &rows));
     Ok(EXIT_OK)
 }
 
@@ -149,7 +149,7 @@ fn verify(settings: &Settings, paths: &ItemPaths, item: &str, json: bool) -> any
     if json {
         print_json(&out);
     } else {
-        println!("{}", out.message);
+        outln!("{}", out.message);
     }
     Ok(code)
 }

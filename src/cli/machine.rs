@@ -42,6 +42,6 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Format::Mermaid => table::to_mermaid(&rows),
         Format::Markdown => table::to_markdown(&rows),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(EXIT_OK)
 }

@@ -1,5 +1,48 @@
 //! The subcommands, one file each.
 
+/// Writes a line to stdout without ever panicking: a full disk or a closed
+/// pipe behind stdout must not turn an event that acted into a crash (its
+/// report is in the history anyway). A failed write is remembered and said
+/// once on stderr before exit.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `outln!` without the line end.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+static STDOUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        let _ = STDOUT_FAILED.set(e.to_string());
+    }
+}
+
+impl Cli {
+    /// Whether the command acts (its exit code tells what it did, printed or
+    /// not); a read command whose output is lost has failed.
+    pub fn acts(&self) -> bool {
+        matches!(self.command, Command::Event(_) | Command::Watch(_))
+    }
+}
+
+/// Flushes stdout; the error of any write to it that failed.
+pub fn stdout_failure() -> Option<String> {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().flush() {
+        let _ = STDOUT_FAILED.set(e.to_string());
+    }
+    STDOUT_FAILED.get().cloned()
+}
+
 mod completions;
 mod config;
 mod demo;
@@ -175,10 +218,10 @@ fn item_names(repo: &str, work_item: &str) -> anyhow::Result<(RepoName, WorkItem
 
 /// Prints one JSON value on one line.
 fn print_json<T: serde::Serialize>(value: &T) {
-    println!(
-        "{}",
-        serde_json::to_string(value).expect("reports serialize")
-    );
+    match serde_json::to_string(value) {
+        Ok(line) => outln!("{line}"),
+        Err(e) => eprintln!("selfdeploy: error: cannot write JSON: {e}"),
+    }
 }
 
 #[cfg(test)]

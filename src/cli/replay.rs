@@ -35,24 +35,24 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     for file in &files {
         let verdict = replay::replay_file(file);
         match &verdict.failure {
-            None => println!("PASS {} ({} steps)", file.display(), verdict.steps),
+            None => outln!("PASS {} ({} steps)", file.display(), verdict.steps),
             Some(why) => {
                 failed += 1;
-                println!("FAIL {}: {}", file.display(), why.trim_end());
+                outln!("FAIL {}: {}", file.display(), why.trim_end());
             }
         }
         taken.extend(verdict.rows);
     }
     let rows = table::derive();
     let uncovered = replay::uncovered(&rows, &taken);
-    println!(
+    outln!(
         "{} passed, {failed} failed; table rows covered: {}/{}",
         files.len() - failed,
         rows.len() - uncovered.len(),
         rows.len()
     );
     for row in uncovered.iter().filter(|_| args.uncovered) {
-        println!("  not covered: {}", table::one_line(row));
+        outln!("  not covered: {}", table::one_line(row));
     }
     Ok(if failed == 0 { EXIT_OK } else { EXIT_ERROR })
 }

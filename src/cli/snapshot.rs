@@ -16,6 +16,6 @@ pub struct Args {
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let (repo, wi) = args.item.names()?;
     let fixture = replay::capture(settings, &repo, &wi, std::time::SystemTime::now())?;
-    print!("{}", replay::fixture::to_ron(&fixture));
+    out!("{}", replay::fixture::to_ron(&fixture));
     Ok(EXIT_OK)
 }

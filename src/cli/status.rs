@@ -613,7 +613,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     }
     if rows.is_empty() {
         let filtered = args.repo.is_some() || !args.state.is_empty();
-        println!(
+        outln!(
             "no work items under {}{}",
             settings.repos_dir.display(),
             if filtered { " match" } else { "" }
@@ -630,7 +630,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         "LAST EVENT",
         "NOTE",
     ];
-    print!("{}", selfdeploy::text_table::render(&header, &table));
+    out!("{}", selfdeploy::text_table::render(&header, &table));
     Ok(done)
 }
 

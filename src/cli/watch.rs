@@ -27,11 +27,13 @@ pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
         let mut stats = watch::Stats::default();
         let handled = watch::rescan(&settings, &mut stats, &mut watch::Schedule::default())?;
         for line in &handled {
-            println!("{line}");
+            outln!("{line}");
         }
-        println!(
+        outln!(
             "finalized {}, revoked {}, errors {}",
-            stats.finalized, stats.revoked, stats.errors
+            stats.finalized,
+            stats.revoked,
+            stats.errors
         );
         return Ok(if stats.errors == 0 {
             EXIT_OK

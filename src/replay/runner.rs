@@ -404,7 +404,21 @@ impl Replayer {
                 self.observe()
             }
             Act::TimePasses(seconds) => {
-                self.clock += Duration::from_secs(*seconds);
+                // A clock past what the system can represent is a bad fixture,
+                // never a panic: the other fixtures still run.
+                self.clock = self
+                    .clock
+                    .checked_add(Duration::from_secs(*seconds))
+                    .filter(|t| {
+                        // 9999-12-31T23:59:59Z: the last second RFC 3339 holds.
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .is_ok_and(|d| d.as_secs() <= 253_402_300_799)
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "TimePasses({seconds}) moves the clock past what a timestamp can hold; use a number of seconds that keeps the clock before the year 10000"
+                        )
+                    })?;
                 self.observe()
             }
         };

@@ -985,3 +985,60 @@ fn settings_that_would_become_options_or_other_repos_are_refused() {
         assert_eq!(sb.disk(), before, "{name}: nothing touched");
     }
 }
+
+/// stdout on a full disk (`/dev/full`) after the hook was launched: no
+/// panic, the documented exit code, one line on stderr, and the event is in
+/// the history; a read command whose output is lost exits 1.
+#[test]
+fn a_full_stdout_never_panics_and_the_exit_code_stays_true() {
+    let sb = Sandbox::new();
+    let item = "OUT-1";
+    sb.request_approve(item);
+    let full = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let args = sb.approve_args();
+    let out = sb
+        .event_cmd("approved", item)
+        .args(&args)
+        .stdout(full())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot write to stdout") && stderr.contains("in its history"),
+        "{stderr}"
+    );
+    let history = text(
+        &sb.run(&[
+            "history",
+            "--repo",
+            "orchestrator",
+            "--work-item",
+            item,
+            "--json",
+        ])
+        .stdout,
+    );
+    assert!(
+        history
+            .lines()
+            .any(|l| l.contains("\"event\":\"approved\"") && l.contains("transitioned")),
+        "{history}"
+    );
+    sb.wait_for_result(item);
+    let out = sb
+        .cmd()
+        .args(["machine", "--format", "json"])
+        .stdout(full())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!text(&out.stderr).contains("panicked"), "{out:?}");
+}

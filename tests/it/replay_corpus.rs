@@ -317,3 +317,37 @@ fn the_fixtures_page_shows_today_s_corpus() {
     );
     assert!(page.contains(&line), "FIXTURES.md should show: {line}");
 }
+
+/// A duration the clock cannot hold is a failing fixture with a clear
+/// reason, never a panic, and the fixtures after it still run.
+#[test]
+fn an_out_of_range_duration_fails_its_fixture_and_the_rest_run() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("a_far_future.ron"),
+        "(\n  work_item: \"W-1\",\n  clock: \"2026-01-01T00:00:00Z\",\n  steps: [(act: TimePasses(18446744073709551615), expect: (state: \"idle\"))],\n)\n",
+    )
+    .unwrap();
+    fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/happy_path.ron"),
+        dir.path().join("b_happy.ron"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfdeploy"))
+        .arg("replay")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{out:?}"
+    );
+    assert!(
+        text.contains("TimePasses(18446744073709551615) moves the clock past"),
+        "{text}"
+    );
+    assert!(text.contains("PASS "), "{text}");
+    assert!(text.contains("1 passed, 1 failed"), "{text}");
+}
