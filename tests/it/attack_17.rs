@@ -1,0 +1,319 @@
+//! Hostile tests of the record (intent, kept runs, one owner, a signed
+//! history): each test here shows a defect found by attacking the latest
+//! changes, and fails until it is fixed. Each names the contract section it
+//! holds the binary to.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::report::*;
+use crate::support::sandbox::*;
+
+const REPO: &str = "orchestrator";
+const KEY: &str = "attack-17-history-key-0123456789abcdef";
+
+fn history(sb: &Sandbox, item: &str) -> Vec<Value> {
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--json"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn count(h: &[Value], event: &str) -> usize {
+    h.iter().filter(|e| e["event"] == event).count()
+}
+
+fn history_dir(sb: &Sandbox) -> PathBuf {
+    sb.state_root().join(format!(".selfdeploy/history/{REPO}"))
+}
+
+fn pending(sb: &Sandbox, item: &str) -> PathBuf {
+    history_dir(sb).join(format!("{item}.jsonl.pending"))
+}
+
+/// A `bash` first on PATH that waits while `gate` exists, then runs the
+/// real one: the local transport's launch stalls there, as a slow ssh would.
+fn slow_bash(sb: &mut Sandbox, gate: &Path) {
+    let bin = sb.root().join("slow-bin");
+    write_script(
+        &bin,
+        "bash",
+        &format!(
+            "#!/bin/sh\nwhile [ -e '{}' ]; do sleep 0.02; done\nexec '{}' \"$@\"\n",
+            gate.display(),
+            tool("bash")
+        ),
+    );
+    sb.set("PATH", path_with_first_dir(&bin));
+}
+
+fn spawn_approve(sb: &Sandbox, item: &str) -> Child {
+    let mut cmd = sb.event_cmd("approved", item);
+    cmd.args(sb.approve_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+/// Waits until the launch has begun: the dispatch ticket is on disk.
+fn wait_for_ticket(sb: &Sandbox, item: &str) -> String {
+    let mut id = None;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            id = sb.dispatch_id(item);
+            id.is_some()
+                && sb
+                    .item_dir(item)
+                    .join(format!("dispatch-{}", id.as_ref().unwrap()))
+                    .exists()
+        }),
+        "the dispatch was never written"
+    );
+    id.unwrap()
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new(tool("mount"))
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it, which needs root (CI runs as root): {}",
+            text(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.0.join("filler");
+        let mut file = fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while let Ok(n) = file.write(&chunk) {
+            if n == 0 {
+                break;
+            }
+        }
+        for _ in 0..4096 {
+            if file.write(&[0]).is_err() {
+                break;
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("umount")).arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The sandbox's REPOS_DIR becomes a small tmpfs of its own (mounted on
+/// it, so that every helper finds the state where it was).
+fn on_tmpfs(sb: &Sandbox) -> (Tmpfs, PathBuf) {
+    let state = sb.state_root();
+    (Tmpfs::mount(&state, "256k"), state)
+}
+
+/// Contract 6.6: "Never two hooks at once: ... a new dispatch for the item
+/// is refused while an earlier claimed run has no result, unless forced."
+/// A forced reset keeps the place of a run the host claimed; the run still
+/// runs. `request-approve` and `approved` (not forced) then launch a second
+/// hook beside it.
+#[test]
+fn a_kept_run_still_running_refuses_a_new_dispatch_unless_forced() {
+    let sb = Sandbox::new();
+    let item = "ATK-TWO";
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    let first = sb.dispatch_id(item).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.hook_runs() == 1));
+    let (c, r) = sb.event_json("reset", item, &["--force"]);
+    assert_eq!((c, r["to"].as_str()), (0, Some("idle")), "{r}");
+    assert!(
+        sb.item_dir(item).join(format!("reset-{first}")).exists(),
+        "the run's place is kept"
+    );
+    assert!(
+        !sb.item_dir(item).join(format!("result-{first}")).exists(),
+        "the kept run has no result yet: its hook is still running"
+    );
+
+    sb.request_approve(item);
+    let (c, r) = sb.approve(item);
+    // Give a wrongly launched second wrapper the time to start its hook.
+    std::thread::sleep(Duration::from_millis(500));
+    let runs = sb.hook_runs();
+    hold.release();
+    assert_eq!(
+        (c, r["outcome"].as_str(), runs),
+        (3, Some("refused"), 1),
+        "a second hook was launched while kept run {first} still runs: {r}"
+    );
+}
+
+/// Contract 6.6: "a claimed dispatch without a result may still be running,
+/// whatever verdict a deadline gave it. Resetting such an item needs
+/// `--force`". A plain `reset` of an item the result deadline finalized as
+/// FAILED, whose hook still runs, transitions to idle.
+#[test]
+fn reset_of_a_deadline_failed_item_whose_hook_still_runs_needs_force() {
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "1".into());
+    let item = "ATK-DEADLINE";
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    assert!(wait_for(Duration::from_secs(10), || sb.hook_runs() == 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = sb.poll_until_final(item, &[]);
+    assert_eq!(r["to"], "finalized_failed", "{r}");
+    let id = sb.dispatch_id(item).unwrap();
+    assert!(!sb.item_dir(item).join(format!("result-{id}")).exists());
+
+    let (c, r) = sb.event_json("reset", item, &[]);
+    hold.release();
+    assert_eq!(
+        (c, r["outcome"].as_str(), r["to"].as_str()),
+        (3, Some("refused"), Some("finalized_failed")),
+        "an item whose claimed run has no result was reset without --force: {r}"
+    );
+}
+
+/// Contract 11: every event is recorded, once. kill -9 after the event's
+/// entry reached the history but before its intent was cleared (the two are
+/// separate writes) leaves both; the next event appends the intent as a
+/// second entry of the same event, which says the process "stopped after
+/// the event began to act": an approval that finished reads as one that
+/// was interrupted, and the dispatch is in the history twice.
+///
+/// The state such a kill leaves is rebuilt exactly: the intent, copied
+/// while the launch was held, is put back once the event has finished.
+#[test]
+fn an_event_killed_between_its_append_and_the_intent_clear_is_recorded_once() {
+    let mut sb = Sandbox::new();
+    let item = "ATK-KILL";
+    sb.request_approve(item);
+    let gate = sb.root().join("gate");
+    fs::write(&gate, "").unwrap();
+    slow_bash(&mut sb, &gate);
+    let child = spawn_approve(&sb, item);
+    wait_for_ticket(&sb, item);
+    let intent = fs::read(pending(&sb, item)).unwrap();
+    fs::remove_file(&gate).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert_eq!(count(&history(&sb, item), "approved"), 1);
+    // kill -9 here: the entry is appended, the intent not yet cleared.
+    fs::write(pending(&sb, item), &intent).unwrap();
+
+    sb.wait_for_result(item);
+    let r = sb.poll_until_final(item, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    let h = history(&sb, item);
+    let approved: Vec<&Value> = h.iter().filter(|e| e["event"] == "approved").collect();
+    assert_eq!(
+        approved.len(),
+        1,
+        "one approval, recorded twice (the second claims it was interrupted): {approved:#?}"
+    );
+    assert_eq!(approved[0]["outcome"], "transitioned");
+}
+
+/// Contract 6.5 and 11: a kept run's late verdict is recorded once. On a
+/// full disk the `late-result` entry still fits in the history's last page
+/// but the mark `<item>.jsonl.late-<id>` (a new file) does not: the pass
+/// fails, and every later pass appends the same verdict again, until space
+/// returns (then once more). One run, recorded four times.
+#[test]
+fn a_full_disk_at_the_late_mark_records_a_late_verdict_once() {
+    let sb = Sandbox::new();
+    let item = "ATK-LATE";
+    let (mount, state) = on_tmpfs(&sb);
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    let id = sb.dispatch_id(item).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.hook_runs() == 1));
+    let (c, r) = sb.event_json("reset", item, &["--force"]);
+    assert_eq!((c, r["to"].as_str()), (0, Some("idle")), "{r}");
+    let dir = state.join(format!(".deploy-state-{REPO}/{item}"));
+    hold.release();
+    let result = dir.join(format!("result-{id}"));
+    assert!(
+        wait_for(Duration::from_secs(10), || fs::read_to_string(&result)
+            .is_ok_and(|s| !s.trim().is_empty())),
+        "the kept run's result landed"
+    );
+    wait_for_wrappers(
+        &state.join(format!(".deploy-state-{REPO}")),
+        Duration::from_secs(10),
+    );
+
+    let filler = mount.fill();
+    for _ in 0..3 {
+        let out = sb.run(&["watch", "--once"]);
+        assert_eq!(code(&out), 1, "the full disk is reported: {out:?}");
+    }
+    fs::remove_file(&filler).unwrap();
+    let out = sb.run(&["watch", "--once"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let h = history(&sb, item);
+    assert_eq!(
+        count(&h, "late-result"),
+        1,
+        "one late verdict, recorded once per failed pass: {h:#?}"
+    );
+}
+
+/// Contract 11: "when the history cannot be appended the event says so";
+/// a signed history is chained and its head rewritten after each append.
+/// On a full disk the signed entry fits in the history's last page but the
+/// new head file does not: the event exits 4 saying its entry could not be
+/// appended although it was, and the next event appends the kept intent as
+/// a second `approved` entry claiming the process stopped mid-event.
+#[test]
+fn a_full_disk_at_the_signed_head_neither_lies_nor_records_twice() {
+    let mut sb = Sandbox::new();
+    let item = "ATK-HEAD";
+    sb.set("HISTORY_HMAC_KEY", KEY.into());
+    let (mount, _state) = on_tmpfs(&sb);
+    sb.request_approve(item);
+    let gate = sb.root().join("gate");
+    fs::write(&gate, "").unwrap();
+    slow_bash(&mut sb, &gate);
+    let child = spawn_approve(&sb, item);
+    wait_for_ticket(&sb, item);
+    // The disk fills while the launch runs (the hook's log, another tenant).
+    let filler = mount.fill();
+    fs::remove_file(&gate).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let in_history = count(&history(&sb, item), "approved");
+    fs::remove_file(&filler).unwrap();
+    assert!(
+        !(code(&out) == 4 && in_history == 1),
+        "exit 4 says the entry could not be appended, but it is in the history: {}",
+        text(&out.stderr)
+    );
+
+    sb.wait_for_result(item);
+    let r = sb.poll_until_final(item, &[]);
+    assert_eq!(r["to"], "finalized_success", "{r}");
+    let h = history(&sb, item);
+    assert_eq!(count(&h, "approved"), 1, "{h:#?}");
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+}
