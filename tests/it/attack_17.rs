@@ -317,3 +317,105 @@ fn a_full_disk_at_the_signed_head_neither_lies_nor_records_twice() {
     let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"]);
     assert_eq!(code(&out), 0, "{out:?}");
 }
+
+/// Contract 11: an intent left behind "is reconciled into the history by
+/// the next event or `watch` pass". kill -9 of a `reset` after it removed
+/// the state directory, before its entry was appended, leaves the intent;
+/// the watch lists items by their state directory, which is gone, so no
+/// pass ever records the reset (and `status` shows nothing at all).
+///
+/// The intent is the one such a kill leaves (its bytes as the binary
+/// writes them before the removal).
+#[test]
+fn the_watch_records_the_intent_of_a_reset_killed_after_removing_the_item() {
+    let sb = Sandbox::new();
+    let item = "ATK-GONE";
+    sb.request_approve(item);
+    fs::remove_dir_all(sb.item_dir(item)).unwrap();
+    let time = history(&sb, item)[0]["time"].as_str().unwrap().to_owned();
+    fs::write(
+        pending(&sb, item),
+        format!(
+            "{{\"entry\":{{\"time\":\"{time}\",\"actor\":\"selfdeploy\",\"event\":\"reset\",\
+             \"from\":\"approve_requested\",\"to\":\"approve_requested\",\"outcome\":\"pending\",\
+             \"reason\":null,\"effects\":[\"remove_state_dir\"]}},\"finished\":false}}\n"
+        ),
+    )
+    .unwrap();
+
+    let out = sb.run(&["watch", "--once"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let h = history(&sb, item);
+    assert_eq!(
+        count(&h, "reset"),
+        1,
+        "the watch left the reset out of the history: {h:#?}"
+    );
+    assert!(!pending(&sb, item).exists());
+}
+
+/// Contract 6.5 and 11: a reset `--force` killed after it wrote the kept
+/// run's `reset-<id>` record but before it removed `initiated` (the code
+/// says a second reset finishes it) leaves an item still `initiated` whose
+/// run is also "kept". When the run's result lands, the next poll records
+/// it as a `late-result` that "ran on after a reset ... the item was not
+/// finalized by it", and then finalizes the item from that very result:
+/// the history contradicts itself.
+///
+/// The state is the one such a kill leaves: `reset-<id>` holds the
+/// `initiated` record, everything else is untouched.
+#[test]
+fn a_reset_killed_midway_never_records_the_current_run_as_a_late_result() {
+    let sb = Sandbox::new();
+    let item = "ATK-HALF";
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    let id = sb.dispatch_id(item).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb
+        .item_dir(item)
+        .join(format!("claimed-{id}"))
+        .exists()));
+    let initiated = fs::read(sb.item_dir(item).join("initiated")).unwrap();
+    // kill -9 of `reset --force` here: its record written, nothing removed.
+    fs::write(sb.item_dir(item).join(format!("reset-{id}")), &initiated).unwrap();
+    hold.release();
+    sb.wait_for_result(item);
+
+    let r = sb.poll_until_final(item, &[]);
+    let h = history(&sb, item);
+    let late = count(&h, "late-result");
+    let finalized = r["to"] == "finalized_success";
+    assert!(
+        !(late == 1 && finalized),
+        "dispatch {id} is recorded as a late result that decided nothing, and it finalized the item: {h:#?}"
+    );
+}
+
+/// Contract 10: `status` shows "any error that blocks progress". Something
+/// that is not a regular file in place of `<item>.jsonl.pending` (a FIFO
+/// here) makes every event on the item fail, a poll of a running deploy
+/// included; the error names the history file (`<item>.jsonl ... it is a
+/// FIFO`), which is a regular file, and `status` reports no problem.
+#[test]
+fn a_fifo_in_place_of_the_intent_is_named_and_shown() {
+    let sb = Sandbox::new();
+    let item = "ATK-FIFO";
+    sb.request_approve(item);
+    let intent = pending(&sb, item);
+    let c_path = std::ffi::CString::new(path_str(&intent)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+
+    let out = sb.event("request-approve", item, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{item}.jsonl.pending")),
+        "the error names the file at fault: {stderr}"
+    );
+    let status = sb.status_json(item);
+    assert!(
+        !status["problem"].is_null(),
+        "every event fails, and status shows no problem: {status}"
+    );
+}
