@@ -419,3 +419,37 @@ fn a_fifo_in_place_of_the_intent_is_named_and_shown() {
         "every event fails, and status shows no problem: {status}"
     );
 }
+
+/// Contract 11: with HISTORY_HMAC_KEY the history is tamper-evident: who
+/// can write beside it but has no key cannot add an entry that verifies.
+/// The intent `<item>.jsonl.pending` is not authenticated, and the next
+/// event signs whatever it says into the chain: a forged `finished` intent
+/// (an actor, an event and an outcome that never were) becomes an entry
+/// that `history --verify` accepts.
+#[test]
+fn a_forged_intent_is_never_signed_into_the_history() {
+    let mut sb = Sandbox::new();
+    let item = "ATK-FORGE";
+    sb.set("HISTORY_HMAC_KEY", KEY.into());
+    sb.request_approve(item);
+    // Written without the key, by whoever can write the history directory.
+    fs::write(
+        pending(&sb, item),
+        "{\"entry\":{\"time\":\"2026-01-01T00:00:00Z\",\"actor\":\"mallory\",\
+         \"event\":\"merge-verified\",\"from\":\"finalized_success\",\"to\":\"finalized_success\",\
+         \"outcome\":\"transitioned\",\"reason\":\"verified by hand\",\"effects\":[]},\
+         \"finished\":true}\n",
+    )
+    .unwrap();
+    let (c, r) = sb.event_json("request-approve", item, &[]);
+    assert_eq!(c, 0, "{r}");
+
+    let h = history(&sb, item);
+    let forged = h.iter().any(|e| e["actor"] == "mallory");
+    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"]);
+    assert!(
+        !(forged && code(&out) == 0),
+        "a forged entry is in the signed history and verifies: {h:#?}\n{}",
+        text(&out.stdout)
+    );
+}
