@@ -453,3 +453,82 @@ fn a_forged_intent_is_never_signed_into_the_history() {
         text(&out.stdout)
     );
 }
+
+/// Contract 6.5 (a claimed run's outcome "is still a fact ... it is never
+/// forgotten") and 6.6 ("whatever verdict a deadline gave it"): the result
+/// deadline finalizes the item as FAILED (`timeout`), then the hook ends
+/// with exit code 0 after all (production may run the new version). The
+/// reset counts the run as settled, "finalized by it", although its result
+/// decided nothing: the reset deletes `result-<id>`, and the history never
+/// held the run's exit code. The one fact that the new version went live
+/// is gone.
+#[test]
+fn a_late_result_after_the_deadline_is_recorded_before_a_reset_removes_it() {
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "1".into());
+    let item = "ATK-AFTER";
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    let id = sb.dispatch_id(item).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.hook_runs() == 1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = sb.poll_until_final(item, &[]);
+    assert_eq!(r["to"], "finalized_failed", "{r}");
+    hold.release();
+    assert_eq!(sb.wait_for_result(item).trim(), "0");
+    // The watch and a poll pass by; the operator resets, as the runbook says.
+    assert_eq!(code(&sb.run(&["watch", "--once"])), 0);
+    let (c, r) = sb.event_json("poll", item, &[]);
+    assert_eq!(c, 0, "{r}");
+    let (c, r) = sb.event_json("reset", item, &[]);
+    assert_eq!(c, 0, "{r}");
+
+    let kept = sb.item_dir(item).join(format!("result-{id}")).exists();
+    let h = history(&sb, item);
+    let recorded = h.iter().any(|e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&id) && r.contains("exit code 0"))
+    });
+    assert!(
+        kept || recorded,
+        "dispatch {id} ended with exit code 0, and neither its result nor the history says so: {h:#?}"
+    );
+}
+
+/// Contract 4: a result that is not an integer is read as exit code 1
+/// (fail-closed), which is a verdict, not a fact about the hook. The
+/// `late-result` entry of a kept run whose result is garbage says "its
+/// hook ended with exit code 1", which the hook never did; the finalizer's
+/// log names garbage as garbage.
+#[test]
+fn a_garbage_late_result_is_not_recorded_as_an_exit_code() {
+    let sb = Sandbox::new();
+    let item = "ATK-GARBAGE";
+    let hold = Hold::hook(&sb);
+    sb.approve_item(item);
+    let id = sb.dispatch_id(item).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || sb.hook_runs() == 1));
+    let (c, r) = sb.event_json("reset", item, &["--force"]);
+    assert_eq!(c, 0, "{r}");
+    hold.release();
+    let result = sb.item_dir(item).join(format!("result-{id}"));
+    assert!(wait_for(Duration::from_secs(10), || fs::read_to_string(
+        &result
+    )
+    .is_ok_and(|s| !s.trim().is_empty())));
+    wait_for_wrappers(
+        &sb.state_root().join(format!(".deploy-state-{REPO}")),
+        Duration::from_secs(10),
+    );
+    fs::write(&result, "segfault\n").unwrap();
+    assert_eq!(code(&sb.run(&["watch", "--once"])), 0);
+    let h = history(&sb, item);
+    let late: Vec<&Value> = h.iter().filter(|e| e["event"] == "late-result").collect();
+    assert_eq!(late.len(), 1, "{h:#?}");
+    let reason = late[0]["reason"].as_str().unwrap();
+    assert!(
+        !reason.contains("ended with exit code 1"),
+        "the hook never exited with 1; its result was garbage: {reason}"
+    );
+}
