@@ -4,6 +4,7 @@
 
 mod support;
 
+mod attack_17;
 mod bad_input;
 mod claim_protocol;
 mod cli_conventions;
