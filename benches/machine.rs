@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
         transport_program: Ok(()),
         new_dispatch_id: "00000000000000bb",
         dispatch: Some(&dispatch),
+        running_runs: &[],
         open_tickets: &open,
         result,
         approved_by: Some("bench"),

@@ -90,6 +90,14 @@ pub enum EngineError {
     Unsigned(String),
     #[error(transparent)]
     NotOwner(store::owner::NotOwner),
+    #[error(
+        "cannot read {path}, an event's record kept for the history: {error}; move it away (the history then lacks that event), then retry; nothing done"
+    )]
+    IntentUnreadable { path: String, error: std::io::Error },
+    #[error(
+        "cannot write {path}: {error}; the late verdict is in the history, and marking it is retried by the next event or watch pass"
+    )]
+    Mark { path: String, error: std::io::Error },
     #[error("interrupted by {0} before the event acted; nothing done")]
     Interrupted(&'static str),
 }
@@ -146,14 +154,19 @@ pub fn handle(
         if let Some(signal) = crate::interrupt::received() {
             return Err(EngineError::Interrupted(crate::interrupt::name(signal)));
         }
-        store::write_intent(&paths.history_file, &intent, settings.durability).map_err(|error| {
-            EngineError::Intent {
-                path: store::intent_path(&paths.history_file)
-                    .display()
-                    .to_string(),
-                error,
-            }
-        })
+        let intent_error = |error| EngineError::Intent {
+            path: store::intent_path(&paths.history_file)
+                .display()
+                .to_string(),
+            error,
+        };
+        let intent = Intent {
+            history_len: Some(store::complete_len(&paths.history_file).map_err(intent_error)?),
+            ..intent
+        }
+        .sealed(settings.history_key.as_ref())
+        .map_err(intent_error)?;
+        store::write_intent(&paths.history_file, &intent, settings.durability).map_err(intent_error)
     };
     let result = run(
         settings,
@@ -232,14 +245,20 @@ pub fn handle(
             };
             tracing::warn!(%error, "history not appended");
             if intended {
+                // Best effort on a full disk: the intent written before the
+                // first effect is reconciled all the same.
                 let finished = Intent {
                     entry: entry.clone(),
                     finished: true,
                     dispatch_id: None,
-                };
-                // Best effort on a full disk: the intent written before the
-                // first effect is reconciled all the same.
-                let _ = store::write_intent(&paths.history_file, &finished, settings.durability);
+                    history_len: store::complete_len(&paths.history_file).ok(),
+                    mac: None,
+                }
+                .sealed(settings.history_key.as_ref());
+                if let Ok(finished) = finished {
+                    let _ =
+                        store::write_intent(&paths.history_file, &finished, settings.durability);
+                }
             }
             let pending = if intended {
                 "; the event's record is kept and is written to the history by the next event or watch pass"
@@ -339,25 +358,52 @@ fn reconcile_locked(
         error,
     };
     let mut notes = Vec::new();
-    let intent = store::read_intent(&paths.history_file).map_err(history_error)?;
-    if let Some(intent) = intent {
-        let snapshot = Snapshot::load(paths)?;
-        let entry = recovered_entry(intent, &snapshot, actor, now);
-        store::append_history(
-            &paths.history_file,
-            &entry,
-            settings.history_key.as_ref(),
-            settings.durability,
-        )
-        .map_err(|error| EngineError::Unrecorded {
-            path: paths.history_file.display().to_string(),
+    let intent_path = store::intent_path(&paths.history_file);
+    let intent =
+        store::read_intent(&paths.history_file).map_err(|error| EngineError::IntentUnreadable {
+            path: intent_path.display().to_string(),
             error,
         })?;
+    if let Some(intent) = intent {
+        let keys: Vec<&crate::config::Secret> = settings
+            .history_key
+            .iter()
+            .chain(&settings.history_previous_keys)
+            .collect();
+        // The event's own entry may be in the history already (it was
+        // stopped between its append and the clear): never twice.
+        let appended = match &intent {
+            Ok(i) if i.authentic(&keys) => match i.history_len {
+                Some(offset) => store::entry_at(&paths.history_file, offset)
+                    .map_err(history_error)?
+                    .is_some_and(|e| {
+                        e.event == i.entry.event
+                            && e.actor == i.entry.actor
+                            && e.from == i.entry.from
+                    }),
+                None => false,
+            },
+            _ => false,
+        };
+        if !appended {
+            let snapshot = Snapshot::load(paths)?;
+            let entry = recovered_entry(intent, &keys, &snapshot, actor, now);
+            store::append_history(
+                &paths.history_file,
+                &entry,
+                settings.history_key.as_ref(),
+                settings.durability,
+            )
+            .map_err(|error| EngineError::Unrecorded {
+                path: paths.history_file.display().to_string(),
+                error,
+            })?;
+            notes.push(format!(
+                "recorded an earlier {} by {} that had not reached the history: {}",
+                entry.event, entry.actor, entry.outcome
+            ));
+        }
         store::clear_intent(&paths.history_file, settings.durability).map_err(history_error)?;
-        notes.push(format!(
-            "recorded an earlier {} by {} that had not reached the history: {}",
-            entry.event, entry.actor, entry.outcome
-        ));
     }
     let snapshot = Snapshot::load(paths)?;
     for run in &snapshot.kept_runs {
@@ -370,6 +416,23 @@ fn reconcile_locked(
             .map(|r| format!(" (approved by {} at {})", r.approved_by, r.approved_at))
             .unwrap_or_default();
         let verdict = exit.verdict();
+        // Recorded once: a pass that appended it but could not mark it (a
+        // kill, a full disk) finds it and only marks it.
+        if late_result_recorded(&paths.history_file, &run.id).map_err(history_error)? {
+            paths
+                .settle_kept_run(&run.id)
+                .map_err(|error| EngineError::Mark {
+                    path: paths.late_mark(&run.id).display().to_string(),
+                    error,
+                })?;
+            continue;
+        }
+        let ended = match &exit.garbage {
+            Some(garbage) => {
+                format!("its result is not an exit code ({garbage:?}): {verdict}, fail-closed")
+            }
+            None => format!("its hook ended with exit code {}: {verdict}", exit.code),
+        };
         let entry = HistoryEntry {
             time: humantime::format_rfc3339_seconds(now).to_string(),
             actor: actor.to_owned(),
@@ -378,8 +441,8 @@ fn reconcile_locked(
             to: snapshot.state.to_string(),
             outcome: "recorded".to_owned(),
             reason: Some(format!(
-                "dispatch {}{approved} ran on after a reset of the item: its hook ended with exit code {}: {verdict}; the item was not finalized by it",
-                run.id, exit.code
+                "dispatch {}{approved} ran on after a reset of the item: {ended}; the item was not finalized by it",
+                run.id
             )),
             effects: Vec::new(),
         };
@@ -395,13 +458,13 @@ fn reconcile_locked(
         })?;
         paths
             .settle_kept_run(&run.id)
-            .map_err(|error| EngineError::History {
+            .map_err(|error| EngineError::Mark {
                 path: paths.late_mark(&run.id).display().to_string(),
                 error,
             })?;
         notes.push(format!(
-            "recorded the late verdict of dispatch {} (kept by a reset): {verdict} (exit code {})",
-            run.id, exit.code
+            "recorded the late verdict of dispatch {} (kept by a reset): {verdict}",
+            run.id
         ));
     }
     Ok(notes)
@@ -410,17 +473,49 @@ fn reconcile_locked(
 /// The history's name for the verdict of a run a reset kept.
 pub const LATE_RESULT_EVENT: &str = "late-result";
 
+/// Whether the history already holds the late verdict of dispatch `id`.
+/// Read whole, but only when a kept run's result waits unmarked (once per
+/// run, or after a crash).
+fn late_result_recorded(history: &std::path::Path, id: &str) -> std::io::Result<bool> {
+    let named = format!("dispatch {id} ");
+    Ok(store::read_entries(history)?.iter().any(|e| {
+        e.event == LATE_RESULT_EVENT && e.reason.as_deref().is_some_and(|r| r.starts_with(&named))
+    }))
+}
+
 /// The history entry of an intent left behind. A finished event's entry is
 /// its own; an event that stopped is told by what its intent planned and
 /// what the state directory shows now.
 fn recovered_entry(
     intent: Result<Intent, String>,
+    keys: &[&crate::config::Secret],
     snapshot: &Snapshot,
     actor: &str,
     now: SystemTime,
 ) -> HistoryEntry {
     let at = humantime::format_rfc3339_seconds(now);
     let intent = match intent {
+        // Whoever can write the directory without the key cannot have an
+        // event of their making signed into the chain.
+        Ok(intent) if !intent.authentic(keys) => {
+            return HistoryEntry {
+                time: at.to_string(),
+                actor: actor.to_owned(),
+                event: "unknown".into(),
+                from: "unknown".into(),
+                to: snapshot.state.to_string(),
+                outcome: "interrupted".into(),
+                reason: Some(format!(
+                    "a record in place of an event's intent is not signed by HISTORY_HMAC_KEY (forged, or written without the key): not trusted; it claimed {} by {} ({} -> {}); the item is now {}",
+                    intent.entry.event,
+                    intent.entry.actor,
+                    intent.entry.from,
+                    intent.entry.to,
+                    snapshot.state
+                )),
+                effects: Vec::new(),
+            };
+        }
         Ok(intent) => intent,
         Err(shown) => {
             return HistoryEntry {
@@ -448,7 +543,7 @@ fn recovered_entry(
         return entry;
     }
     let mut reason = format!(
-        "the process stopped after the event began to act (it planned: {}); the item is now {}",
+        "the event's own entry never reached the history (the process was stopped after it began to act, or the history could not be written); it planned: {}; the item is now {}",
         entry.effects.join(", "),
         snapshot.state
     );
@@ -560,6 +655,8 @@ fn run(
             },
             finished: false,
             dispatch_id,
+            history_len: None,
+            mac: None,
         })?;
     }
     let mut performer = |effect: &Effect| perform.perform(paths, effect);
@@ -717,6 +814,7 @@ struct Probed {
     head_ref: Result<String, String>,
     transport_program: Result<(), String>,
     new_dispatch_id: String,
+    running_runs: Vec<String>,
 }
 
 /// Arguments win over what `initiated` recorded, which wins over the
@@ -762,6 +860,12 @@ fn probe_facts(
         head_ref: Ok(String::new()),
         transport_program: Ok(()),
         new_dispatch_id: String::new(),
+        running_runs: snapshot
+            .kept_runs
+            .iter()
+            .filter(|k| k.result.is_none())
+            .map(|k| k.id.clone())
+            .collect(),
     };
     if dispatching {
         probed.revision = dispatch_revision(
@@ -806,6 +910,7 @@ impl Probed {
             new_dispatch_id: &self.new_dispatch_id,
             dispatch: snapshot.dispatch.as_ref(),
             open_tickets: &snapshot.open_tickets,
+            running_runs: &self.running_runs,
             result: snapshot.result.clone(),
             approved_by: record.map(|r| r.approved_by.as_str()),
             finalized: snapshot.finalized.as_ref().and_then(|r| r.as_ref()),
@@ -877,6 +982,11 @@ pub fn explain(
 fn guard_pass_detail(guard: Guard, f: &Facts<'_>) -> String {
     match guard {
         Guard::Applies => format!("self-deploy is enabled for repo {}", f.repo),
+        Guard::EarlierRun if !f.running_runs.is_empty() => format!(
+            "forced past dispatch {} (reset while it ran, no result yet)",
+            f.running_runs.join(", ")
+        ),
+        Guard::EarlierRun => "no earlier run of this item is still going".to_owned(),
         Guard::StagingPort => format!(
             "STAGING_PORT {} differs from DEPLOY_PROD_TARGET_PORT {}",
             f.settings.staging_port, f.settings.target_port

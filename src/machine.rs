@@ -213,6 +213,9 @@ pub struct Facts<'a> {
     pub dispatch: Option<&'a DispatchState>,
     /// Every unclaimed ticket in the state directory (a reset revokes them).
     pub open_tickets: &'a [String],
+    /// Runs the host claimed that a reset kept and that have no result yet:
+    /// their hooks may still be running.
+    pub running_runs: &'a [String],
     /// The hook's result for the current dispatch (or the legacy `result`).
     pub result: Option<HookExit>,
     /// Who approved, read back from `initiated`, for the deploy log.
@@ -325,6 +328,7 @@ pub const NOT_PUSHED_YET: &str = "not pushed yet";
 pub enum Guard {
     Applies,
     StagingPort,
+    EarlierRun,
     Freshness,
     Worktree,
     Branch,
@@ -332,9 +336,10 @@ pub enum Guard {
 }
 
 impl Guard {
-    pub const DISPATCH: [Guard; 6] = [
+    pub const DISPATCH: [Guard; 7] = [
         Guard::Applies,
         Guard::StagingPort,
+        Guard::EarlierRun,
         Guard::Freshness,
         Guard::Worktree,
         Guard::Branch,
@@ -345,6 +350,7 @@ impl Guard {
         match self {
             Guard::Applies => "applies",
             Guard::StagingPort => "staging_port",
+            Guard::EarlierRun => "earlier_run",
             Guard::Freshness => "freshness",
             Guard::Worktree => "worktree",
             Guard::Branch => "branch",
@@ -357,6 +363,7 @@ impl Guard {
         match self {
             Guard::Applies => "not applicable",
             Guard::StagingPort => "staging port = prod port",
+            Guard::EarlierRun => "an earlier run has no result",
             Guard::Freshness => "revision unknown",
             Guard::Worktree => "no worktree",
             Guard::Branch => "worktree not on the branch",
@@ -382,7 +389,11 @@ impl Guard {
                 )))
             }
             Guard::Applies | Guard::StagingPort => Some(Ok(())),
-            Guard::Freshness | Guard::Worktree | Guard::Branch | Guard::TransportProgram => None,
+            Guard::EarlierRun
+            | Guard::Freshness
+            | Guard::Worktree
+            | Guard::Branch
+            | Guard::TransportProgram => None,
         }
     }
 
@@ -392,6 +403,12 @@ impl Guard {
             return verdict;
         }
         match self {
+            // Never two hooks at once: a run a reset kept may still be
+            // going; only a human who checked the host forces past it.
+            Guard::EarlierRun if !f.running_runs.is_empty() && !f.force => Err(format!(
+                "earlier run guard: dispatch {} was reset while the host ran it and has no result yet: its hook may still be running, and a new dispatch would run a second one beside it; wait for its result (status shows it), or approve with --force once the host is checked",
+                f.running_runs.join(", ")
+            )),
             Guard::Freshness => match &f.revision {
                 Revision::Unknown(why) => Err(format!(
                     "freshness guard: the validated revision is unknown ({why}); pass --revision SHA"
@@ -909,7 +926,28 @@ impl SelfDeploy {
                 }
                 Handled
             }
-            Event::Reset => context.transition(vec![Effect::RemoveStateDir], State::idle()),
+            // A verdict the deadline gave does not stop a claimed hook:
+            // while its result is missing, it may still be running.
+            Event::Reset => match context.facts.dispatch {
+                Some(d) if d.ticket == Ticket::Claimed && context.facts.result.is_none() => {
+                    if context.facts.force {
+                        let id = d.id.clone();
+                        let to = context
+                            .when("claimed run without result, forced")
+                            .transition(vec![Effect::RemoveStateDir], State::idle());
+                        context.reason = Some(format!(
+                            "dispatch {id} has no result: its hook may still be running on the host; its place is kept, and the history records its verdict when its result lands"
+                        ));
+                        to
+                    } else {
+                        context.when("claimed run without result, not forced").refuse(format!(
+                            "dispatch {} was claimed by the host and has no result: its hook may still be running; reset it with --force once the host is checked",
+                            d.id
+                        ))
+                    }
+                }
+                _ => context.transition(vec![Effect::RemoveStateDir], State::idle()),
+            },
             _ => Super,
         }
     }

@@ -41,6 +41,8 @@ enum Scenario {
     Baseline,
     NotApplicable,
     StagingPortEqual,
+    /// A run a reset kept has no result yet.
+    EarlierRunRunning,
     RevisionUnknown,
     NoWorktree,
     /// The worktree's HEAD is another branch than the item's.
@@ -74,10 +76,11 @@ enum Scenario {
     PushPending,
 }
 
-const SCENARIOS: [Scenario; 22] = [
+const SCENARIOS: [Scenario; 23] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
+    Scenario::EarlierRunRunning,
     Scenario::RevisionUnknown,
     Scenario::NoWorktree,
     Scenario::WrongBranch,
@@ -130,6 +133,7 @@ pub fn derive() -> Vec<Row> {
             ticket,
         };
         let open_tickets = vec![dispatch.id.clone()];
+        let running_runs = vec!["0000000000000009".to_owned()];
         let pending = FinalizedRecord {
             deploy_status: crate::contract::hook_result::Verdict::Success,
             hook_exit_code: "0".into(),
@@ -179,6 +183,11 @@ pub fn derive() -> Vec<Row> {
             },
             new_dispatch_id: "0000000000000002",
             dispatch: (scenario != S::Legacy).then_some(&dispatch),
+            running_runs: if scenario == S::EarlierRunRunning {
+                &running_runs
+            } else {
+                &[]
+            },
             open_tickets: if ticket == Ticket::Sent && scenario != S::Legacy {
                 &open_tickets
             } else {

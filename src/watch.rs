@@ -544,10 +544,30 @@ fn rescan_pass(
     stats: &mut Stats,
     schedule: &mut Schedule,
 ) -> Result<Pass, WatchError> {
-    let items = store::list_items(&settings.repos_dir).map_err(|source| WatchError::List {
+    let mut items = store::list_items(&settings.repos_dir).map_err(|source| WatchError::List {
         path: settings.repos_dir.display().to_string(),
         source,
     })?;
+    // An event stopped after it removed its item (a reset killed before its
+    // entry) left an intent and no state directory: it is listed here.
+    let own = settings.repos_dir.join(".selfdeploy");
+    match store::pending_intents(&own) {
+        Ok(pending) => {
+            for (repo, work_item) in pending {
+                if let (Ok(repo), Ok(work_item)) = (RepoName::new(&repo), WorkItem::new(&work_item))
+                {
+                    let item = (repo, work_item);
+                    if !items.contains(&item) {
+                        items.push(item);
+                    }
+                }
+            }
+        }
+        Err(error) => tracing::warn!(
+            "watch: cannot list pending intents under {}: {error}",
+            own.display()
+        ),
+    }
     let mut pass = Pass::default();
     for item in &items {
         let (handled, live) = schedule.visit(settings, item, stats);

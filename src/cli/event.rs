@@ -35,7 +35,9 @@ pub struct EventArgs {
     /// For merge-verified: whether the branch reached main.
     #[arg(long, value_parser = parse_bool, value_name = "true|false")]
     merged: Option<bool>,
-    /// For reset: reset a deploy that may be in flight.
+    /// For reset: reset a deploy that may be in flight (initiated, or
+    /// finalized while its claimed hook has no result). For approved:
+    /// dispatch although a run an earlier reset kept has no result yet.
     #[arg(long)]
     force: bool,
     /// Who delivers the event, recorded in markers and history [default:

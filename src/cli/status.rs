@@ -202,12 +202,30 @@ fn since(then: &str, now: SystemTime) -> Option<u64> {
     now.duration_since(then).ok().map(|d| d.as_secs())
 }
 
+/// An event's record waiting beside the history: `Ok(note)` when it is
+/// one (the next event or watch pass writes it), `Err(problem)` when what is
+/// there cannot be read (every event on the item fails until it is moved).
+fn intent_state(paths: &ItemPaths) -> Option<Result<String, String>> {
+    match store::read_intent(&paths.history_file) {
+        Ok(None) => None,
+        Ok(Some(_)) => Some(Ok(
+            "an earlier event is not in the history yet: the next event or watch pass writes it"
+                .to_owned(),
+        )),
+        Err(e) => Some(Err(format!(
+            "{} cannot be read: {e}; every event on this item fails until it is moved away",
+            store::intent_path(&paths.history_file).display()
+        ))),
+    }
+}
+
 fn row(
     repo: RepoName,
     work_item: WorkItem,
     snap: Snapshot,
     last: Option<LastEvent>,
     history_note: Option<String>,
+    intent: Option<Result<String, String>>,
     now: SystemTime,
 ) -> Row {
     let record = snap.finalized.clone().flatten();
@@ -252,10 +270,17 @@ fn row(
             recorded: k.recorded,
         })
         .collect();
-    let problems = problems(&snap, last.as_ref(), &push_error, &late_result);
+    let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result);
+    let mut intent_note = None;
+    match intent {
+        Some(Err(problem)) => problems.insert(0, problem),
+        Some(Ok(note)) => intent_note = Some(note),
+        None => {}
+    }
     let problem = (!problems.is_empty()).then(|| problems.join("; "));
     let mut notes = notes(&snap, problem.is_some(), timed_out, now);
     notes.extend(history_note);
+    notes.extend(intent_note);
     let note = match &problem {
         Some(p) => std::iter::once(format!("PROBLEM: {p}"))
             .chain(notes)
@@ -507,8 +532,9 @@ fn item_row(
         return None;
     }
     let (last, history_note) = last_event(&paths, now);
+    let intent = intent_state(&paths);
     Some(match loaded {
-        Ok(snap) => Ok(row(repo, wi, snap, last, history_note, now)),
+        Ok(snap) => Ok(row(repo, wi, snap, last, history_note, intent, now)),
         Err(e) => Err((unreadable_row(repo, wi, e.to_string(), last), e)),
     })
 }

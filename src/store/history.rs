@@ -314,19 +314,63 @@ pub fn append_history(
     };
     let mut text = serde_json::to_string(&line).map_err(io::Error::other)?;
     text.push('\n');
-    file.write_all(text.as_bytes())?;
-    if synced {
-        file.sync_data()?;
-        if created {
-            // A new file is found after a crash only if its directory
-            // entry reached the disk too.
-            atomic::sync_dir_with(path.parent().unwrap_or(Path::new(".")), durability)?;
+    let before = file.metadata()?.len();
+    let written = (|| {
+        file.write_all(text.as_bytes())?;
+        if synced {
+            file.sync_data()?;
+            if created {
+                // A new file is found after a crash only if its directory
+                // entry reached the disk too.
+                atomic::sync_dir_with(path.parent().unwrap_or(Path::new(".")), durability)?;
+            }
         }
-    }
-    if let (Some(key), Some((count, mac))) = (key, head) {
-        write_head(path, key, count, &mac, durability)?;
+        if let (Some(key), Some((count, mac))) = (key, head) {
+            write_head(path, key, count, &mac, durability)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // All or nothing: a line whose head could not follow (a full disk)
+        // is taken back, so that a failed append never reads as done and
+        // its entry is written once, later. Shrinking needs no space.
+        let _ = file.set_len(before).and_then(|()| file.sync_data());
+        return Err(e);
     }
     Ok(notes)
+}
+
+/// The length of the history up to its last whole line (a torn tail, which
+/// the next append moves aside, not counted): where the next entry begins.
+pub fn complete_len(path: &Path) -> io::Result<u64> {
+    match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => {
+            let len = file.metadata()?.len();
+            Ok(torn_tail_of(&file)?.unwrap_or(len))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The entry whose line begins at byte `offset`, if a whole one does.
+pub fn entry_at(path: &Path, offset: u64) -> io::Result<Option<HistoryEntry>> {
+    let mut file = match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.len() <= offset {
+        return Ok(None);
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(LAST_ENTRY_WINDOW * 64).read_to_end(&mut bytes)?;
+    Ok(bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|end| parse(&bytes[..end]))
+        .map(|line| line.entry))
 }
 
 /// Where the torn last line of `file` begins, reading only its end.

@@ -3,8 +3,9 @@
 //! process (kill -9, a full disk at the append). The next event on the item,
 //! or the watch, reconciles it into the history under the item's lock.
 //!
-//! `<REPOS_DIR>/.selfdeploy/history/<repo>/<item>.jsonl.pending` holds one
-//! JSON object. Written before the first effect it says who started which
+//! `<REPOS_DIR>/.selfdeploy/pending/<repo>/<item>.json` holds one JSON
+//! object; the directory holds nothing else, so the watch lists what is
+//! pending in one look, even for an item whose state directory is gone. Written before the first effect it says who started which
 //! event from which state, and what it planned (`finished: false`: what it
 //! did is read back from the state directory). When the event finished but
 //! its entry could not be appended, it is rewritten with that entry
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::HistoryEntry;
 use crate::atomic;
-use crate::config::Durability;
+use crate::config::{Durability, Secret};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
@@ -31,18 +32,110 @@ pub struct Intent {
     /// The dispatch the event was about to make, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch_id: Option<String>,
+    /// Where the event's entry will begin in the history (its length up
+    /// to the last whole line when the intent was written): an entry found
+    /// there is this event's, already appended, so it is never written twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_len: Option<u64>,
+    /// With HISTORY_HMAC_KEY: the HMAC of the intent under it, so that a
+    /// record planted by whoever can write the directory is never signed
+    /// into the history as an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
-/// `<item>.jsonl.pending` beside the history file.
+impl Intent {
+    fn hmac_under(&self, key: &Secret) -> io::Result<hmac::Hmac<sha2::Sha256>> {
+        use hmac::Mac as _;
+        let unsealed = Intent {
+            mac: None,
+            ..self.clone()
+        };
+        let bytes = serde_json::to_vec(&unsealed).map_err(io::Error::other)?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes())
+            .map_err(io::Error::other)?;
+        mac.update(b"selfdeploy intent\n");
+        mac.update(&bytes);
+        Ok(mac)
+    }
+
+    /// Signs the intent under `key`, when there is one.
+    pub fn sealed(mut self, key: Option<&Secret>) -> io::Result<Intent> {
+        use hmac::Mac as _;
+        self.mac = match key {
+            Some(key) => Some(hex::encode(self.hmac_under(key)?.finalize().into_bytes())),
+            None => None,
+        };
+        Ok(self)
+    }
+
+    /// Whether a holder of one of `keys` wrote the intent (always, with no
+    /// key: nothing is tamper-evident then). Compared in constant time.
+    pub fn authentic(&self, keys: &[&Secret]) -> bool {
+        use hmac::Mac as _;
+        if keys.is_empty() {
+            return true;
+        }
+        let Some(mac) = self.mac.as_deref().and_then(|m| hex::decode(m).ok()) else {
+            return false;
+        };
+        keys.iter().any(|key| {
+            self.hmac_under(key)
+                .is_ok_and(|expected| expected.verify_slice(&mac).is_ok())
+        })
+    }
+}
+
+/// The intent of the item whose history is `history`
+/// (`.selfdeploy/history/<repo>/<item>.jsonl`):
+/// `.selfdeploy/pending/<repo>/<item>.json`.
 pub fn intent_path(history: &Path) -> PathBuf {
-    let mut name = history.as_os_str().to_owned();
-    name.push(".pending");
-    PathBuf::from(name)
+    let repo_dir = history.parent().unwrap_or(Path::new(""));
+    let own = repo_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new(""));
+    let mut name = history.file_stem().unwrap_or_default().to_owned();
+    name.push(".json");
+    own.join(PENDING_DIR)
+        .join(repo_dir.file_name().unwrap_or_default())
+        .join(name)
+}
+
+/// The directory of pending intents, beside `history` under `.selfdeploy`.
+pub const PENDING_DIR: &str = "pending";
+
+/// Every item with a pending intent under `own` (`<REPOS_DIR>/.selfdeploy`),
+/// as raw (repo, work item) names.
+pub fn pending_intents(own: &Path) -> io::Result<Vec<(String, String)>> {
+    let dir = own.join(PENDING_DIR);
+    let repos = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for repo in repos {
+        let repo = repo?;
+        if !repo.file_type()?.is_dir() {
+            continue;
+        }
+        for item in std::fs::read_dir(repo.path())? {
+            let name = item?.file_name();
+            if let (Some(repo), Some(item)) = (
+                repo.file_name().to_str(),
+                name.to_str().and_then(|n| n.strip_suffix(".json")),
+            ) {
+                found.push((repo.to_owned(), item.to_owned()));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes the intent durably (temp file, fsync, rename, directory fsync).
 pub fn write_intent(history: &Path, intent: &Intent, durability: Durability) -> io::Result<()> {
-    if let Some(dir) = history.parent() {
+    if let Some(dir) = intent_path(history).parent() {
         atomic::create_dir_all_with(dir, durability)?;
     }
     let mut text = serde_json::to_string(intent).map_err(io::Error::other)?;
@@ -103,6 +196,8 @@ mod tests {
             entry: entry(),
             finished: false,
             dispatch_id: Some("00000000000000aa".into()),
+            history_len: Some(0),
+            mac: None,
         };
         write_intent(&history, &intent, Durability::Synced).unwrap();
         assert!(intent_pending(&history));
@@ -115,7 +210,9 @@ mod tests {
     #[test]
     fn a_damaged_intent_is_shown_not_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let history = dir.path().join("W-1.jsonl");
+        let history = dir.path().join("history/orchestrator/W-1.jsonl");
+        std::fs::create_dir_all(intent_path(&history).parent().unwrap()).unwrap();
+        assert!(intent_path(&history).ends_with("pending/orchestrator/W-1.json"));
         std::fs::write(intent_path(&history), b"{\"entry\": tor").unwrap();
         assert_eq!(
             read_intent(&history).unwrap(),

@@ -21,11 +21,13 @@ use std::path::{Path, PathBuf};
 
 pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
-    HistoryEntry, HistoryKeys, HistoryLine, Repeats, Verification, append_history, count_repeat,
-    head_path, is_signed, key_id, last_entry, read_entries, read_history, repeats_path, torn_path,
-    verify_history,
+    HistoryEntry, HistoryKeys, HistoryLine, Repeats, Verification, append_history, complete_len,
+    count_repeat, entry_at, head_path, is_signed, key_id, last_entry, read_entries, read_history,
+    repeats_path, torn_path, verify_history,
 };
-pub use intent::{Intent, clear_intent, intent_path, intent_pending, read_intent, write_intent};
+pub use intent::{
+    Intent, clear_intent, intent_path, intent_pending, pending_intents, read_intent, write_intent,
+};
 pub use lock::{ItemLock, LockError};
 pub use snapshot::{
     InitiatedMarker, KeptRun, ReadError, Snapshot, StoreError, Unreadable, read_regular,
@@ -195,6 +197,13 @@ impl ItemPaths {
             .ok()
             .and_then(|bytes| crate::contract::markers::decode::<InitiatedRecord>(&bytes));
         let current = initiated.as_ref().map(|r| r.dispatch_id.as_str());
+        let finalized = snapshot::read_regular(&self.marker(Marker::Finalized), 1024 * 1024)
+            .ok()
+            .and_then(|bytes| {
+                crate::contract::markers::decode::<crate::contract::markers::FinalizedRecord>(
+                    &bytes,
+                )
+            });
         let kept: Vec<String> = names
             .iter()
             .filter_map(|name| match TicketFile::parse(name) {
@@ -206,9 +215,15 @@ impl ItemPaths {
                 // or as the item's own finalize from its result.
                 let late = fs::symlink_metadata(self.late_mark(id)).is_ok();
                 let result = TicketFile::Result.name(id);
+                // A verdict the result deadline gave is not the run's own:
+                // its result, whenever it lands, must still be recorded.
+                // (An unreadable `finalized` is no deadline verdict of ours.)
                 let finalized_by_it = current == Some(id.as_str())
+                    && has(&result)
                     && has(Marker::Finalized.file_name())
-                    && has(&result);
+                    && !finalized.as_ref().is_some_and(|f| {
+                        f.hook_exit_code == crate::contract::hook_result::TIMEOUT_EXIT_CODE
+                    });
                 // A result that is no regular file (a FIFO, a symlink) says
                 // the run ended but never what it came to: reset --force
                 // clears it, as any unreadable state file.

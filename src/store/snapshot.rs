@@ -166,6 +166,11 @@ impl Snapshot {
             let Some((TicketFile::Reset, id)) = TicketFile::parse(name) else {
                 continue;
             };
+            // The record of a reset that stopped before it removed
+            // `initiated`: that run is still the item's own dispatch.
+            if current.as_deref() == Some(id) {
+                continue;
+            }
             // Kept outside the state directory: recording a verdict changes
             // nothing the host shares, whatever event was delivered.
             let recorded = fs::symlink_metadata(paths.late_mark(id)).is_ok();

@@ -29,12 +29,9 @@ fn count(h: &[Value], event: &str) -> usize {
     h.iter().filter(|e| e["event"] == event).count()
 }
 
-fn history_dir(sb: &Sandbox) -> PathBuf {
-    sb.state_root().join(format!(".selfdeploy/history/{REPO}"))
-}
-
 fn pending(sb: &Sandbox, item: &str) -> PathBuf {
-    history_dir(sb).join(format!("{item}.jsonl.pending"))
+    sb.state_root()
+        .join(format!(".selfdeploy/pending/{REPO}/{item}.json"))
 }
 
 /// A `bash` first on PATH that waits while `gate` exists, then runs the
@@ -392,7 +389,7 @@ fn a_reset_killed_midway_never_records_the_current_run_as_a_late_result() {
 }
 
 /// Contract 10: `status` shows "any error that blocks progress". Something
-/// that is not a regular file in place of `<item>.jsonl.pending` (a FIFO
+/// that is not a regular file in place of `pending/<repo>/<item>.json` (a FIFO
 /// here) makes every event on the item fail, a poll of a running deploy
 /// included; the error names the history file (`<item>.jsonl ... it is a
 /// FIFO`), which is a regular file, and `status` reports no problem.
@@ -410,7 +407,7 @@ fn a_fifo_in_place_of_the_intent_is_named_and_shown() {
     let stderr = text(&out.stderr);
     assert_eq!(code(&out), 1, "{stderr}");
     assert!(
-        stderr.contains(&format!("{item}.jsonl.pending")),
+        stderr.contains(&format!("pending/{REPO}/{item}.json")),
         "the error names the file at fault: {stderr}"
     );
     let status = sb.status_json(item);
@@ -422,7 +419,7 @@ fn a_fifo_in_place_of_the_intent_is_named_and_shown() {
 
 /// Contract 11: with HISTORY_HMAC_KEY the history is tamper-evident: who
 /// can write beside it but has no key cannot add an entry that verifies.
-/// The intent `<item>.jsonl.pending` is not authenticated, and the next
+/// The intent `pending/<repo>/<item>.json` is not authenticated, and the next
 /// event signs whatever it says into the chain: a forged `finished` intent
 /// (an actor, an event and an outcome that never were) becomes an entry
 /// that `history --verify` accepts.

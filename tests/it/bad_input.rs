@@ -49,10 +49,10 @@ fn disk_except(sb: &Sandbox, subs: &[&str]) -> Disk {
         .collect()
 }
 
-/// The disk without the history and the locks, which a refused or illegal
-/// event may touch.
+/// The disk without the history, the intents beside it and the locks, which
+/// a refused or illegal event may touch.
 fn disk_but_journal(sb: &Sandbox) -> Disk {
-    disk_except(sb, &["history", "locks"])
+    disk_except(sb, &["history", "pending", "locks"])
 }
 
 fn wt(sb: &Sandbox) -> String {
@@ -708,7 +708,9 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
     let history = sb
         .state_root()
         .join(".selfdeploy/history/orchestrator/ORCH-61.jsonl");
-    let pending = PathBuf::from(format!("{}.pending", history.display()));
+    let pending = sb
+        .state_root()
+        .join(".selfdeploy/pending/orchestrator/ORCH-61.json");
     // A history that cannot be written before the event: nothing is done.
     fs::remove_file(&history).unwrap();
     fs::create_dir(&history).unwrap();

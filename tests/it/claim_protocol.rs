@@ -788,7 +788,16 @@ fn reset_while_running(old_exit: &str, new_exit: &str) {
     );
 
     sb.request_approve(wi);
+    // Its hook may still be going: a second one is not started beside it
+    // unless a human who checked the host forces it.
     let (c, r) = sb.approve(wi);
+    assert_eq!(
+        (c, r["outcome"].as_str(), r["condition"].as_str()),
+        (3, Some("refused"), Some("an earlier run has no result")),
+        "{r}"
+    );
+    assert!(r["reason"].as_str().unwrap().contains(&old), "{r}");
+    let (c, r) = sb.approve_with(wi, &["--force"]);
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let new = initiated_id(&sb, wi);
     assert_ne!(new, old, "a new dispatch has a new id");

@@ -71,6 +71,7 @@ impl World {
             transport_program: Ok(()),
             new_dispatch_id: NEW,
             dispatch: Some(&self.dispatch),
+            running_runs: &[],
             open_tickets: &self.open_tickets,
             result: None,
             approved_by: Some("alice"),
@@ -611,8 +612,28 @@ fn finalized_poll_is_unchanged_and_merge_verified_stamps() {
 #[test]
 fn reset_from_approve_requested_and_finalized_removes_the_state_directory() {
     let w = World::new(&[]);
+    // The claimed run ended: its result is there.
+    let ended = Facts {
+        result: parse_result(b"0"),
+        ..w.facts()
+    };
     for state in [ApproveRequested, FinalizedSuccess, FinalizedFailed] {
+        let d = step(state, &Event::Reset, &ended);
+        assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
+        assert_eq!(d.effects, [Effect::RemoveStateDir]);
+    }
+    // A finalized item whose claimed run has no result (the deadline
+    // failed it): its hook may still go, so only a forced reset goes.
+    for state in [FinalizedSuccess, FinalizedFailed] {
         let d = step(state, &Event::Reset, &w.facts());
+        assert_eq!((d.to, d.outcome), (state, Outcome::Refused), "{d:?}");
+        assert!(d.effects.is_empty());
+        assert!(d.reason.unwrap().contains("--force"));
+        let forced = Facts {
+            force: true,
+            ..w.facts()
+        };
+        let d = step(state, &Event::Reset, &forced);
         assert_eq!((d.to, d.outcome), (Idle, Outcome::Transitioned));
         assert_eq!(d.effects, [Effect::RemoveStateDir]);
     }

@@ -221,6 +221,17 @@ fn episode() -> impl Strategy<Value = Vec<Act>> {
             .prop_map(|(seconds, poll)| vec![Act::TimePasses(seconds), poll]),
         // A reset (forced in half the cases).
         1 => maybe_crashing(step_among(vec!["reset"], 0.3)).prop_map(|a| vec![a]),
+        // The host claims and runs on past the deadline: a poll fails it,
+        // then a plain reset meets a hook that may still be going.
+        1 => maybe_crashing(step_among(vec!["reset"], 0.3)).prop_map(|reset| {
+            vec![
+                Act::HostClaims,
+                Act::TimePasses(400),
+                Act::Event(event("poll")),
+                Act::Event(event("reset")),
+                reset,
+            ]
+        }),
     ]
 }
 
@@ -367,11 +378,17 @@ struct Tally {
 
 /// The condition of the first dispatch guard that says no to this approval,
 /// in the machine's order, or `None` when all pass.
-fn first_failing_guard(run: &Run, step: &EventStep) -> Option<&'static str> {
+fn first_failing_guard(
+    run: &Run,
+    step: &EventStep,
+    running_kept_run: bool,
+) -> Option<&'static str> {
     if !run.enabled {
         Some("not applicable")
     } else if run.ports_equal {
         Some("staging port = prod port")
+    } else if running_kept_run && !step.force {
+        Some("an earlier run has no result")
     } else if step.branch_tip.is_none() && step.revision.is_none() {
         Some("revision unknown")
     } else if step.no_worktree {
@@ -542,7 +559,18 @@ fn check_run(run: &Run, faults: Faults, tally: &mut Tally) -> Result<(), String>
             Act::Event(e) | Act::Crash { event: e, .. } if e.event == "approved" => Some(e),
             _ => None,
         };
-        let verdict = approval.map(|e| first_failing_guard(run, e));
+        // A run a reset kept, with no result yet: its hook may still go.
+        let running_kept_run = before.iter().any(|(name, _)| {
+            name.strip_prefix("reset-").is_some_and(|id| {
+                Some(id) != current.as_deref()
+                    // An empty result is no result (the wrapper has not
+                    // written its exit code yet).
+                    && !before.iter().any(|(n, bytes)| {
+                        *n == format!("result-{id}") && !bytes.trim_ascii().is_empty()
+                    })
+            })
+        });
+        let verdict = approval.map(|e| first_failing_guard(run, e, running_kept_run));
         let may_launch = state == "approve_requested" && verdict == Some(None);
         if actual.launched {
             tally.launches += 1;
@@ -896,9 +924,13 @@ fn a_late_result_of_a_reset_dispatch_is_stale() {
         Act::Event(event("request-approve")),
         Act::Event(event("approved")),
         Act::HostClaims,
-        Act::Event(forced),
+        Act::Event(forced.clone()),
         Act::Event(event("request-approve")),
-        Act::Event(event("approved")),
+        // The reset run has no result yet: only a forced approval goes.
+        Act::Event(EventStep {
+            force: true,
+            ..event("approved")
+        }),
         Act::LateResult {
             dispatch: 1,
             content: "0".into(),

@@ -26,7 +26,7 @@ fn history(sb: &Sandbox, item: &str) -> Vec<Value> {
 
 fn pending(sb: &Sandbox, item: &str) -> PathBuf {
     sb.state_root()
-        .join(format!(".selfdeploy/history/{REPO}/{item}.jsonl.pending"))
+        .join(format!(".selfdeploy/pending/{REPO}/{item}.json"))
 }
 
 /// A `bash` first on PATH that waits while `gate` exists, then runs the
@@ -345,7 +345,7 @@ fn a_full_disk_never_acts_unrecorded() {
     );
     assert!(
         !state
-            .join(format!(".selfdeploy/history/{REPO}/{item}.jsonl.pending"))
+            .join(format!(".selfdeploy/pending/{REPO}/{item}.json"))
             .exists()
     );
 }
