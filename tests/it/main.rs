@@ -5,6 +5,7 @@
 mod support;
 
 mod attack_17;
+mod attack_17b;
 mod bad_input;
 mod claim_protocol;
 mod cli_conventions;
