@@ -94,10 +94,6 @@ pub enum EngineError {
         "cannot read {path}, an event's record kept for the history: {error}; move it away (the history then lacks that event), then retry; nothing done"
     )]
     IntentUnreadable { path: String, error: std::io::Error },
-    #[error(
-        "cannot write {path}: {error}; the late verdict is in the history, and marking it is retried by the next event or watch pass"
-    )]
-    Mark { path: String, error: std::io::Error },
     #[error("interrupted by {0} before the event acted; nothing done")]
     Interrupted(&'static str),
 }
@@ -164,7 +160,7 @@ pub fn handle(
             history_len: Some(store::complete_len(&paths.history_file).map_err(intent_error)?),
             ..intent
         }
-        .sealed(settings.history_key.as_ref())
+        .sealed(settings.history_key.as_ref(), &paths.identity())
         .map_err(intent_error)?;
         store::write_intent(&paths.history_file, &intent, settings.durability).map_err(intent_error)
     };
@@ -214,8 +210,10 @@ pub fn handle(
             .ok()
             .flatten()
             .is_some_and(|last| last == entry_without_time(&entry, &last.time));
-    let appended = if repeated {
-        store::count_repeat(&paths.history_file, &now, settings.durability).map(|()| Vec::new())
+    let counted = repeated
+        && store::count_repeat(&paths.history_file, &now, settings.durability).is_ok_and(|c| c);
+    let appended = if counted {
+        Ok(Vec::new())
     } else {
         store::append_history(
             &paths.history_file,
@@ -254,7 +252,7 @@ pub fn handle(
                     history_len: store::complete_len(&paths.history_file).ok(),
                     mac: None,
                 }
-                .sealed(settings.history_key.as_ref());
+                .sealed(settings.history_key.as_ref(), &paths.identity());
                 if let Ok(finished) = finished {
                     let _ =
                         store::write_intent(&paths.history_file, &finished, settings.durability);
@@ -373,21 +371,25 @@ fn reconcile_locked(
         // The event's own entry may be in the history already (it was
         // stopped between its append and the clear): never twice.
         let appended = match &intent {
-            Ok(i) if i.authentic(&keys) => match i.history_len {
-                Some(offset) => store::entry_at(&paths.history_file, offset)
-                    .map_err(history_error)?
-                    .is_some_and(|e| {
-                        e.event == i.entry.event
-                            && e.actor == i.entry.actor
-                            && e.from == i.entry.from
-                    }),
+            Ok(i) if i.authentic(&keys, &paths.identity()) => match i.history_len {
+                Some(offset) => {
+                    store::entry_at(&paths.history_file, offset)
+                        .map_err(history_error)?
+                        .is_some_and(|e| {
+                            e.event == i.entry.event
+                                && e.actor == i.entry.actor
+                                && e.from == i.entry.from
+                        })
+                        // Or it repeated the entry before it and was counted.
+                        || store::counted_at(&paths.history_file, offset, &i.entry.time)
+                }
                 None => false,
             },
             _ => false,
         };
         if !appended {
             let snapshot = Snapshot::load(paths)?;
-            let entry = recovered_entry(intent, &keys, &snapshot, actor, now);
+            let entry = recovered_entry(intent, &keys, &paths.identity(), &snapshot, actor, now);
             store::append_history(
                 &paths.history_file,
                 &entry,
@@ -416,17 +418,6 @@ fn reconcile_locked(
             .map(|r| format!(" (approved by {} at {})", r.approved_by, r.approved_at))
             .unwrap_or_default();
         let verdict = exit.verdict();
-        // Recorded once: a pass that appended it but could not mark it (a
-        // kill, a full disk) finds it and only marks it.
-        if late_result_recorded(&paths.history_file, &run.id).map_err(history_error)? {
-            paths
-                .settle_kept_run(&run.id)
-                .map_err(|error| EngineError::Mark {
-                    path: paths.late_mark(&run.id).display().to_string(),
-                    error,
-                })?;
-            continue;
-        }
         let ended = match &exit.garbage {
             Some(garbage) => {
                 format!("its result is not an exit code ({garbage:?}): {verdict}, fail-closed")
@@ -456,12 +447,6 @@ fn reconcile_locked(
             path: paths.history_file.display().to_string(),
             error,
         })?;
-        paths
-            .settle_kept_run(&run.id)
-            .map_err(|error| EngineError::Mark {
-                path: paths.late_mark(&run.id).display().to_string(),
-                error,
-            })?;
         notes.push(format!(
             "recorded the late verdict of dispatch {} (kept by a reset): {verdict}",
             run.id
@@ -470,18 +455,7 @@ fn reconcile_locked(
     Ok(notes)
 }
 
-/// The history's name for the verdict of a run a reset kept.
-pub const LATE_RESULT_EVENT: &str = "late-result";
-
-/// Whether the history already holds the late verdict of dispatch `id`.
-/// Read whole, but only when a kept run's result waits unmarked (once per
-/// run, or after a crash).
-fn late_result_recorded(history: &std::path::Path, id: &str) -> std::io::Result<bool> {
-    let named = format!("dispatch {id} ");
-    Ok(store::read_entries(history)?.iter().any(|e| {
-        e.event == LATE_RESULT_EVENT && e.reason.as_deref().is_some_and(|r| r.starts_with(&named))
-    }))
-}
+pub use store::LATE_RESULT_EVENT;
 
 /// The history entry of an intent left behind. A finished event's entry is
 /// its own; an event that stopped is told by what its intent planned and
@@ -489,6 +463,7 @@ fn late_result_recorded(history: &std::path::Path, id: &str) -> std::io::Result<
 fn recovered_entry(
     intent: Result<Intent, String>,
     keys: &[&crate::config::Secret],
+    item: &str,
     snapshot: &Snapshot,
     actor: &str,
     now: SystemTime,
@@ -497,7 +472,7 @@ fn recovered_entry(
     let intent = match intent {
         // Whoever can write the directory without the key cannot have an
         // event of their making signed into the chain.
-        Ok(intent) if !intent.authentic(keys) => {
+        Ok(intent) if !intent.authentic(keys, item) => {
             return HistoryEntry {
                 time: at.to_string(),
                 actor: actor.to_owned(),
@@ -506,7 +481,7 @@ fn recovered_entry(
                 to: snapshot.state.to_string(),
                 outcome: "interrupted".into(),
                 reason: Some(format!(
-                    "a record in place of an event's intent is not signed by HISTORY_HMAC_KEY (forged, or written without the key): not trusted; it claimed {} by {} ({} -> {}); the item is now {}",
+                    "a record in place of an event's intent is not sealed by HISTORY_HMAC_KEY for this item (forged, copied from another item, or written without the key): not trusted; it claimed {} by {} ({} -> {}); the item is now {}",
                     intent.entry.event,
                     intent.entry.actor,
                     intent.entry.from,

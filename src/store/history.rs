@@ -101,6 +101,23 @@ pub enum HistoryLine {
     },
 }
 
+/// The history's name for the verdict of a run a reset kept.
+pub const LATE_RESULT_EVENT: &str = "late-result";
+
+/// The dispatch ids whose late verdict (`late-result`) the history holds.
+/// The history is the one record of it: a mark beside it could be planted.
+pub fn late_results_recorded(path: &Path) -> io::Result<Vec<String>> {
+    Ok(read_entries(path)?
+        .into_iter()
+        .filter(|e| e.event == LATE_RESULT_EVENT)
+        .filter_map(|e| {
+            let reason = e.reason?;
+            let id = reason.strip_prefix("dispatch ")?.split(' ').next()?;
+            Some(id.to_owned())
+        })
+        .collect())
+}
+
 /// How often an entry's event came again, changing nothing, and when last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repeats {
@@ -122,24 +139,49 @@ pub fn repeats_path(history: &Path) -> PathBuf {
     with_suffix(history, ".repeats")
 }
 
-fn read_runs(history: &Path) -> io::Result<Vec<RepeatRun>> {
-    let bytes = read_or_empty(&repeats_path(history))?;
+/// The counts, or `None` when the file is not one this engine can read and
+/// rewrite (a FIFO, a symlink, something huge): then repeats are appended as
+/// entries again, so that nothing already there ever blocks the history.
+fn read_runs(history: &Path) -> Option<Vec<RepeatRun>> {
+    let bytes = match super::read_regular(&repeats_path(history), REPEATS_READ_LIMIT) {
+        Ok(bytes) => bytes,
+        Err(super::ReadError::Unreadable(_)) if !repeats_path(history).exists() => Vec::new(),
+        Err(_) => return None,
+    };
     // A damaged line costs its count only: repeats are a courtesy, the
     // entries are the evidence.
-    Ok(bytes
-        .split(|&b| b == b'\n')
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect())
+    Some(
+        bytes
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect(),
+    )
+}
+
+/// A repeats file is a line per run of repeats: far less than this.
+const REPEATS_READ_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// Whether the event that began when the history ended at `offset` was
+/// counted as a repeat there, at `time` or later (its intent then needs no
+/// entry of its own).
+pub fn counted_at(history: &Path, offset: u64, time: &str) -> bool {
+    read_runs(history)
+        .unwrap_or_default()
+        .iter()
+        .any(|run| run.at == offset && run.last.as_str() >= time)
 }
 
 /// Counts one more repeat of the history's last entry at `time`, instead of
-/// appending the same entry again. The caller holds the item's lock and has
-/// checked that the last entry is the one repeated.
-pub fn count_repeat(history: &Path, time: &str, durability: Durability) -> io::Result<()> {
+/// appending the same entry again; `false` when the counts cannot be kept
+/// (the caller appends the entry instead). The caller holds the item's lock
+/// and has checked that the last entry is the one repeated.
+pub fn count_repeat(history: &Path, time: &str, durability: Durability) -> io::Result<bool> {
     let at = open_regular(history, OpenOptions::new().read(true))?
         .metadata()?
         .len();
-    let mut runs = read_runs(history)?;
+    let Some(mut runs) = read_runs(history) else {
+        return Ok(false);
+    };
     match runs.last_mut() {
         Some(run) if run.at == at => {
             run.count += 1;
@@ -156,7 +198,8 @@ pub fn count_repeat(history: &Path, time: &str, durability: Durability) -> io::R
         text.push_str(&serde_json::to_string(run).map_err(io::Error::other)?);
         text.push('\n');
     }
-    atomic::write_with(&repeats_path(history), text.as_bytes(), durability)
+    atomic::write_with(&repeats_path(history), text.as_bytes(), durability)?;
+    Ok(true)
 }
 
 /// What [`verify_history`] found.
@@ -415,7 +458,7 @@ fn parse(line: &[u8]) -> Option<Line> {
 /// The lines, oldest first: entries, and damaged lines shown as such.
 pub fn read_history(path: &Path) -> io::Result<Vec<HistoryLine>> {
     let bytes = read_or_empty(path)?;
-    let runs = read_runs(path)?;
+    let runs = read_runs(path).unwrap_or_default();
     let mut out = Vec::new();
     let mut end = 0u64;
     let mut n = 0;

@@ -45,7 +45,9 @@ pub struct Intent {
 }
 
 impl Intent {
-    fn hmac_under(&self, key: &Secret) -> io::Result<hmac::Hmac<sha2::Sha256>> {
+    /// The MAC binds the intent to its item (`<repo>/<item>`): a sealed
+    /// intent copied to another item is not that item's.
+    fn hmac_under(&self, key: &Secret, item: &str) -> io::Result<hmac::Hmac<sha2::Sha256>> {
         use hmac::Mac as _;
         let unsealed = Intent {
             mac: None,
@@ -55,15 +57,19 @@ impl Intent {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes())
             .map_err(io::Error::other)?;
         mac.update(b"selfdeploy intent\n");
+        mac.update(item.as_bytes());
+        mac.update(b"\n");
         mac.update(&bytes);
         Ok(mac)
     }
 
     /// Signs the intent under `key`, when there is one.
-    pub fn sealed(mut self, key: Option<&Secret>) -> io::Result<Intent> {
+    pub fn sealed(mut self, key: Option<&Secret>, item: &str) -> io::Result<Intent> {
         use hmac::Mac as _;
         self.mac = match key {
-            Some(key) => Some(hex::encode(self.hmac_under(key)?.finalize().into_bytes())),
+            Some(key) => Some(hex::encode(
+                self.hmac_under(key, item)?.finalize().into_bytes(),
+            )),
             None => None,
         };
         Ok(self)
@@ -71,7 +77,7 @@ impl Intent {
 
     /// Whether a holder of one of `keys` wrote the intent (always, with no
     /// key: nothing is tamper-evident then). Compared in constant time.
-    pub fn authentic(&self, keys: &[&Secret]) -> bool {
+    pub fn authentic(&self, keys: &[&Secret], item: &str) -> bool {
         use hmac::Mac as _;
         if keys.is_empty() {
             return true;
@@ -80,7 +86,7 @@ impl Intent {
             return false;
         };
         keys.iter().any(|key| {
-            self.hmac_under(key)
+            self.hmac_under(key, item)
                 .is_ok_and(|expected| expected.verify_slice(&mac).is_ok())
         })
     }

@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 
 pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
-    HistoryEntry, HistoryKeys, HistoryLine, Repeats, Verification, append_history, complete_len,
-    count_repeat, entry_at, head_path, is_signed, key_id, last_entry, read_entries, read_history,
-    repeats_path, torn_path, verify_history,
+    HistoryEntry, HistoryKeys, HistoryLine, LATE_RESULT_EVENT, Repeats, Verification,
+    append_history, complete_len, count_repeat, counted_at, entry_at, head_path, is_signed, key_id,
+    last_entry, late_results_recorded, read_entries, read_history, repeats_path, torn_path,
+    verify_history,
 };
 pub use intent::{
     Intent, clear_intent, intent_path, intent_pending, pending_intents, read_intent, write_intent,
@@ -102,6 +103,11 @@ impl ItemPaths {
                 .join(format!("{work_item}.jsonl")),
             durability: Durability::Synced,
         }
+    }
+
+    /// The item's identity, `<repo>/<work item>`, as records name it.
+    pub fn identity(&self) -> String {
+        format!("{}/{}", self.repo, self.work_item)
     }
 
     /// The same paths, written with `durability`.
@@ -204,6 +210,14 @@ impl ItemPaths {
                     &bytes,
                 )
             });
+        let recorded = if names
+            .iter()
+            .any(|n| matches!(TicketFile::parse(n), Some((TicketFile::Reset, _))))
+        {
+            late_results_recorded(&self.history_file)?
+        } else {
+            Vec::new()
+        };
         let kept: Vec<String> = names
             .iter()
             .filter_map(|name| match TicketFile::parse(name) {
@@ -213,7 +227,7 @@ impl ItemPaths {
             .filter(|id| {
                 // Settled: its verdict is in the history, as a late result,
                 // or as the item's own finalize from its result.
-                let late = fs::symlink_metadata(self.late_mark(id)).is_ok();
+                let late = has(&TicketFile::Reset.name(id)) && recorded.contains(id);
                 let result = TicketFile::Result.name(id);
                 // A verdict the result deadline gave is not the run's own:
                 // its result, whenever it lands, must still be recorded.
@@ -284,20 +298,6 @@ impl ItemPaths {
         }
         atomic::sync_dir_with(&self.state_dir, self.durability)?;
         Ok(kept)
-    }
-
-    /// Where the history marks that kept run `id`'s verdict is recorded:
-    /// `<item>.jsonl.late-<id>`, outside the state directory (which the host
-    /// shares, and which events that change nothing must not touch).
-    pub fn late_mark(&self, id: &str) -> PathBuf {
-        let mut name = self.history_file.as_os_str().to_owned();
-        name.push(format!(".late-{id}"));
-        PathBuf::from(name)
-    }
-
-    /// Marks kept run `id`'s verdict as recorded in the history.
-    pub fn settle_kept_run(&self, id: &str) -> io::Result<()> {
-        atomic::write_with(&self.late_mark(id), id.as_bytes(), self.durability)
     }
 
     /// Removes the state directory whole. It is first renamed to a name no

@@ -46,7 +46,7 @@ pub struct InitiatedMarker {
 }
 
 /// A run the host claimed that a reset kept (`reset-<id>`); its verdict is
-/// recorded once in the history, marked beside it (`<item>.jsonl.late-<id>`).
+/// recorded once in the history (a `late-result` entry naming it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeptRun {
     pub id: String,
@@ -162,6 +162,16 @@ impl Snapshot {
             .and_then(|m| m.record.as_ref())
             .map(|r| r.dispatch_id.clone());
         let mut kept_runs = Vec::new();
+        // Which kept runs' verdicts the history holds: read only when a
+        // reset kept one (rare), and an unreadable history counts none.
+        let recorded_ids = if files
+            .iter()
+            .any(|n| matches!(TicketFile::parse(n), Some((TicketFile::Reset, _))))
+        {
+            super::late_results_recorded(&paths.history_file).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         for name in &files {
             let Some((TicketFile::Reset, id)) = TicketFile::parse(name) else {
                 continue;
@@ -171,9 +181,7 @@ impl Snapshot {
             if current.as_deref() == Some(id) {
                 continue;
             }
-            // Kept outside the state directory: recording a verdict changes
-            // nothing the host shares, whatever event was delivered.
-            let recorded = fs::symlink_metadata(paths.late_mark(id)).is_ok();
+            let recorded = recorded_ids.iter().any(|r| r == id);
             let record = match read_state_file(&dir.join(name), MARKER_READ_LIMIT) {
                 Ok(bytes) => markers::decode::<InitiatedRecord>(&bytes),
                 Err(_) => None,
