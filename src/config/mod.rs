@@ -156,6 +156,21 @@ pub enum Durability {
     Unsynced,
 }
 
+/// The entropy a history key must hold: what `gen-secrets` writes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// At most how many bytes of entropy `key` holds: 4 bits a character when it
+/// is all hex digits, else 6 (base64's alphabet, the richest a key is
+/// typed in).
+pub fn key_entropy_bytes(key: &str) -> usize {
+    let chars = key.chars().count();
+    if key.chars().all(|c| c.is_ascii_hexdigit()) {
+        chars / 2
+    } else {
+        chars * 6 / 8
+    }
+}
+
 /// The typed settings the engine runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -349,6 +364,17 @@ impl Settings {
                 "DEPLOY_HOOK_SCRIPT={:?} would be read by bash as an option; name the script by a path (./{})",
                 self.hook_script, self.hook_script
             ));
+        }
+        // A key is only as strong as what can guess it. Previous keys only
+        // verify what they signed: refusing a weak one would leave a
+        // history unverifiable after rotating away from it.
+        if let Some(key) = &self.history_key {
+            let bytes = key_entropy_bytes(key.expose());
+            if bytes < MIN_KEY_BYTES {
+                out.push(format!(
+                    "HISTORY_HMAC_KEY holds at most {bytes} bytes of entropy, fewer than {MIN_KEY_BYTES}: make one with `selfdeploy gen-secrets` (64 hex characters)"
+                ));
+            }
         }
         // Each of these reaches the hook's environment and, in the reference
         // hook, an argv word of docker or compose: one that begins with `-`

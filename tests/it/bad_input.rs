@@ -1044,3 +1044,52 @@ fn a_full_stdout_never_panics_and_the_exit_code_stays_true() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!text(&out.stderr).contains("panicked"), "{out:?}");
 }
+
+/// A history key must hold 32 bytes of entropy (what gen-secrets writes):
+/// `a`, or a short passphrase, is a settings error for config --check and
+/// every event, which never shows the key; a previous key may be weak (it
+/// only verifies what it signed before a rotation).
+#[test]
+fn a_history_key_too_weak_to_be_a_key_is_refused() {
+    for (key, ok) in [
+        ("a", false),
+        ("abc$def", false),
+        (
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde",
+            false,
+        ),
+        (
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            true,
+        ),
+        ("Zm9yIGEga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMgb2s", true),
+    ] {
+        let mut sb = Sandbox::new();
+        sb.set("HISTORY_HMAC_KEY", key.into());
+        sb.set("HISTORY_HMAC_PREVIOUS_KEYS", "old-weak".into());
+        let out = sb.run(&["config", "--check"]);
+        assert_eq!(out.status.code() == Some(0), ok, "{key}: {out:?}");
+        let before = sb.disk();
+        let out = sb.run(&[
+            "event",
+            "request-approve",
+            "--repo",
+            "orchestrator",
+            "--work-item",
+            ITEM,
+        ]);
+        assert_eq!(out.status.code() == Some(0), ok, "{key}: {out:?}");
+        if !ok {
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("HISTORY_HMAC_KEY holds at most"),
+                "{stderr}"
+            );
+            assert!(
+                key.len() < 4 || !stderr.contains(key),
+                "the key is never shown: {stderr}"
+            );
+            assert_eq!(sb.disk(), before, "nothing touched");
+        }
+    }
+}

@@ -14,8 +14,8 @@ use crate::support::report::*;
 use crate::support::sandbox::*;
 
 const ITEM: &str = "ORCH-7";
-const KEY: &str = "history-damage-key-one-0f3c2a91";
-const KEY2: &str = "history-damage-key-two-7d41e0b6";
+const KEY: &str = "history-damage-key-one-0f3c2a91-5e8b7d2c4a6f1e3b";
+const KEY2: &str = "history-damage-key-two-7d41e0b6-a2c9f4e81b07d635";
 
 /// A `selfdeploy` command with exactly these history keys (none else from
 /// the caller's environment).
@@ -442,12 +442,12 @@ fn a_rotated_key_verifies_with_the_previous_key_and_names_entry_1_without_it() {
     entries(
         &sb,
         1,
-        Some("history-damage-key-three"),
+        Some("history-damage-key-three-93b1e07c5d2a8f46e1c9"),
         Some(&format!("{KEY2},{KEY}")),
     );
     let (code, msg, _) = verify(
         &sb,
-        Some("history-damage-key-three"),
+        Some("history-damage-key-three-93b1e07c5d2a8f46e1c9"),
         Some(&format!("{KEY},{KEY2}")),
     );
     assert_eq!(

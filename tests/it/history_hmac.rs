@@ -109,7 +109,10 @@ fn a_signed_deploy_verifies_and_tampering_is_named() {
     let out = sb
         .cmd()
         .args(["history", "--verify", "--repo", REPO, "--work-item", ITEM])
-        .env("HISTORY_HMAC_KEY", "not-the-key")
+        .env(
+            "HISTORY_HMAC_KEY",
+            "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210",
+        )
         .output()
         .unwrap();
     let (code, stdout) = outcome(out);

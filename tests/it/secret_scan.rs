@@ -15,9 +15,9 @@ const ITEM: &str = "ORCH-7";
 /// Every configured secret starts with this marker, so that even a key cut
 /// short is caught.
 const MARKER: &str = "sEcReT";
-const KEY: &str = "sEcReT-cUrReNt-3f9a1c77e2";
-const OLD1: &str = "sEcReT-oLd-one-8d2e5b";
-const OLD2: &str = "sEcReT-oLd-two-41b0c9";
+const KEY: &str = "sEcReT-cUrReNt-3f9a1c77e2-8b41d0e6a9c35f27d1b8";
+const OLD1: &str = "sEcReT-oLd-one-8d2e5b-04c7a19f3e6d2b58c0a1f9e3";
+const OLD2: &str = "sEcReT-oLd-two-41b0c9-7e35d8a2f61c09b4e7d35a0c";
 
 fn previous() -> String {
     format!("{OLD1},{OLD2}")
