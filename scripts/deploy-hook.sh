@@ -111,6 +111,13 @@ settings() {
             usage_error "$name is not set"
         fi
     done
+    # Each becomes an argv word of docker or compose: one that begins with
+    # '-' would be read as an option (--build would rebuild everything).
+    for name in SOURCE_IMAGE TARGET_SERVICE TARGET_IMAGE COMPOSE_PROFILE; do
+        if [[ ${!name} == -* ]]; then
+            usage_error "$name must name an image, a service or a profile, not an option ('${!name}')"
+        fi
+    done
     if ! [[ $TARGET_PORT =~ ^[0-9]{1,5}$ ]] || ((10#$TARGET_PORT < 1 || 10#$TARGET_PORT > 65535)); then
         usage_error "TARGET_PORT must be a port number (1-65535), not '$TARGET_PORT'"
     fi
