@@ -4,121 +4,18 @@
 //! holds the binary to.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::record::*;
 use crate::support::report::*;
 use crate::support::sandbox::*;
 
 const REPO: &str = "orchestrator";
-const KEY: &str = "attack-17-history-key-0123456789abcdef";
-
-fn history(sb: &Sandbox, item: &str) -> Vec<Value> {
-    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--json"]);
-    assert_eq!(code(&out), 0, "{out:?}");
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn count(h: &[Value], event: &str) -> usize {
-    h.iter().filter(|e| e["event"] == event).count()
-}
-
-fn pending(sb: &Sandbox, item: &str) -> PathBuf {
-    sb.state_root()
-        .join(format!(".selfdeploy/pending/{REPO}/{item}.json"))
-}
-
-/// A `bash` first on PATH that waits while `gate` exists, then runs the
-/// real one: the local transport's launch stalls there, as a slow ssh would.
-fn slow_bash(sb: &mut Sandbox, gate: &Path) {
-    let bin = sb.root().join("slow-bin");
-    write_script(
-        &bin,
-        "bash",
-        &format!(
-            "#!/bin/sh\nwhile [ -e '{}' ]; do sleep 0.02; done\nexec '{}' \"$@\"\n",
-            gate.display(),
-            tool("bash")
-        ),
-    );
-    sb.set("PATH", path_with_first_dir(&bin));
-}
-
-fn spawn_approve(sb: &Sandbox, item: &str) -> Child {
-    let mut cmd = sb.event_cmd("approved", item);
-    cmd.args(sb.approve_args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().unwrap()
-}
-
-/// Waits until the launch has begun: the dispatch ticket is on disk.
-fn wait_for_ticket(sb: &Sandbox, item: &str) -> String {
-    let mut id = None;
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            id = sb.dispatch_id(item);
-            id.is_some()
-                && sb
-                    .item_dir(item)
-                    .join(format!("dispatch-{}", id.as_ref().unwrap()))
-                    .exists()
-        }),
-        "the dispatch was never written"
-    );
-    id.unwrap()
-}
-
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new(tool("mount"))
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill it, which needs root (CI runs as root): {}",
-            text(&out.stderr)
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    /// Fills the filesystem to the last byte; returns the filler.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write as _;
-        let filler = self.0.join("filler");
-        let mut file = fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        while let Ok(n) = file.write(&chunk) {
-            if n == 0 {
-                break;
-            }
-        }
-        for _ in 0..4096 {
-            if file.write(&[0]).is_err() {
-                break;
-            }
-        }
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new(tool("umount")).arg("-l").arg(&self.0).status();
-    }
-}
+const KEY: &str = "attack-17-history-key-0123456789abcdef0123456789";
 
 /// The sandbox's REPOS_DIR becomes a small tmpfs of its own (mounted on
 /// it, so that every helper finds the state where it was).

@@ -4,73 +4,21 @@
 //! fixed. Each names the contract section it holds the binary to.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::record::*;
 use crate::support::report::*;
 use crate::support::sandbox::*;
 
 const REPO: &str = "orchestrator";
-const KEY: &str = "attack-17b-history-key-0123456789abcdef";
-
-fn history(sb: &Sandbox, item: &str) -> Vec<Value> {
-    let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--json"]);
-    assert_eq!(code(&out), 0, "{out:?}");
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn count(h: &[Value], event: &str) -> usize {
-    h.iter().filter(|e| e["event"] == event).count()
-}
+const KEY: &str = "attack-17b-history-key-0123456789abcdef0123456789";
 
 fn verify(sb: &Sandbox, item: &str) -> std::process::Output {
     sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"])
-}
-
-fn pending(sb: &Sandbox, item: &str) -> PathBuf {
-    sb.state_root()
-        .join(format!(".selfdeploy/pending/{REPO}/{item}.json"))
-}
-
-/// A `bash` first on PATH that waits while `gate` exists, then runs the
-/// real one: the local transport's launch stalls there, as a slow ssh would.
-fn slow_bash(sb: &mut Sandbox, gate: &Path) {
-    let bin = sb.root().join("slow-bin");
-    write_script(
-        &bin,
-        "bash",
-        &format!(
-            "#!/bin/sh\nwhile [ -e '{}' ]; do sleep 0.02; done\nexec '{}' \"$@\"\n",
-            gate.display(),
-            tool("bash")
-        ),
-    );
-    sb.set("PATH", path_with_first_dir(&bin));
-}
-
-fn spawn_approve(sb: &Sandbox, item: &str) -> Child {
-    let mut cmd = sb.event_cmd("approved", item);
-    cmd.args(sb.approve_args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().unwrap()
-}
-
-/// Waits until the launch has begun: the dispatch ticket is on disk.
-fn wait_for_ticket(sb: &Sandbox, item: &str) {
-    assert!(
-        wait_for(Duration::from_secs(10), || {
-            sb.dispatch_id(item)
-                .is_some_and(|id| sb.item_dir(item).join(format!("dispatch-{id}")).exists())
-        }),
-        "the dispatch was never written"
-    );
 }
 
 fn mkfifo(path: &Path) {

@@ -552,10 +552,18 @@ fn a_missing_or_bad_variable_exits_64_touching_nothing() {
             Some("/nonexistent/selfdeploy-repo"),
             "REPO is not a directory",
         ),
-        ("TARGET_SERVICE", Some("--build"), "TARGET_SERVICE must name"),
+        (
+            "TARGET_SERVICE",
+            Some("--build"),
+            "TARGET_SERVICE must name",
+        ),
         ("SOURCE_IMAGE", Some("-q"), "SOURCE_IMAGE must name"),
         ("TARGET_IMAGE", Some("--rm"), "TARGET_IMAGE must name"),
-        ("COMPOSE_PROFILE", Some("--all"), "COMPOSE_PROFILE must name"),
+        (
+            "COMPOSE_PROFILE",
+            Some("--all"),
+            "COMPOSE_PROFILE must name",
+        ),
     ];
     for (name, value, said) in cases {
         let mut host = Host::new();

@@ -1,4 +1,5 @@
 pub mod alone;
+pub mod record;
 pub mod report;
 pub mod sandbox;
 pub mod sshd;
