@@ -390,16 +390,7 @@ fn reconcile_locked(
         if !appended {
             let snapshot = Snapshot::load(paths)?;
             let entry = recovered_entry(intent, &keys, &paths.identity(), &snapshot, actor, now);
-            store::append_history(
-                &paths.history_file,
-                &entry,
-                settings.history_key.as_ref(),
-                settings.durability,
-            )
-            .map_err(|error| EngineError::Unrecorded {
-                path: paths.history_file.display().to_string(),
-                error,
-            })?;
+            append_recovered(settings, paths, &entry)?;
             notes.push(format!(
                 "recorded an earlier {} by {} that had not reached the history: {}",
                 entry.event, entry.actor, entry.outcome
@@ -437,16 +428,7 @@ fn reconcile_locked(
             )),
             effects: Vec::new(),
         };
-        store::append_history(
-            &paths.history_file,
-            &entry,
-            settings.history_key.as_ref(),
-            settings.durability,
-        )
-        .map_err(|error| EngineError::Unrecorded {
-            path: paths.history_file.display().to_string(),
-            error,
-        })?;
+        append_recovered(settings, paths, &entry)?;
         notes.push(format!(
             "recorded the late verdict of dispatch {} (kept by a reset): {verdict}",
             run.id
@@ -456,6 +438,26 @@ fn reconcile_locked(
 }
 
 pub use store::LATE_RESULT_EVENT;
+
+/// Appends an entry the history lacked (an earlier event's, a late
+/// verdict); when it cannot be, nothing more is done.
+fn append_recovered(
+    settings: &Settings,
+    paths: &ItemPaths,
+    entry: &HistoryEntry,
+) -> Result<(), EngineError> {
+    store::append_history(
+        &paths.history_file,
+        entry,
+        settings.history_key.as_ref(),
+        settings.durability,
+    )
+    .map(drop)
+    .map_err(|error| EngineError::Unrecorded {
+        path: paths.history_file.display().to_string(),
+        error,
+    })
+}
 
 /// The history entry of an intent left behind. A finished event's entry is
 /// its own; an event that stopped is told by what its intent planned and

@@ -188,20 +188,7 @@ impl Snapshot {
             };
             let result_name = TicketFile::Result.name(id);
             let result = if present(&result_name) {
-                match read_state_file(&dir.join(&result_name), RESULT_READ_LIMIT) {
-                    Ok(raw) => hook_result::parse_result(&raw),
-                    Err(ReadError::TooLarge(len)) => Some(HookExit {
-                        code: "1".into(),
-                        garbage: Some(format!("<{len} bytes>")),
-                    }),
-                    Err(why) => {
-                        unreadable.push(Unreadable {
-                            file: result_name.clone(),
-                            why: why.to_string(),
-                        });
-                        None
-                    }
-                }
+                read_result(dir, result_name, &mut unreadable)
             } else {
                 None
             };
@@ -259,23 +246,7 @@ impl Snapshot {
         } else if legacy {
             result_name = Some(LEGACY_RESULT_FILE.to_owned());
         }
-        let result = match result_name {
-            Some(name) => match read_state_file(&dir.join(&name), RESULT_READ_LIMIT) {
-                Ok(raw) => hook_result::parse_result(&raw),
-                Err(ReadError::TooLarge(len)) => Some(HookExit {
-                    code: "1".into(),
-                    garbage: Some(format!("<{len} bytes>")),
-                }),
-                Err(why) => {
-                    unreadable.push(Unreadable {
-                        file: name,
-                        why: why.to_string(),
-                    });
-                    None
-                }
-            },
-            None => None,
-        };
+        let result = result_name.and_then(|name| read_result(dir, name, &mut unreadable));
         let dispatch = current.map(|id| DispatchState { id, ticket });
 
         let state = if let Some(record) = &finalized {
@@ -326,6 +297,25 @@ impl Snapshot {
     /// The record `initiated` holds, when it is ours.
     pub fn initiated_record(&self) -> Option<&InitiatedRecord> {
         self.initiated.as_ref().and_then(|m| m.record.as_ref())
+    }
+}
+
+/// A result file as a verdict reads it: larger than a result is garbage
+/// (never a verdict of 0); one that cannot be read is no result, and named.
+fn read_result(dir: &Path, name: String, unreadable: &mut Vec<Unreadable>) -> Option<HookExit> {
+    match read_state_file(&dir.join(&name), RESULT_READ_LIMIT) {
+        Ok(raw) => hook_result::parse_result(&raw),
+        Err(ReadError::TooLarge(len)) => Some(HookExit {
+            code: "1".into(),
+            garbage: Some(format!("<{len} bytes>")),
+        }),
+        Err(why) => {
+            unreadable.push(Unreadable {
+                file: name,
+                why: why.to_string(),
+            });
+            None
+        }
     }
 }
 

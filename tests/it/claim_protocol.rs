@@ -722,7 +722,8 @@ fn ssh_that_fails_after_the_host_claimed_is_a_sent_dispatch() {
 
 #[test]
 fn ssh_that_hangs_after_the_host_claimed_is_a_sent_dispatch() {
-    claimed_although_ssh_failed("sleep 30", "1", &["timed out"]);
+    // The timeout leaves the fake ssh time to claim on a loaded machine.
+    claimed_although_ssh_failed("sleep 30", "3", &["timed out"]);
 }
 
 // ---------------------------------------------------------------------------
