@@ -120,6 +120,7 @@ fn commit_and_push(
             head.stdout.trim(),
         ));
     }
+    clear_stale_index_lock(settings, worktree, notes)?;
     step("add", git(settings, worktree, &["add", "--", &rel], t))?;
     // Nothing staged for this path: it was committed before (a retry).
     let staged = git(
@@ -176,6 +177,64 @@ fn commit_and_push(
         git(settings, worktree, &["push", "-q", "origin", &refspec], t),
     )?;
     notes.push(format!("git push origin {branch}: done"));
+    Ok(())
+}
+
+/// A git killed mid-commit (with the engine, kill -9) leaves
+/// `.git/index.lock`, and every later git on the worktree fails. Holding the
+/// worktree's own lock, the engine knows none of its gits runs there; a lock
+/// older than the git timeout that no process holds open was left by a dead
+/// git, and is removed (said in the report). Otherwise the error names it
+/// and the exact command.
+fn clear_stale_index_lock(
+    settings: &Settings,
+    worktree: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let out = git(
+        settings,
+        worktree,
+        &["rev-parse", "--absolute-git-dir"],
+        settings.git_timeout,
+    )?;
+    if !out.success() {
+        return Ok(());
+    }
+    let lock = Path::new(out.stdout.trim()).join("index.lock");
+    let Ok(meta) = std::fs::symlink_metadata(&lock) else {
+        return Ok(());
+    };
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .unwrap_or_default();
+    let remove = format!("rm -- '{}'", lock.display());
+    if age < settings.git_timeout {
+        return Err(format!(
+            "{} exists ({} s old): another git is using the worktree; the next poll retries (if no git runs there, `{remove}`)",
+            lock.display(),
+            age.as_secs()
+        ));
+    }
+    if let Some(pid) = process::holder_of(&lock) {
+        return Err(format!(
+            "{} is held open by process {pid}: a git still uses the worktree; the next poll retries (once it is gone, or if it is not git, `{remove}`)",
+            lock.display()
+        ));
+    }
+    std::fs::remove_file(&lock).map_err(|e| {
+        format!(
+            "{} is stale ({} s old, no process holds it) but cannot be removed: {e}; run `{remove}`",
+            lock.display(),
+            age.as_secs()
+        )
+    })?;
+    notes.push(format!(
+        "removed a stale {} ({} s old, no process held it: a git killed mid-commit left it)",
+        lock.display(),
+        age.as_secs()
+    ));
     Ok(())
 }
 

@@ -53,6 +53,30 @@ pub enum RunError {
 }
 
 /// Finds a program on PATH; the error names it.
+/// A process that holds `path` open, if any can be seen (`/proc/*/fd`; a
+/// process of another user is seen only by root).
+pub fn holder_of(path: &Path) -> Option<u32> {
+    let target = std::fs::canonicalize(path).ok()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l == target) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
 pub fn find(program: &str) -> Result<PathBuf, RunError> {
     which::which(program).map_err(|_| RunError::NotFound(program.to_owned()))
 }

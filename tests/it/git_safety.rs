@@ -1222,3 +1222,68 @@ fn a_log_git_does_not_commit_is_never_recorded_as_pushed() {
         "{st}"
     );
 }
+
+/// A git killed mid-commit leaves `.git/index.lock`, and every later git on
+/// the worktree fails. One that no process holds and that is older than the
+/// git timeout is removed, and the report says so; one a process holds open
+/// is left alone, and the error names the process and the command.
+#[test]
+fn a_stale_index_lock_is_cleared_and_a_held_one_named() {
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_GIT_TIMEOUT_SECS", "5".into());
+    let wt = sb.worktree();
+    let lock = wt.join(".git/index.lock");
+    sb.approve_item(ITEM);
+    sb.wait_for_result(ITEM);
+
+    // Held open by a live process (and old): left alone, named.
+    fs::write(&lock, "").unwrap();
+    let aged = || {
+        let status = std::process::Command::new("touch")
+            .args(["-d", "1 hour ago"])
+            .arg(&lock)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    aged();
+    let mut holder = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("exec 3<'{}'; sleep 30", lock.display()))
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(5), || {
+        fs::read_dir(format!("/proc/{}/fd", holder.id()))
+            .map(|d| {
+                d.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l == lock))
+            })
+            .unwrap_or(false)
+    }));
+    let (code, r) = sb.event_json("poll", ITEM, &[]);
+    assert_eq!(code, 0, "{r}");
+    let f = sb.finalized_json(ITEM);
+    assert_eq!(f["pushed"], false, "{f}");
+    let error = f["push_error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("held open by process {}", holder.id()))
+            && error.contains("rm -- "),
+        "{error}"
+    );
+    assert!(lock.exists(), "a held lock is never removed");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    // Nobody holds it, and it is older than the git timeout: removed.
+    aged();
+    let (code, r) = sb.event_json("poll", ITEM, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert!(!lock.exists());
+    assert!(
+        r["notes"].to_string().contains("removed a stale"),
+        "the report says so: {r}"
+    );
+    let f = sb.finalized_json(ITEM);
+    assert_eq!(f["pushed"], true, "{f}");
+    assert!(remote_holds_log(&sb, BRANCH, ITEM));
+}
