@@ -65,7 +65,11 @@ fn wait_for_ticket(sb: &Sandbox, item: &str) -> String {
     assert!(
         wait_for(Duration::from_secs(10), || {
             id = sb.dispatch_id(item);
-            id.is_some() && sb.item_dir(item).join(format!("dispatch-{}", id.as_ref().unwrap())).exists()
+            id.is_some()
+                && sb
+                    .item_dir(item)
+                    .join(format!("dispatch-{}", id.as_ref().unwrap()))
+                    .exists()
         }),
         "the dispatch was never written"
     );
@@ -92,14 +96,22 @@ fn sigint_during_the_launch_finishes_and_records_the_dispatch() {
     let stderr = text(&out.stderr);
     assert_eq!(code(&out), 0, "{stderr}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((r["outcome"].as_str(), r["to"].as_str()), (Some("transitioned"), Some("initiated")), "{r}");
+    assert_eq!(
+        (r["outcome"].as_str(), r["to"].as_str()),
+        (Some("transitioned"), Some("initiated")),
+        "{r}"
+    );
     assert!(
         stderr.contains("SIGINT arrived while the event acted: it was finished"),
         "{stderr}"
     );
     let h = history(&sb, item);
     let last = h.last().unwrap();
-    assert_eq!((last["event"].as_str(), last["outcome"].as_str()), (Some("approved"), Some("transitioned")), "{h:?}");
+    assert_eq!(
+        (last["event"].as_str(), last["outcome"].as_str()),
+        (Some("approved"), Some("transitioned")),
+        "{h:?}"
+    );
     assert!(!pending(&sb, item).exists());
     sb.wait_for_result(item);
     assert!(sb.item_dir(item).join(format!("claimed-{id}")).exists());
@@ -113,7 +125,9 @@ fn sigint_before_the_event_acts_stops_it_with_nothing_done() {
     let sb = Sandbox::new();
     let item = "SIG-2";
     sb.request_approve(item);
-    let lock = sb.state_root().join(format!(".selfdeploy/locks/{REPO}/{item}.lock"));
+    let lock = sb
+        .state_root()
+        .join(format!(".selfdeploy/locks/{REPO}/{item}.lock"));
     let mut holder = Command::new(tool("flock"))
         .arg(&lock)
         .args(["-c", "sleep 1.5"])
@@ -134,16 +148,26 @@ fn sigint_before_the_event_acts_stops_it_with_nothing_done() {
     );
     assert!(out.stdout.is_empty());
     let after = sb.disk();
-    let state: Vec<_> = after.keys().filter(|p| p.starts_with(sb.item_dir(item))).collect();
+    let state: Vec<_> = after
+        .keys()
+        .filter(|p| p.starts_with(sb.item_dir(item)))
+        .collect();
     assert_eq!(
         state,
-        before.keys().filter(|p| p.starts_with(sb.item_dir(item))).collect::<Vec<_>>(),
+        before
+            .keys()
+            .filter(|p| p.starts_with(sb.item_dir(item)))
+            .collect::<Vec<_>>(),
         "no state file written"
     );
     assert!(!pending(&sb, item).exists());
     // The refusal itself is in the history, as every event is.
     let last = history(&sb, item).pop().unwrap();
-    assert_eq!((last["event"].as_str(), last["outcome"].as_str()), (Some("approved"), Some("error")), "{last}");
+    assert_eq!(
+        (last["event"].as_str(), last["outcome"].as_str()),
+        (Some("approved"), Some("error")),
+        "{last}"
+    );
     sb.assert_no_hook_run("interrupted before the dispatch");
 }
 
@@ -173,16 +197,25 @@ fn kill_9_mid_launch_leaves_an_intent_the_next_pass_records() {
     // show it (the ticket is still unclaimed: the launch is unknown).
     let out = sb.run(&["watch", "--once"]);
     assert_eq!(code(&out), 0, "{out:?}");
-    assert!(text(&out.stdout).contains("recorded an earlier approved"), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("recorded an earlier approved"),
+        "{out:?}"
+    );
     assert!(!pending(&sb, item).exists());
     let h = history(&sb, item);
     let approved: Vec<&Value> = h.iter().filter(|e| e["event"] == "approved").collect();
     assert_eq!(approved.len(), 1, "{h:?}");
     let e = approved[0];
-    assert_eq!((e["outcome"].as_str(), e["to"].as_str()), (Some("interrupted"), Some("initiated")), "{e}");
+    assert_eq!(
+        (e["outcome"].as_str(), e["to"].as_str()),
+        (Some("interrupted"), Some("initiated")),
+        "{e}"
+    );
     let reason = e["reason"].as_str().unwrap();
     assert!(
-        reason.contains(&format!("dispatch {id} was written, and whether its launch reached the host is not known")),
+        reason.contains(&format!(
+            "dispatch {id} was written, and whether its launch reached the host is not known"
+        )),
         "{reason}"
     );
     // The launch goes on (its process group survived the engine); the
@@ -192,7 +225,11 @@ fn kill_9_mid_launch_leaves_an_intent_the_next_pass_records() {
     let r = sb.poll_until_final(item, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
     let h = history(&sb, item);
-    assert_eq!(h.iter().filter(|e| e["event"] == "approved").count(), 1, "{h:?}");
+    assert_eq!(
+        h.iter().filter(|e| e["event"] == "approved").count(),
+        1,
+        "{h:?}"
+    );
     assert_eq!(sb.hook_runs(), 1);
 }
 
@@ -262,9 +299,16 @@ fn a_full_disk_never_acts_unrecorded() {
     let out = sb.event("request-approve", item, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(code(&out), 1, "{stderr}");
-    assert!(stderr.contains("cannot record the event before it acts"), "{stderr}");
+    assert!(
+        stderr.contains("cannot record the event before it acts"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nothing done"), "{stderr}");
-    assert!(!state.join(format!(".deploy-state-{REPO}/{item}/approve-requested")).exists());
+    assert!(
+        !state
+            .join(format!(".deploy-state-{REPO}/{item}/approve-requested"))
+            .exists()
+    );
     fs::remove_file(&filler).unwrap();
     sb.request_approve(item);
 
@@ -299,7 +343,11 @@ fn a_full_disk_never_acts_unrecorded() {
         ],
         "{h:?}"
     );
-    assert!(!state.join(format!(".selfdeploy/history/{REPO}/{item}.jsonl.pending")).exists());
+    assert!(
+        !state
+            .join(format!(".selfdeploy/history/{REPO}/{item}.jsonl.pending"))
+            .exists()
+    );
 }
 
 /// An operator who runs an acting command as root (or anyone but the owner
@@ -311,7 +359,10 @@ fn only_the_owner_of_repos_dir_acts() {
     let item = "OWN-1";
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    assert_eq!(me, 0, "this test changes a directory's owner, which needs root (CI runs as root)");
+    assert_eq!(
+        me, 0,
+        "this test changes a directory's owner, which needs root (CI runs as root)"
+    );
     let owner = 65534u32; // nobody
     // The whole sandbox is handed to the owner, so that it can act there.
     let chown = |path: &Path| {
@@ -323,12 +374,23 @@ fn only_the_owner_of_repos_dir_acts() {
         assert!(status.success());
     };
     chown(sb.root());
-    fs::set_permissions(sb.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        sb.root(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let before = sb.disk();
 
     // root: refused, exit 1, one line naming the owner and the fix; nothing written.
     for args in [
-        vec!["event", "request-approve", "--repo", REPO, "--work-item", item],
+        vec![
+            "event",
+            "request-approve",
+            "--repo",
+            REPO,
+            "--work-item",
+            item,
+        ],
         vec!["watch", "--once"],
     ] {
         let out = sb.run(&args);
@@ -345,7 +407,15 @@ fn only_the_owner_of_repos_dir_acts() {
     // Reading works as root.
     let out = sb.run(&["status", "--all", "--json"]);
     assert_eq!(code(&out), 0, "{out:?}");
-    let out = sb.run(&["event", "request-approve", "--repo", REPO, "--work-item", item, "--dry-run"]);
+    let out = sb.run(&[
+        "event",
+        "request-approve",
+        "--repo",
+        REPO,
+        "--work-item",
+        item,
+        "--dry-run",
+    ]);
     assert_eq!(code(&out), 0, "{out:?}");
 
     // The owner acts, and every file it creates is its own. The binary is
@@ -359,7 +429,15 @@ fn only_the_owner_of_repos_dir_acts() {
             "--clear-groups",
         ])
         .arg(&binary)
-        .args(["event", "request-approve", "--repo", REPO, "--work-item", item, "--json"])
+        .args([
+            "event",
+            "request-approve",
+            "--repo",
+            REPO,
+            "--work-item",
+            item,
+            "--json",
+        ])
         .current_dir(sb.root())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap())
