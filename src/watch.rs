@@ -883,4 +883,263 @@ mod tests {
             assert_eq!(item_of(base, Path::new(other)), None, "{other}");
         }
     }
+
+    const ID: &str = "0123456789abcdef";
+
+    fn settings(repos_dir: &Path) -> Settings {
+        let dir = repos_dir.to_str().unwrap();
+        Settings::with_overrides(&[("REPOS_DIR", dir), ("HOST_REPOS_DIR", dir)]).unwrap()
+    }
+
+    fn item(name: &str) -> Item {
+        (
+            RepoName::new("orchestrator").unwrap(),
+            WorkItem::new(name).unwrap(),
+        )
+    }
+
+    fn paths(settings: &Settings, item: &Item) -> ItemPaths {
+        ItemPaths::new(&settings.repos_dir, &item.0, &item.1)
+    }
+
+    fn approve_requested(settings: &Settings, item: &Item) -> ItemPaths {
+        use crate::contract::markers::{ApproveRecord, Marker, encode};
+        let paths = paths(settings, item);
+        let record = ApproveRecord {
+            requested_by: "test".into(),
+            requested_at: "2024-01-01T00:00:00Z".into(),
+        };
+        paths
+            .write_marker(Marker::ApproveRequested, &encode(&record))
+            .unwrap();
+        paths
+    }
+
+    fn finalized(settings: &Settings, item: &Item, pushed: bool) -> ItemPaths {
+        use crate::contract::hook_result::Verdict;
+        use crate::contract::markers::{FinalizedRecord, Marker, encode};
+        let paths = paths(settings, item);
+        let record = FinalizedRecord {
+            deploy_status: Verdict::Success,
+            hook_exit_code: "0".into(),
+            finalized_at: "2024-01-01T00:00:00Z".into(),
+            finalized_by: "test".into(),
+            pushed: Some(pushed),
+            push_error: (!pushed).then(|| "remote refused".into()),
+        };
+        paths
+            .write_marker(Marker::Finalized, &encode(&record))
+            .unwrap();
+        paths
+    }
+
+    /// A run a reset kept (`reset-<id>`), its result written or not, its
+    /// verdict recorded in the history or not.
+    fn kept_run(paths: &ItemPaths, result: bool, recorded: bool) {
+        use crate::contract::markers::TicketFile;
+        std::fs::write(paths.ticket_file(TicketFile::Reset, ID), "{}").unwrap();
+        if result {
+            std::fs::write(paths.ticket_file(TicketFile::Result, ID), "0\n").unwrap();
+        }
+        if recorded {
+            // Recorded: the history holds its late verdict.
+            let entry = crate::store::HistoryEntry {
+                time: "2024-01-01T00:00:00Z".into(),
+                actor: "test".into(),
+                event: crate::store::LATE_RESULT_EVENT.into(),
+                from: "idle".into(),
+                to: "idle".into(),
+                outcome: "recorded".into(),
+                reason: Some(format!("dispatch {ID} ran on after a reset of the item")),
+                effects: Vec::new(),
+            };
+            crate::store::append_history(
+                &paths.history_file,
+                &entry,
+                None,
+                crate::config::Durability::Unsynced,
+            )
+            .unwrap();
+        }
+    }
+
+    /// (live, settled, reconcile, push pending) as one look finds the item.
+    fn looked(settings: &Settings, item: &Item) -> (bool, bool, bool, bool) {
+        let l = look(settings, item).unwrap();
+        assert!(!l.due, "{l:?}");
+        (l.live, l.settled, l.reconcile, l.push_error.is_some())
+    }
+
+    /// What each kind of idle item costs the watch: a directory watched
+    /// while a result may still come, a look at every rescan while its
+    /// history lags or its push is pending, nothing otherwise.
+    #[test]
+    fn look_tells_which_items_are_watched_settled_or_to_reconcile() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+
+        let waiting = item("WAIT-1");
+        approve_requested(&s, &waiting);
+        assert_eq!(looked(&s, &waiting), (true, true, false, false));
+
+        let done = item("DONE-1");
+        finalized(&s, &done, true);
+        assert_eq!(looked(&s, &done), (false, true, false, false));
+
+        let unpushed = item("UNPUSHED-1");
+        finalized(&s, &unpushed, false);
+        assert_eq!(looked(&s, &unpushed), (false, false, false, true));
+
+        // A run a reset kept may still write its result: watched.
+        let running = item("KEPT-1");
+        kept_run(&finalized(&s, &running, true), false, false);
+        assert_eq!(looked(&s, &running), (true, true, false, false));
+
+        // Its result landed and is not in the history yet.
+        let landed = item("KEPT-2");
+        kept_run(&finalized(&s, &landed, true), true, false);
+        assert_eq!(looked(&s, &landed), (false, false, true, false));
+
+        // Recorded since: nothing left to do.
+        let recorded = item("KEPT-3");
+        kept_run(&finalized(&s, &recorded, true), true, true);
+        assert_eq!(looked(&s, &recorded), (false, true, false, false));
+
+        // An event's intent left behind (the engine was killed).
+        let interrupted = item("INTENT-1");
+        let p = approve_requested(&s, &interrupted);
+        let intent = store::intent_path(&p.history_file);
+        std::fs::create_dir_all(intent.parent().unwrap()).unwrap();
+        std::fs::write(intent, "{}").unwrap();
+        assert_eq!(looked(&s, &interrupted), (true, false, true, false));
+    }
+
+    /// A long-running watch forgets the items that are gone (reset,
+    /// removed): what it remembers stays bounded by what is listed.
+    #[test]
+    fn a_rescan_forgets_settled_items_that_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let items: Vec<Item> = ["A-1", "A-2", "A-3", "A-4"].map(item).into();
+        for it in &items {
+            let p = approve_requested(&s, it);
+            // Unchanged for long enough to be taken as settled.
+            let old = SystemTime::now() - Duration::from_secs(60);
+            std::fs::File::open(&p.state_dir)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        let mut schedule = Schedule::default();
+        let mut stats = Stats::default();
+        let pass = rescan_pass(&s, &mut stats, &mut schedule).unwrap();
+        assert_eq!(pass.live.len(), 4);
+        assert_eq!(schedule.settled.len(), 4);
+
+        for gone in &items[..2] {
+            std::fs::remove_dir_all(paths(&s, gone).state_dir).unwrap();
+        }
+        rescan_pass(&s, &mut stats, &mut schedule).unwrap();
+        let mut kept: Vec<&Item> = schedule.settled.keys().collect();
+        kept.sort();
+        assert_eq!(kept, [&items[2], &items[3]]);
+    }
+
+    fn set_mtime(dir: &Path, at: SystemTime) {
+        std::fs::File::open(dir).unwrap().set_modified(at).unwrap();
+    }
+
+    /// A settled item is passed by while its directory is unchanged, and
+    /// looked at again once it changes. A directory changed within the last
+    /// 2 s is never taken as settled: a change within the same timestamp
+    /// tick would leave its modification time as it was. `live` shows which
+    /// it was: an item finalized since is no longer live once looked at.
+    #[test]
+    fn a_settled_item_is_looked_at_again_when_its_directory_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let mut schedule = Schedule::default();
+        let mut stats = Stats::default();
+
+        let old = item("OLD-1");
+        let p = approve_requested(&s, &old);
+        set_mtime(&p.state_dir, SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(schedule.visit(&s, &old, &mut stats), (None, true));
+        assert!(schedule.settled.contains_key(&old));
+        finalized(&s, &old, true);
+        assert_eq!(schedule.visit(&s, &old, &mut stats), (None, false));
+
+        let fresh = item("FRESH-1");
+        let p = approve_requested(&s, &fresh);
+        let now = SystemTime::now();
+        set_mtime(&p.state_dir, now);
+        assert_eq!(schedule.visit(&s, &fresh, &mut stats), (None, true));
+        finalized(&s, &fresh, true);
+        set_mtime(&p.state_dir, now);
+        assert_eq!(schedule.visit(&s, &fresh, &mut stats), (None, false));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_longest_and_forgets_on_success() {
+        let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(12));
+        let it = item("B-1");
+        assert!(b.ready(&it, None));
+        assert_eq!(b.failed(&it, "down", None), (Duration::from_secs(5), true));
+        assert!(!b.ready(&it, None));
+        // The same error again is no news.
+        assert_eq!(
+            b.failed(&it, "down", None),
+            (Duration::from_secs(10), false)
+        );
+        assert_eq!(b.failed(&it, "gone", None), (Duration::from_secs(12), true));
+        assert!(!b.ready(&it, None));
+        // A change in its files ends the wait, as does a wake.
+        assert!(b.ready(&it, Some(SystemTime::UNIX_EPOCH)));
+        b.wake(&it);
+        assert!(b.ready(&it, None));
+        assert_eq!(b.succeeded(&it), Some(3));
+        assert!(b.ready(&it, None));
+        assert_eq!(b.succeeded(&it), None);
+        assert_eq!(b.failed(&it, "gone", None), (Duration::from_secs(5), true));
+    }
+
+    /// An item that cannot be read (its state directory is a file) is
+    /// looked at again when its files change, not at every visit within
+    /// its backoff; once readable, its failures are forgotten.
+    #[test]
+    fn a_failing_item_waits_for_its_backoff_or_a_change_of_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let it = item("BROKEN-1");
+        let p = paths(&s, &it);
+        std::fs::create_dir_all(p.state_dir.parent().unwrap()).unwrap();
+        std::fs::write(&p.state_dir, "not a directory").unwrap();
+        let mut schedule = Schedule::default();
+        let mut stats = Stats::default();
+        let failed = |h: Option<Handled>| matches!(h, Some(Handled::Failed { .. }));
+
+        assert!(failed(schedule.visit(&s, &it, &mut stats).0));
+        assert_eq!(schedule.visit(&s, &it, &mut stats).0, None);
+        assert_eq!(stats.errors, 1);
+        // Its files change (explicitly later: no clock tick to wait for).
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&p.state_dir)
+            .unwrap();
+        let was = file.metadata().unwrap().modified().unwrap();
+        file.set_modified(was + Duration::from_secs(1)).unwrap();
+        assert!(failed(schedule.visit(&s, &it, &mut stats).0));
+        assert_eq!(stats.errors, 2);
+
+        std::fs::remove_file(&p.state_dir).unwrap();
+        approve_requested(&s, &it);
+        assert_eq!(schedule.visit(&s, &it, &mut stats), (None, true));
+        assert!(schedule.polls.next.is_empty(), "{:?}", schedule.polls);
+        // Failing again is a new failure, from the first delay.
+        std::fs::remove_dir_all(&p.state_dir).unwrap();
+        std::fs::write(&p.state_dir, "not a directory").unwrap();
+        assert!(failed(schedule.visit(&s, &it, &mut stats).0));
+        let retry = &schedule.polls.next[&it];
+        assert_eq!((retry.attempts, retry.delay), (1, FIRST_POLL_RETRY));
+    }
 }

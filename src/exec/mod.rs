@@ -239,3 +239,87 @@ impl Perform for RecordingPerformer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    fn notes(performed: Result<Performed, ExecError>) -> Vec<String> {
+        match performed {
+            Ok(Performed::Notes(notes)) => notes,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The stamp says what it did: written, found already there (the file
+    /// left as it was, not rewritten), or nothing to stamp; and a log it
+    /// cannot read is named as missing or as unreadable, which differ in
+    /// what the operator does next.
+    #[test]
+    fn stamp_writes_once_and_says_what_it_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("14-deploy-log.md");
+        fs::write(&log, "---\ndeploy_status: SUCCESS\n---\nbody\n").unwrap();
+        assert_eq!(notes(stamp(&log, true)), ["merged_to_main: true stamped"]);
+        assert_eq!(
+            fs::read_to_string(&log).unwrap(),
+            "---\ndeploy_status: SUCCESS\nmerged_to_main: true\n---\nbody\n"
+        );
+        let written = fs::metadata(&log).unwrap().ino();
+        assert_eq!(
+            notes(stamp(&log, true)),
+            ["merged_to_main: true already stamped"]
+        );
+        assert_eq!(fs::metadata(&log).unwrap().ino(), written);
+
+        let plain = dir.path().join("plain.md");
+        fs::write(&plain, "no frontmatter\n").unwrap();
+        assert_eq!(
+            notes(stamp(&plain, false)),
+            [format!(
+                "{} has no frontmatter: left untouched",
+                plain.display()
+            )]
+        );
+
+        let missing = dir.path().join("missing.md");
+        let err = stamp(&missing, true).unwrap_err();
+        assert_eq!(
+            err.0,
+            format!(
+                "deploy log {} not found: nothing to stamp; pass --worktree if it lives elsewhere",
+                missing.display()
+            )
+        );
+        let err = stamp(dir.path(), true).unwrap_err();
+        assert!(
+            err.0
+                .starts_with(&format!("cannot read {}: ", dir.path().display())),
+            "{err}"
+        );
+    }
+
+    /// A component of the log's path that cannot be inspected (here: below
+    /// a regular file) stops the write with its name; only a component that
+    /// does not exist yet ends the check.
+    #[test]
+    fn a_log_path_that_cannot_be_inspected_is_refused_by_name() {
+        let wt = tempfile::tempdir().unwrap();
+        let wt = wt.path();
+        fs::write(wt.join("docs"), "a file where a directory belongs").unwrap();
+        let err =
+            no_symlink_below(wt, &wt.join("docs/work-items/W-1/14-deploy-log.md")).unwrap_err();
+        assert!(
+            err.0.starts_with(&format!(
+                "cannot inspect {}: ",
+                wt.join("docs/work-items").display()
+            )),
+            "{err}"
+        );
+        assert_eq!(
+            no_symlink_below(wt, &wt.join("new/work-items/W-1/14-deploy-log.md")),
+            Ok(())
+        );
+    }
+}

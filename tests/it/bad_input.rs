@@ -623,8 +623,35 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
         .unwrap()
         .replace(&dry_id, &real_id);
     assert_eq!(serde_json::to_string(&real_launch).unwrap(), shown);
-    let r = sb.poll_until_final(ITEM, &[]);
+    // What the launch came to is part of what the dry run says.
+    assert_eq!(
+        (&r["to"], &r["condition"]),
+        (&real["to"], &real["condition"]),
+        "the dry run {r}\nthe event {real}"
+    );
+
+    // So is what the push came to, in a dry run of the poll that finalizes.
+    sb.wait_for_result(ITEM);
+    let (dry_code, dry) = sb.event_json("poll", ITEM, &["--dry-run"]);
+    let (code, r) = sb.event_json("poll", ITEM, &[]);
     assert_eq!(r["to"], "finalized_success", "{r}");
+    assert_eq!(
+        (
+            dry_code,
+            &dry["outcome"],
+            &dry["to"],
+            &dry["condition"],
+            effect_kinds(&dry)
+        ),
+        (
+            code,
+            &r["outcome"],
+            &r["to"],
+            &r["condition"],
+            effect_kinds(&r)
+        ),
+        "the dry run {dry}\nthe poll {r}"
+    );
     assert_eq!(sb.hook_runs(), 1);
 }
 

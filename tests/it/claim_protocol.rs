@@ -912,20 +912,29 @@ fn unclaimed_ticket_is_revoked_by_poll_and_by_reset_and_never_runs() {
     assert_eq!((c, r["outcome"].as_str()), (0, Some("transitioned")), "{r}");
     let id = initiated_id(&sb, wi);
     assert_eq!(sb.status_json(wi)["dispatch"]["ticket"], "sent");
+    // Past the claim timeout, a dry run of the poll says what the poll will
+    // do (the revoke and what it leads to), and does none of it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let revoked = loop {
-        let (c, r) = sb.event_json("poll", wi, &[]);
+    let (dry_code, dry) = loop {
+        let (c, r) = sb.event_json("poll", wi, &["--dry-run"]);
         if r["outcome"] != "deferred" {
             break (c, r);
         }
         assert!(Instant::now() < deadline, "never revoked: {r}");
         thread::sleep(Duration::from_millis(50));
     };
-    let (c, r) = revoked;
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(sb.status_json(wi)["dispatch"]["ticket"], "sent");
+    let (c, r) = sb.event_json("poll", wi, &[]);
     assert_eq!(
         (c, r["outcome"].as_str(), r["to"].as_str()),
         (3, Some("dispatch_failed"), Some("approve_requested")),
         "{r}"
+    );
+    assert_eq!(
+        (dry_code, &dry["outcome"], &dry["to"], effect_kinds(&dry)),
+        (c, &r["outcome"], &r["to"], effect_kinds(&r)),
+        "the dry run {dry}\nthe poll {r}"
     );
     assert_eq!(
         effect_ids(&r, "revoke_ticket"),

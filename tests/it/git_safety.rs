@@ -963,6 +963,9 @@ fn pushed_true_means_the_remote_branch_holds_the_log() {
         (3, Some("worktree not on the branch")),
         "{r}"
     );
+    // The operator is told why: not a git failure, a HEAD on no branch.
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("(HEAD is detached)"), "{reason}");
     sb.assert_no_hook_run("both approvals were refused");
     git(&wt, &["checkout", "-q", BRANCH]);
     let (code, r) = sb.approve(ITEM);

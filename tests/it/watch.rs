@@ -724,6 +724,81 @@ fn inotify_watches(pid: u32) -> usize {
     count
 }
 
+/// The inodes of the directories the process's inotify watches are on.
+fn watched_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    let mut inodes = std::collections::BTreeSet::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        if fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify")) {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            // `inotify wd:1 ino:1a2b sdev:... mask:...`, the inode in hex.
+            for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+                let ino = line
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("ino:"))
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .unwrap_or_else(|| panic!("no inode in {line}"));
+                inodes.insert(ino);
+            }
+        }
+    }
+    inodes
+}
+
+fn inodes_of(dirs: &[&Path]) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    dirs.iter()
+        .map(|d| fs::symlink_metadata(d).unwrap().ino())
+        .collect()
+}
+
+/// Exactly REPOS_DIR, each repo's state directory and each item a result
+/// may still come to are watched: not the watch's own files, not a
+/// worktree, not what a symlink named like a repo points to; an item that
+/// reached its verdict is no longer watched once the next rescan sees it.
+#[test]
+fn watch_watches_exactly_the_state_directories_a_result_can_reach() {
+    let sb = Sandbox::new();
+    let hold = Hold::hook(&sb);
+    dispatch_held(&sb, "SET-1");
+    let state = sb.state_root();
+    fs::create_dir_all(state.join(".worktrees/orchestrator/SET-1/src")).unwrap();
+    let elsewhere = sb.root().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, state.join(".deploy-state-linked")).unwrap();
+    let repo_dir = state.join(".deploy-state-orchestrator");
+    let item_dir = sb.item_dir("SET-1");
+    assert!(state.join(".selfdeploy").is_dir());
+
+    let watch = Watch::start(&sb, "1");
+    let pid = watch.pid();
+    let live = inodes_of(&[&state, &repo_dir, &item_dir]);
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watched_inodes(pid) == live),
+        "watched {:?}, wanted {live:?}\n{}",
+        watched_inodes(pid),
+        watch.log()
+    );
+
+    hold.release();
+    wait_for(&sb, "SET-1", "finalized_success", Duration::from_secs(15));
+    let done = inodes_of(&[&state, &repo_dir]);
+    assert!(
+        support_wait_for(Duration::from_secs(10), || watched_inodes(pid) == done),
+        "watched {:?} after the verdict, wanted {done:?}\n{}",
+        watched_inodes(pid),
+        watch.log()
+    );
+    // And it stays so, rescan after rescan.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(watched_inodes(pid), done, "{}", watch.log());
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+}
+
 /// The default worktree of an item is `{repos_dir}/.worktrees/{repo}/
 /// {work_item}`: checkouts, build output and dependencies live under
 /// REPOS_DIR. The watch needs the state directories; watching every
@@ -796,9 +871,26 @@ fn watch_logs_a_missing_repos_dir_once_and_its_return() {
     thread::sleep(Duration::from_millis(2500));
     let (code, log) = watch.sigterm();
     assert_eq!(code, Some(0), "{log}");
-    let failed = log.lines().filter(|l| l.contains("rescan failed")).count();
-    assert!(failed >= 1, "{log}");
-    assert_eq!(failed, 1, "the same rescan failure at every rescan:\n{log}");
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rescan failed"))
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "the same rescan failure at every rescan:\n{log}"
+    );
+    // The line says what failed and why, the cause included.
+    let state = sb.state_root();
+    assert!(
+        failed[0].contains(&format!(
+            "rescan failed: cannot list {}: No such file or directory",
+            state.display()
+        )),
+        "{log}"
+    );
+    // Every failed rescan counts in the stop line, though logged once.
+    assert!(errors_of(&log) >= 1, "{log}");
     let after = log.split("rescan failed").last().unwrap();
     assert!(
         after.lines().skip(1).any(|l| l.contains("INFO watch: ")
@@ -811,32 +903,39 @@ fn watch_logs_a_missing_repos_dir_once_and_its_return() {
 /// The watch starts on an empty REPOS_DIR and never rescans: the first
 /// repo's directory, then the item's, appear under it and are watched as
 /// they appear, so the result of a deploy approved afterwards is finalized
-/// by its file event alone.
+/// by its file event alone. So is a later item's, whose directory appears
+/// in a repo's directory already watched.
 #[test]
 fn watch_follows_repos_and_items_that_appear_after_it_started() {
     let sb = Sandbox::new();
     assert_eq!(fs::read_dir(sb.state_root()).unwrap().count(), 0);
-    let hold = Hold::hook(&sb);
     let watch = Watch::start(&sb, "3600");
     // Its one scan, at the start, has run.
     thread::sleep(Duration::from_millis(300));
-    dispatch_held(&sb, "NEW-1");
-    hold.release();
     let finalized = |e: &serde_json::Value| e["to"] == "finalized_success" && e["actor"] == "watch";
-    assert!(
-        support_wait_for(Duration::from_secs(15), || history(&sb, "NEW-1")
-            .iter()
-            .any(finalized)),
-        "not finalized by the watch: {}; {}",
-        state(&sb, "NEW-1"),
-        watch.log()
-    );
+    for item in ["NEW-1", "NEW-2"] {
+        let hold = Hold::hook(&sb);
+        dispatch_held(&sb, item);
+        hold.release();
+        assert!(
+            support_wait_for(Duration::from_secs(15), || history(&sb, item)
+                .iter()
+                .any(finalized)),
+            "{item} not finalized by the watch: {}; {}",
+            state(&sb, item),
+            watch.log()
+        );
+    }
     let (code, log) = watch.sigterm();
     assert_eq!(code, Some(0), "{log}");
-    assert!(
-        log.contains("watch: orchestrator/NEW-1 finalized: finalized_success"),
-        "{log}"
-    );
+    for item in ["NEW-1", "NEW-2"] {
+        assert!(
+            log.contains(&format!(
+                "watch: orchestrator/{item} finalized: finalized_success"
+            )),
+            "{log}"
+        );
+    }
 }
 
 /// A host that never runs the wrapper (it lost the command, or died before
@@ -943,6 +1042,49 @@ fn watch_alone_revokes_a_dispatch_unclaimed_past_the_claim_timeout() {
         "{log}"
     );
     assert_eq!(sb.hook_runs(), 0);
+}
+
+/// The host claims the dispatch just as its claim timeout passes: the
+/// watch saw it overdue and went for the item's lock, which a stage engine
+/// held meanwhile. Under the lock the poll finds the ticket claimed: the
+/// run goes on, nothing is revoked, and the watch says it polled.
+#[test]
+fn watch_leaves_running_a_dispatch_claimed_while_it_waited_for_the_lock() {
+    let mut sb = Sandbox::new();
+    wrapper_never_runs(&mut sb);
+    sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
+    let item = "CLAIMED-LATE-1";
+    let id = dispatch_unclaimed(&sb, item);
+    let paths = ItemPaths::new(
+        &sb.state_root(),
+        &RepoName::new("orchestrator").unwrap(),
+        &WorkItem::new(item).unwrap(),
+    );
+    let lock = ItemLock::acquire(&paths.lock_file, Duration::from_secs(10)).unwrap();
+    let watch = Watch::start(&sb, "1");
+    let pid = watch.pid();
+    assert!(
+        support_wait_for(Duration::from_secs(10), || has_open(pid, &paths.lock_file)),
+        "the watch never went for the overdue dispatch: {}",
+        watch.log()
+    );
+    let dir = sb.item_dir(item);
+    fs::rename(
+        dir.join(format!("dispatch-{id}")),
+        dir.join(format!("claimed-{id}")),
+    )
+    .unwrap();
+    drop(lock);
+    watch_recorded(&sb, &watch, item, "initiated", Duration::from_secs(10));
+    let (code, log) = watch.sigterm();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(state(&sb, item), "initiated");
+    assert_eq!(sb.protocol_files(item), [format!("claimed-{id}")]);
+    assert!(
+        log.contains("watch: stopped (finalized 0, revoked 0, errors 0)"),
+        "{log}"
+    );
+    assert!(!log.contains("dispatch revoked"), "{log}");
 }
 
 /// The engine stopped mid-dispatch and nothing will ever come for the
