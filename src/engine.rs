@@ -471,43 +471,37 @@ fn recovered_entry(
     now: SystemTime,
 ) -> HistoryEntry {
     let at = humantime::format_rfc3339_seconds(now);
+    // A record that cannot be trusted is still a fact: something acted, or
+    // meant to; what it says is shown, never taken as an event.
+    let untrusted = |reason: String| HistoryEntry {
+        time: at.to_string(),
+        actor: actor.to_owned(),
+        event: "unknown".into(),
+        from: "unknown".into(),
+        to: snapshot.state.to_string(),
+        outcome: "interrupted".into(),
+        reason: Some(reason),
+        effects: Vec::new(),
+    };
     let intent = match intent {
         // Whoever can write the directory without the key cannot have an
         // event of their making signed into the chain.
         Ok(intent) if !intent.authentic(keys, item) => {
-            return HistoryEntry {
-                time: at.to_string(),
-                actor: actor.to_owned(),
-                event: "unknown".into(),
-                from: "unknown".into(),
-                to: snapshot.state.to_string(),
-                outcome: "interrupted".into(),
-                reason: Some(format!(
-                    "a record in place of an event's intent is not sealed by HISTORY_HMAC_KEY for this item (forged, copied from another item, or written without the key): not trusted; it claimed {} by {} ({} -> {}); the item is now {}",
-                    intent.entry.event,
-                    intent.entry.actor,
-                    intent.entry.from,
-                    intent.entry.to,
-                    snapshot.state
-                )),
-                effects: Vec::new(),
-            };
+            return untrusted(format!(
+                "a record in place of an event's intent is not sealed by HISTORY_HMAC_KEY for this item (forged, copied from another item, or written without the key): not trusted; it claimed {} by {} ({} -> {}); the item is now {}",
+                intent.entry.event,
+                intent.entry.actor,
+                intent.entry.from,
+                intent.entry.to,
+                snapshot.state
+            ));
         }
         Ok(intent) => intent,
         Err(shown) => {
-            return HistoryEntry {
-                time: at.to_string(),
-                actor: actor.to_owned(),
-                event: "unknown".into(),
-                from: "unknown".into(),
-                to: snapshot.state.to_string(),
-                outcome: "interrupted".into(),
-                reason: Some(format!(
-                    "an event's record before it acted was found damaged ({shown}); the item is now {}",
-                    snapshot.state
-                )),
-                effects: Vec::new(),
-            };
+            return untrusted(format!(
+                "an event's record before it acted was found damaged ({shown}); the item is now {}",
+                snapshot.state
+            ));
         }
     };
     let mut entry = intent.entry;
