@@ -120,11 +120,7 @@ pub fn handle(
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item)
         .with_durability(settings.durability);
     if dry_run {
-        let snapshot = Snapshot::load(&paths)?;
-        if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
-            return Err(EngineError::ResultUnreadable(why));
-        }
-        let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+        let (snapshot, probed) = load_and_probe(settings, req, &paths, probe)?;
         let result = run(
             settings,
             req,
@@ -139,11 +135,7 @@ pub fn handle(
     }
     let _lock = acting(settings, &paths)?;
     let recovered = reconcile_locked(settings, &paths, &req.actor, probe.now())?;
-    let snapshot = Snapshot::load(&paths)?;
-    if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
-        return Err(EngineError::ResultUnreadable(why));
-    }
-    let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+    let (snapshot, probed) = load_and_probe(settings, req, &paths, probe)?;
     // Before the first effect: a signal stops the event here, with nothing
     // done; past it, the intent makes the event's entry durable.
     let mut before_acting = |intent: Intent| {
@@ -275,6 +267,22 @@ pub fn handle(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The item as it is on disk and the facts its event needs; a poll whose
+/// result cannot be read stops here.
+fn load_and_probe(
+    settings: &Settings,
+    req: &Request,
+    paths: &ItemPaths,
+    probe: &mut dyn Probe,
+) -> Result<(Snapshot, Probed), EngineError> {
+    let snapshot = Snapshot::load(paths)?;
+    if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
+        return Err(EngineError::ResultUnreadable(why));
+    }
+    let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+    Ok((snapshot, probed))
 }
 
 fn trace(req: &Request, result: &Result<Report, EngineError>, dry_run: bool) {

@@ -301,9 +301,7 @@ fn a_fifo_in_place_of_the_intent_is_named_and_shown() {
     let item = "ATK-FIFO";
     sb.request_approve(item);
     let intent = pending(&sb, item);
-    let c_path = std::ffi::CString::new(path_str(&intent)).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    mkfifo(&intent);
 
     let out = sb.event("request-approve", item, &[]);
     let stderr = text(&out.stderr);

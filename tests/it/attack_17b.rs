@@ -21,12 +21,6 @@ fn verify(sb: &Sandbox, item: &str) -> std::process::Output {
     sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"])
 }
 
-fn mkfifo(path: &Path) {
-    let c_path = std::ffi::CString::new(path_str(path)).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
-}
-
 /// Contract 11: with HISTORY_HMAC_KEY the history is tamper-evident, and a
 /// record planted by whoever can write beside it is never signed into the
 /// chain as an event (the fix seals the intent for that). The seal covers

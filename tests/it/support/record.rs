@@ -126,3 +126,10 @@ impl Drop for Tmpfs {
 pub fn count(h: &[Value], event: &str) -> usize {
     h.iter().filter(|e| e["event"] == event).count()
 }
+
+/// A FIFO at `path`, where a regular file is expected.
+pub fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path_str(path)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+}
