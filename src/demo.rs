@@ -100,6 +100,10 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName,
             source,
         })?;
     }
+    // The sandbox's state directory is what `selfdeploy init` would make it.
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    crate::store::identity::init(&state, "demo", &now)
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
     let port = free_port()?;
     let docker = StandInDocker::install(&root.join("host"), python, port)?;
     fs::write(host_repo.join("scripts/deploy-hook.sh"), DEPLOY_HOOK)?;

@@ -164,10 +164,43 @@ pub fn run(
             ),
         }
     }) != Status::Fail;
+    // An unmounted share is an empty directory that exists: without its
+    // identity, nothing is written there (it would land on the wrong disk).
+    let identified = r.check("REPOS_DIR identity", || {
+        if let Err(e) = crate::engine::check_repos_dir_exists(settings) {
+            return fail(
+                e.to_string(),
+                "mount the shared directory at REPOS_DIR (or fix REPOS_DIR); if it is new, run `selfdeploy init` once",
+            );
+        }
+        match crate::store::identity::read(&settings.repos_dir) {
+            Ok(identity) => pass(format!(
+                "{} has identity {} (made {} by {})",
+                settings.repos_dir.display(),
+                identity.id,
+                identity.created_at,
+                identity.created_by
+            )),
+            Err(e @ crate::store::identity::IdentityError::Missing { .. }) => fail(
+                e.to_string(),
+                "mount the shared directory at REPOS_DIR; if it is mounted and new, run `selfdeploy init` once",
+            ),
+            Err(e) => fail(
+                e.to_string(),
+                "restore the identity file, or move it away and run `selfdeploy init`",
+            ),
+        }
+    }) == Status::Pass;
     let writable = r.check("REPOS_DIR writable", || {
         if !owned {
             return Outcome::Skip(
                 "needs the owner of REPOS_DIR: nothing is written as another user".into(),
+            );
+        }
+        if !identified {
+            return Outcome::Skip(
+                "needs REPOS_DIR's identity: nothing is written where the share may not be mounted"
+                    .into(),
             );
         }
         let written = if settings.repos_dir.is_dir() {

@@ -90,6 +90,8 @@ pub enum EngineError {
     Unsigned(String),
     #[error(transparent)]
     NotOwner(store::owner::NotOwner),
+    #[error(transparent)]
+    Identity(#[from] store::identity::IdentityError),
     #[error(
         "cannot read {path}, an event's record kept for the history: {error}; move it away (the history then lacks that event), then retry; nothing done"
     )]
@@ -567,8 +569,17 @@ fn preflight(settings: &Settings) -> Result<(), EngineError> {
 }
 
 /// An unmounted shared directory must not be papered over by creating it, nor
-/// read as "nothing in flight": the host would never see the state.
+/// read as "nothing in flight": the host would never see the state. So
+/// REPOS_DIR must be a directory that holds the identity `selfdeploy init`
+/// wrote.
 pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
+    check_repos_dir_exists(settings)?;
+    store::identity::read(&settings.repos_dir)?;
+    Ok(())
+}
+
+/// REPOS_DIR is a directory (what `init` needs before it writes there).
+pub fn check_repos_dir_exists(settings: &Settings) -> Result<(), EngineError> {
     let dir = &settings.repos_dir;
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => Ok(()),

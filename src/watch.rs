@@ -31,6 +31,8 @@ pub enum WatchError {
     },
     #[error("REPOS_DIR {0} is not a directory; create it or fix the setting")]
     NotADirectory(String),
+    #[error(transparent)]
+    Identity(#[from] store::identity::IdentityError),
     #[error("cannot start the file watcher")]
     Watcher(#[source] notify::Error),
     #[error("cannot watch {path}")]
@@ -548,6 +550,9 @@ fn rescan_pass(
         path: settings.repos_dir.display().to_string(),
         source,
     })?;
+    // A share unmounted under a running watch shows an empty directory:
+    // that is an error, not "nothing in flight".
+    store::identity::read(&settings.repos_dir)?;
     // An event stopped after it removed its item (a reset killed before its
     // entry) left an intent and no state directory: it is listed here.
     let own = settings.repos_dir.join(".selfdeploy");
@@ -888,6 +893,7 @@ mod tests {
 
     fn settings(repos_dir: &Path) -> Settings {
         let dir = repos_dir.to_str().unwrap();
+        store::identity::init(repos_dir, "test", "2026-12-05T00:00:00Z").unwrap();
         Settings::with_overrides(&[("REPOS_DIR", dir), ("HOST_REPOS_DIR", dir)]).unwrap()
     }
 

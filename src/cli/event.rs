@@ -185,7 +185,7 @@ pub fn print_report(report: &engine::Report) {
 
 /// The person behind the command: the user who ran `sudo`, else the user,
 /// else `selfdeploy`.
-fn default_actor() -> String {
+pub(super) fn default_actor() -> String {
     ["SUDO_USER", "USER"]
         .iter()
         .filter_map(|name| std::env::var(name).ok())

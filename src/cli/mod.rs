@@ -30,7 +30,10 @@ impl Cli {
     /// Whether the command acts (its exit code tells what it did, printed or
     /// not); a read command whose output is lost has failed.
     pub fn acts(&self) -> bool {
-        matches!(self.command, Command::Event(_) | Command::Watch(_))
+        matches!(
+            self.command,
+            Command::Event(_) | Command::Watch(_) | Command::Init(_)
+        )
     }
 }
 
@@ -51,6 +54,7 @@ mod event;
 mod explain;
 mod gen_secrets;
 mod history;
+mod init;
 mod machine;
 mod man;
 mod replay;
@@ -112,6 +116,8 @@ enum Command {
     GenSecrets(gen_secrets::Args),
     /// Check that this installation can deploy: settings, tools, the shared mount, the hook.
     Doctor(doctor::Args),
+    /// Give REPOS_DIR the identity every command requires (once, after mounting it).
+    Init(init::Args),
     /// Run a whole deploy in a throwaway sandbox on this machine.
     Demo(demo::Args),
     /// Print the machine's transition table (or diagram).
@@ -177,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(args) => config::run(cli.env_file.as_deref(), args),
         Command::GenSecrets(args) => gen_secrets::run(args),
         Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),
+        Command::Init(args) => init::run(&settings()?, args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),

@@ -263,6 +263,8 @@ impl Replayer {
             humantime::parse_rfc3339(&f.clock).map_err(|e| format!("clock {:?}: {e}", f.clock))?;
         let paths = ItemPaths::new(&root, &repo, &work_item);
         fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        crate::store::identity::init_with(&root, "replay", &f.clock, settings.durability)
+            .map_err(|e| e.to_string())?;
         if !f.files.is_empty() {
             fs::create_dir_all(&paths.state_dir).map_err(|e| e.to_string())?;
         }

@@ -10,6 +10,7 @@
 //! removes that directory whole.
 
 mod history;
+pub mod identity;
 mod intent;
 mod lock;
 pub mod owner;

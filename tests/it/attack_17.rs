@@ -21,7 +21,10 @@ const KEY: &str = "attack-17-history-key-0123456789abcdef0123456789";
 /// it, so that every helper finds the state where it was).
 fn on_tmpfs(sb: &Sandbox) -> (Tmpfs, PathBuf) {
     let state = sb.state_root();
-    (Tmpfs::mount(&state, "256k"), state)
+    let mount = Tmpfs::mount(&state, "256k");
+    // The mount hides the sandbox's identity: this is the share now.
+    sb.init_repos_dir();
+    (mount, state)
 }
 
 /// Contract 6.6: "Never two hooks at once: ... a new dispatch for the item

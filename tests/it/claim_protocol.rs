@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -50,35 +50,6 @@ exit "$(cat hook-exit 2>/dev/null || echo 0)"
 
 fn install_id_hook(sb: &Sandbox) {
     fs::write(sb.host_repo().join("hook.sh"), ID_HOOK).unwrap();
-}
-
-/// Runs a command with stdin null; kills it and fails the test if it has not
-/// finished within `limit` (a state file waited on would hang it).
-fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    let shown = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => {
-            waiter.join().unwrap();
-            out.expect("wait for the child")
-        }
-        Err(_) => {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            let _ = rx.recv_timeout(Duration::from_secs(5));
-            panic!("{shown} did not finish within {limit:?} and was killed");
-        }
-    }
 }
 
 /// Whether `text` names `setting` as a whole word (`REPOS_DIR` is not named

@@ -29,11 +29,12 @@ fn doctor_with(sb: &Sandbox, args: &[&str]) -> (i32, String) {
 }
 
 /// Every check, in the order they run.
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "configuration",
     "transport program",
     "git",
     "REPOS_DIR owner",
+    "REPOS_DIR identity",
     "REPOS_DIR writable",
     "host reachable",
     "shared mount",
@@ -95,9 +96,9 @@ fn statuses(text: &str) -> Vec<&str> {
 
 fn assert_all_pass(code: i32, text: &str) {
     assert_eq!(code, 0, "{text}");
-    assert_eq!(statuses(text), ["PASS"; 9], "{text}");
+    assert_eq!(statuses(text), ["PASS"; 10], "{text}");
     assert!(!text.contains("fix: "), "{text}");
-    assert!(text.ends_with("9 passed, 0 failed, 0 skipped\n"), "{text}");
+    assert!(text.ends_with("10 passed, 0 failed, 0 skipped\n"), "{text}");
 }
 
 fn no_probe_left(sb: &Sandbox) {
@@ -132,7 +133,7 @@ fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "FAIL", "FAIL"
+            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "FAIL", "FAIL",
         ],
         "{text}"
     );
@@ -150,7 +151,7 @@ fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
         text.contains("fix: fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook"),
         "{text}"
     );
-    assert!(text.ends_with("6 passed, 3 failed, 0 skipped\n"), "{text}");
+    assert!(text.ends_with("7 passed, 3 failed, 0 skipped\n"), "{text}");
     no_probe_left(&sb);
 }
 
@@ -190,7 +191,7 @@ fn ssh_install_with_a_bad_config_fails() {
     let (status, detail) = line_of(&text, "hook on host");
     assert_eq!(status, "FAIL", "{text}");
     assert!(detail.starts_with("hook.sh not found in "), "{text}");
-    assert!(text.ends_with("7 passed, 2 failed, 0 skipped\n"), "{text}");
+    assert!(text.ends_with("8 passed, 2 failed, 0 skipped\n"), "{text}");
 }
 
 /// A sandbox over ssh to [`SSH_HOST`] whose `ssh` is refused at once (a
@@ -223,7 +224,7 @@ fn ssh_refused_is_one_failure_naming_the_host_and_the_rest_skipped() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "SKIP", "SKIP", "SKIP"
+            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "SKIP", "SKIP", "SKIP",
         ],
         "{text}"
     );
@@ -250,7 +251,7 @@ fn ssh_refused_is_one_failure_naming_the_host_and_the_rest_skipped() {
             "{text}"
         );
     }
-    assert!(text.ends_with("5 passed, 1 failed, 3 skipped\n"), "{text}");
+    assert!(text.ends_with("6 passed, 1 failed, 3 skipped\n"), "{text}");
     assert!(
         took < WELL_WITHIN,
         "took {took:?} with a {SSH_TIMEOUT_SECS} s ssh timeout: {text}"
@@ -277,7 +278,7 @@ fn json_lines_one_object_per_check() {
     assert_eq!(
         statuses,
         [
-            "pass", "pass", "pass", "pass", "pass", "fail", "skip", "skip", "skip"
+            "pass", "pass", "pass", "pass", "pass", "pass", "fail", "skip", "skip", "skip",
         ],
         "{text}"
     );
@@ -306,7 +307,7 @@ fn json_lines_one_object_per_check() {
         }
     }
     assert!(
-        lines[5]["detail"]
+        lines[6]["detail"]
             .as_str()
             .unwrap()
             .ends_with("Connection refused"),
@@ -338,7 +339,7 @@ fn without_the_transport_program_what_needs_it_is_skipped() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "FAIL", "PASS", "PASS", "PASS", "SKIP", "SKIP", "SKIP", "SKIP"
+            "PASS", "FAIL", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "SKIP", "SKIP",
         ],
         "{text}"
     );
@@ -357,7 +358,7 @@ fn without_the_transport_program_what_needs_it_is_skipped() {
             "{text}"
         );
     }
-    assert!(text.ends_with("4 passed, 1 failed, 4 skipped\n"), "{text}");
+    assert!(text.ends_with("5 passed, 1 failed, 4 skipped\n"), "{text}");
 }
 
 /// Each check is printed when it ends, not when every check has: while the
@@ -399,7 +400,7 @@ fn each_check_is_printed_as_it_ends() {
 
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut seen = Vec::new();
-    for check in &CHECKS[..5] {
+    for check in &CHECKS[..6] {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert!(line.starts_with(&format!("PASS {check} (")), "{line:?}");
@@ -416,7 +417,7 @@ fn each_check_is_printed_as_it_ends() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{rest}");
     assert!(rest.starts_with("FAIL host reachable ("), "{rest}");
-    assert!(rest.ends_with("5 passed, 1 failed, 3 skipped\n"), "{rest}");
+    assert!(rest.ends_with("6 passed, 1 failed, 3 skipped\n"), "{rest}");
     releaser.join().unwrap();
 }
 
@@ -446,7 +447,8 @@ fn an_unmounted_repos_dir_skips_the_host_write_check_instead_of_blaming_permissi
             .unwrap()
             .to_owned()
     };
-    assert_eq!(status("REPOS_DIR writable"), "fail", "{text}");
+    assert_eq!(status("REPOS_DIR identity"), "fail", "{text}");
+    assert_eq!(status("REPOS_DIR writable"), "skip", "{text}");
     assert_eq!(status("shared mount"), "skip", "{text}");
     assert_eq!(
         status("host writes state"),

@@ -32,6 +32,7 @@ mod no_host_literals;
 mod purity;
 mod record_survives;
 mod replay_corpus;
+mod repos_dir_identity;
 mod result_deadline;
 mod secret_scan;
 mod sshd_smoke;

@@ -185,6 +185,7 @@ fn a_full_disk_never_acts_unrecorded() {
     fs::create_dir(&state).unwrap();
     sb.set("REPOS_DIR", state.clone().into_os_string());
     sb.set("HOST_REPOS_DIR", state.clone().into_os_string());
+    sb.init_repos_dir();
 
     // Full before request-approve: refused with nothing written.
     let filler = mount.fill();

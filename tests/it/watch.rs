@@ -908,7 +908,11 @@ fn watch_logs_a_missing_repos_dir_once_and_its_return() {
 #[test]
 fn watch_follows_repos_and_items_that_appear_after_it_started() {
     let sb = Sandbox::new();
-    assert_eq!(fs::read_dir(sb.state_root()).unwrap().count(), 0);
+    let names: Vec<_> = fs::read_dir(sb.state_root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, [".selfdeploy"], "only the identity is there");
     let watch = Watch::start(&sb, "3600");
     // Its one scan, at the start, has run.
     thread::sleep(Duration::from_millis(300));

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -59,7 +60,19 @@ impl Sandbox {
         sb.set("AGENT_HOME_DIR", s(root.join("home")));
         sb.set("GIT_EMAIL_DOMAIN", "example.test".into());
         sb.init_git();
+        sb.init_repos_dir();
         sb
+    }
+
+    /// `selfdeploy init`: gives the sandbox's REPOS_DIR (wherever `REPOS_DIR`
+    /// now points) the identity every state command requires.
+    pub fn init_repos_dir(&self) {
+        let out = self.run(&["init", "-q"]);
+        assert!(
+            out.status.success(),
+            "selfdeploy init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn set(&mut self, key: &str, value: OsString) {
@@ -307,8 +320,11 @@ fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
         if path.is_dir() {
             out.insert(path.clone(), Vec::new());
             walk(&path, out);
-        } else {
+        } else if path.is_file() {
             out.insert(path.clone(), fs::read(&path).unwrap_or_default());
+        } else {
+            // A FIFO or a socket: opening it could hang.
+            out.insert(path.clone(), Vec::new());
         }
     }
 }
@@ -603,5 +619,34 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Runs a command with stdin null; kills it and fails the test if it has not
+/// finished within `limit` (a state file waited on would hang it).
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => {
+            waiter.join().unwrap();
+            out.expect("wait for the child")
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            panic!("{shown} did not finish within {limit:?} and was killed");
+        }
     }
 }
