@@ -33,6 +33,7 @@ mod purity;
 mod record_survives;
 mod replay_corpus;
 mod result_deadline;
+mod result_write;
 mod secret_scan;
 mod sshd_smoke;
 mod status;
