@@ -6,7 +6,8 @@
 #       TARGET_IMAGE=... COMPOSE_PROFILE=... PREV_IMAGE_FILE=... \
 #       [EXPECTED_REVISION=...] bash scripts/deploy-hook.sh --deploy
 #
-# and records its exit code in result-<id>, its output in hook.log.
+# and records its exit code in result-<id> (written to result-<id>.part, then
+# renamed), its output in hook.log.
 #
 #   1. provenance: with EXPECTED_REVISION set, SOURCE_IMAGE's label
 #      org.opencontainers.image.revision must equal it (else exit 1, nothing

@@ -53,6 +53,24 @@ pub struct Stats {
     pub finalized: usize,
     pub revoked: usize,
     pub errors: usize,
+    /// Items found with a problem no poll resolves (a result the host could
+    /// not write), counted at each look.
+    pub problems: usize,
+}
+
+impl std::fmt::Display for Stats {
+    /// `finalized F, revoked R, errors E`, and `, problems P` when there are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "finalized {}, revoked {}, errors {}",
+            self.finalized, self.revoked, self.errors
+        )?;
+        if self.problems > 0 {
+            write!(f, ", problems {}", self.problems)?;
+        }
+        Ok(())
+    }
 }
 
 type Item = (RepoName, WorkItem);
@@ -75,6 +93,9 @@ pub enum Handled {
     Recorded { item: String, what: String },
     /// The poll failed; it is retried later.
     Failed { item: String, error: String },
+    /// Something only an operator can resolve: the hook ended but its
+    /// result could not be written (no poll ever finds it).
+    Problem { item: String, problem: String },
 }
 
 impl std::fmt::Display for Handled {
@@ -85,6 +106,7 @@ impl std::fmt::Display for Handled {
             Handled::Polled { item, to, outcome } => write!(f, "{item}: polled, {outcome}, {to}"),
             Handled::Recorded { item, what } => write!(f, "{item}: {what}"),
             Handled::Failed { item, error } => write!(f, "{item}: poll failed: {error}"),
+            Handled::Problem { item, problem } => write!(f, "{item}: PROBLEM: {problem}"),
         }
     }
 }
@@ -132,11 +154,25 @@ struct Look {
     /// The history lags: an event's intent was left behind (killed, or the
     /// disk was full), or a run a reset kept has a result not yet recorded.
     reconcile: bool,
+    /// A result the host wrapper could not write (past the grace): the
+    /// problem, as `status` words it.
+    problem: Option<String>,
 }
 
 fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
     let paths = ItemPaths::new(&settings.repos_dir, &item.0, &item.1);
     let snap = Snapshot::load(&paths).map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now();
+    // The hook ended and its result is not on disk: said until it is fixed.
+    // One still within the grace is looked at again (never settled).
+    let problems: Vec<String> = snap
+        .unwritten_results
+        .iter()
+        .filter(|u| u.settled(now))
+        .map(|u| format!("dispatch {}: {}", u.id, u.problem()))
+        .collect();
+    let problem = (!problems.is_empty()).then(|| problems.join("; "));
+    let unwritten = !snap.unwritten_results.is_empty();
     let reconcile = store::intent_pending(&paths.history_file)
         || snap
             .kept_runs
@@ -167,12 +203,12 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
                         snap.state,
                         StateName::FinalizedSuccess | StateName::FinalizedFailed
                     ),
-            settled: push_error.is_none() && snap.unreadable.is_empty() && !reconcile,
+            settled: push_error.is_none() && snap.unreadable.is_empty() && !reconcile && !unwritten,
             push_error,
             reconcile,
+            problem,
         });
     }
-    let now = std::time::SystemTime::now();
     let at = snap.initiated_record().map(|r| r.dispatch_time());
     let has_result = snap.result.is_some();
     let due = has_result
@@ -188,6 +224,7 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
         push_error: None,
         settled: false,
         reconcile,
+        problem,
     })
 }
 
@@ -349,6 +386,9 @@ pub struct Schedule {
     /// The directory's modification time when settled, and whether the item
     /// is live (waiting for approval: its directory stays watched).
     settled: HashMap<Item, (SystemTime, bool)>,
+    /// The problem last logged for each item: logged again only when it
+    /// changes.
+    problems: HashMap<Item, String>,
 }
 
 /// A directory changed less than this long before a look may change again
@@ -365,6 +405,7 @@ impl Default for Schedule {
             polls: Backoff::new(FIRST_POLL_RETRY, LONGEST_RETRY),
             pushes: Backoff::new(FIRST_PUSH_RETRY, LONGEST_RETRY),
             settled: HashMap::new(),
+            problems: HashMap::new(),
         }
     }
 }
@@ -398,6 +439,8 @@ impl Schedule {
             Handled::Recorded { what, .. } => {
                 tracing::info!("watch: {name}: {what}");
             }
+            // A poll never answers with a problem; `visit` reports those.
+            Handled::Problem { .. } => {}
             Handled::Failed { error, .. } => {
                 self.poll_failed(settings, item, error, stats);
                 return handled;
@@ -454,9 +497,36 @@ impl Schedule {
         }
     }
 
+    /// Reports the item's problem, if it has one: logged when it is new or
+    /// changed, counted at every look.
+    fn problem(
+        &mut self,
+        item: &Item,
+        problem: Option<&str>,
+        stats: &mut Stats,
+    ) -> Option<Handled> {
+        let name = shown(item);
+        let Some(problem) = problem else {
+            if self.problems.remove(item).is_some() {
+                tracing::info!("watch: {name}: its problem is gone");
+            }
+            return None;
+        };
+        stats.problems += 1;
+        if self.problems.get(item).map(String::as_str) != Some(problem) {
+            tracing::warn!("watch: {name}: PROBLEM: {problem}");
+            self.problems.insert(item.clone(), problem.to_owned());
+        }
+        Some(Handled::Problem {
+            item: name,
+            problem: problem.to_owned(),
+        })
+    }
+
     /// Looks at the item and polls it if it is due and not waiting after a
-    /// failure, or retries its push when that is due. Also says whether the
-    /// item may still receive a result (as it was before the poll).
+    /// failure, or retries its push when that is due; reports a problem no
+    /// poll resolves. Also says whether the item may still receive a result
+    /// (as it was before the poll).
     fn visit(
         &mut self,
         settings: &Settings,
@@ -471,6 +541,10 @@ impl Schedule {
         }
         self.settled.remove(item);
         let look = look(settings, item);
+        let problem = match &look {
+            Ok(l) => self.problem(item, l.problem.as_deref(), stats),
+            Err(_) => None,
+        };
         let live = look.as_ref().is_ok_and(|l| l.live);
         if let (Ok(l), Some(changed)) = (&look, files)
             && l.settled
@@ -512,7 +586,8 @@ impl Schedule {
             }
             Err(_) => None,
         };
-        (handled, live)
+        // What a poll did says more; the problem was logged all the same.
+        (handled.or(problem), live)
     }
 
     /// A result of the item was written: whatever it waited for may be
@@ -825,12 +900,7 @@ pub async fn run(
         }
     }
     drop(watched);
-    tracing::info!(
-        "watch: stopped (finalized {}, revoked {}, errors {})",
-        stats.finalized,
-        stats.revoked,
-        stats.errors
-    );
+    tracing::info!("watch: stopped ({stats})");
     Ok(stats)
 }
 

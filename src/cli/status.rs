@@ -19,7 +19,7 @@ use selfdeploy::contract::markers::{Marker, TicketFile};
 use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::machine::{EventName, Outcome, StateName};
 use selfdeploy::store::{
-    self, DispatchState, HistoryEntry, ItemPaths, Snapshot, Ticket, Unreadable,
+    self, DispatchState, HistoryEntry, ItemPaths, Snapshot, Ticket, Unreadable, UnwrittenResult,
 };
 
 use super::{EXIT_ERROR, EXIT_OK, EXIT_USAGE, item_names, print_json};
@@ -270,7 +270,7 @@ fn row(
             recorded: k.recorded,
         })
         .collect();
-    let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result);
+    let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result, now);
     let mut intent_note = None;
     match intent {
         Some(Err(problem)) => problems.insert(0, problem),
@@ -315,12 +315,27 @@ fn problems(
     last: Option<&LastEvent>,
     push_error: &Option<String>,
     late_result: &Option<String>,
+    now: SystemTime,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(why) = snap.poll_blocker() {
         problems.push(format!("poll blocked: {why}; reset --force clears it"));
     } else if let Some(u) = snap.unreadable.first() {
         problems.push(format!("{} is unreadable: {}", u.file, u.why));
+    }
+    // The hook ended, but the host could not write what it came to (a full
+    // disk): no poll will ever find it, only the result deadline ends it.
+    let current = snap.initiated_record().map(|r| r.dispatch_id.as_str());
+    for unwritten in unwritten(snap, now) {
+        if Some(unwritten.id.as_str()) == current {
+            problems.push(unwritten.problem());
+        } else {
+            problems.push(format!(
+                "dispatch {} was reset while the host ran it: {}",
+                unwritten.id,
+                unwritten.problem()
+            ));
+        }
     }
     // A result waits, but the poll cannot write the deploy log.
     let missing_worktree = match (snap.state, &snap.result, snap.initiated_record()) {
@@ -376,13 +391,26 @@ fn problems(
         ));
     }
     // A hook a reset did not stop: it may still change production.
-    for run in snap.kept_runs.iter().filter(|k| k.result.is_none()) {
+    let ended = |id: &str| unwritten(snap, now).any(|u| u.id == id);
+    for run in snap
+        .kept_runs
+        .iter()
+        .filter(|k| k.result.is_none() && !ended(&k.id))
+    {
         problems.push(format!(
             "dispatch {} was reset while the host ran it: its hook may still be running on the host (its verdict is recorded when its result lands)",
             run.id
         ));
     }
     problems
+}
+
+/// The results the host wrapper began and did not finish, past the grace
+/// (a wrapper may still be between its write and its rename before it).
+fn unwritten(snap: &Snapshot, now: SystemTime) -> impl Iterator<Item = &UnwrittenResult> {
+    snap.unwritten_results
+        .iter()
+        .filter(move |u| u.settled(now))
 }
 
 /// What the files say, for a human. With a problem, what it already says
@@ -409,6 +437,8 @@ fn notes(snap: &Snapshot, blocked: bool, timed_out: bool, now: SystemTime) -> Ve
         (StateName::Initiated, None, Some(Ticket::Sent)) => notes.push(format!(
             "dispatch {id} sent{age}, not claimed by the host yet; a poll revokes it after SELF_DEPLOY_CLAIM_TIMEOUT_SECS"
         )),
+        // The hook ended without a result on disk: the problem says so.
+        (StateName::Initiated, None, Some(_)) if unwritten(snap, now).any(|u| u.id == id) => {}
         (StateName::Initiated, None, Some(Ticket::Claimed)) => notes.push(format!(
             "dispatch {id} claimed by the host: the deploy is running (dispatched{age}), no result yet"
         )),

@@ -29,12 +29,7 @@ pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
         for line in &handled {
             outln!("{line}");
         }
-        outln!(
-            "finalized {}, revoked {}, errors {}",
-            stats.finalized,
-            stats.revoked,
-            stats.errors
-        );
+        outln!("{stats}");
         return Ok(if stats.errors == 0 {
             EXIT_OK
         } else {

@@ -90,7 +90,7 @@ pub const REGISTRY: &[Spec] = &[
     spec("SELF_DEPLOY_GIT_TIMEOUT_SECS", "60", Kind::Seconds, "timeouts", "seconds allowed to each git call of the finalizer"),
     spec("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds after a dispatch before a ticket the host has not claimed is revoked by the next poll (back to approve_requested, safe to approve again)"),
     spec("SELF_DEPLOY_LOCK_TIMEOUT_SECS", "120", Kind::Seconds, "timeouts", "seconds to wait for another process holding a work item's lock"),
-    spec("SELF_DEPLOY_RESULT_DEADLINE_SECS", "0", Kind::SecondsOrOff, "timeouts", "seconds after approval with no result before a poll finalizes as FAILED (timeout); 0 waits forever"),
+    spec("SELF_DEPLOY_RESULT_DEADLINE_SECS", "1800", Kind::SecondsOrOff, "timeouts", "seconds after the dispatch with no result before a poll finalizes as FAILED (timeout; a late result is still recorded); 1800 is about 5 times the reference hook's worst case counted from the dispatch (a claim within the 120 s claim timeout, then about 250 s: its docker calls, two restarts and two 60 s health checks); 0: no deadline, waits forever"),
     spec("SELF_DEPLOY_WATCH_RESCAN_SECS", "5", Kind::Seconds, "timeouts", "seconds between full rescans of REPOS_DIR by `selfdeploy watch` (a safety net for missed file events)"),
     spec("HISTORY_HMAC_KEY", "", Kind::Secret, "secrets", "key that signs every history entry (HMAC-SHA256 chain); empty: entries are unsigned"),
     spec("HISTORY_HMAC_PREVIOUS_KEYS", "", Kind::Secret, "secrets", "earlier HISTORY_HMAC_KEY values (comma-separated) that still verify the entries they signed, after a key rotation"),
@@ -275,7 +275,13 @@ mod tests {
 
     #[test]
     fn deadline_zero_means_forever() {
-        assert_eq!(Settings::with_overrides(&[]).unwrap().result_deadline, None);
+        assert_eq!(
+            Settings::with_overrides(&[]).unwrap().result_deadline,
+            Some(Duration::from_secs(1800)),
+            "a deadline by default: a result the host never writes must end"
+        );
+        let off = Settings::with_overrides(&[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "0")]).unwrap();
+        assert_eq!(off.result_deadline, None);
         let s = Settings::with_overrides(&[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "90")]).unwrap();
         assert_eq!(s.result_deadline, Some(Duration::from_secs(90)));
     }

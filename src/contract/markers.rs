@@ -129,6 +129,17 @@ impl TicketFile {
     }
 }
 
+/// The dispatch id of `result-<id>.part`, the host wrapper's result before
+/// it is renamed into place (left behind when writing it failed): never a
+/// result itself.
+pub fn partial_result_id(name: &str) -> Option<&str> {
+    let whole = name.strip_suffix(crate::contract::remote::PARTIAL_RESULT_SUFFIX)?;
+    match TicketFile::parse(whole) {
+        Some((TicketFile::Result, id)) => Some(id),
+        _ => None,
+    }
+}
+
 /// Where the current dispatch's ticket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -249,5 +260,25 @@ mod tests {
             Some((TicketFile::Claimed, "0123456789abcdef"))
         );
         assert_eq!(TicketFile::parse("claimed-0123456789ABCDEF"), None);
+    }
+
+    /// The wrapper's result before its rename is no file of the protocol
+    /// (never a result, stale or not), but is known for what it is.
+    #[test]
+    fn a_partial_result_is_named_but_never_a_result() {
+        use crate::contract::remote::PARTIAL_RESULT_SUFFIX as PART;
+        let id = "0123456789abcdef";
+        let part = format!("{}{PART}", TicketFile::Result.name(id));
+        assert_eq!(TicketFile::parse(&part), None);
+        assert_eq!(partial_result_id(&part), Some(id));
+        for other in [
+            TicketFile::Result.name(id),
+            format!("{}{PART}", TicketFile::Claimed.name(id)),
+            format!("{}{PART}", TicketFile::Result.name(&id[1..])),
+            format!("result{PART}"),
+            format!("{part}{PART}"),
+        ] {
+            assert_eq!(partial_result_id(&other), None, "{other}");
+        }
     }
 }

@@ -19,6 +19,11 @@ pub const LEGACY_RESULT_FILE: &str = "result";
 pub const CLAIM_LOST_EXIT: u8 = 75;
 /// File the host wrapper appends the hook's output to.
 pub const HOOK_LOG_FILE: &str = "hook.log";
+/// The host wrapper writes the hook's exit code into `result-<id>` and this
+/// suffix, then renames it to `result-<id>`: a result is never read half
+/// written, and a write that failed (a full disk) leaves this file behind,
+/// empty or torn, with no `result-<id>`. No reader takes it for a result.
+pub const PARTIAL_RESULT_SUFFIX: &str = ".part";
 
 /// Python's `shlex.quote`: unchanged when non-empty and made only of
 /// `[A-Za-z0-9_@%+=:,./-]`, else single-quoted with each `'` as `'"'"'`.
@@ -44,7 +49,10 @@ pub fn state_dir_under(base: &Path, repo: &RepoName, work_item: &WorkItem) -> st
 /// The shell command the host runs, detached, for dispatch `dispatch_id`:
 /// first claim the ticket (the rename is the only arbiter: a revoked or
 /// missing ticket stops the wrapper before the hook), then the original's
-/// command with its result renamed `result-<id>`.
+/// command with its result renamed `result-<id>`, written atomically: the
+/// exit code goes to `result-<id>.part`, which is then renamed into place.
+/// What runs before the hook and the hook's own command and environment are
+/// the original's byte for byte; only the write of its exit code differs.
 pub fn remote_command(
     settings: &Settings,
     repo: &RepoName,
@@ -75,10 +83,13 @@ pub fn remote_command(
         inner.push_str(" EXPECTED_REVISION=");
         inner.push_str(&q(sha));
     }
+    let result = host_file(TicketFile::Result.name(dispatch_id));
+    let part = format!("{result}{PARTIAL_RESULT_SUFFIX}");
     inner.push_str(&format!(
-        " bash {hook} --deploy; echo $? > {result}",
+        " bash {hook} --deploy; echo $? > {part} && mv {part} {result}",
         hook = q(&settings.hook_script),
-        result = q(&host_file(TicketFile::Result.name(dispatch_id))),
+        part = q(&part),
+        result = q(&result),
     ));
     format!(
         "setsid bash -c {} >> {} 2>&1 </dev/null &",
@@ -169,7 +180,9 @@ mod tests {
                  cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
                  TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE=prod \
                  PREV_IMAGE_FILE=/host/prev EXPECTED_REVISION=0123abc bash scripts/deploy-hook.sh \
-                 --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' \
+                 --deploy; echo $? > /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part \
+                 && mv /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part \
+                 /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' \
                  >> /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
             ]
         );
@@ -189,6 +202,8 @@ mod tests {
              cd /host/app && REPO=/host/app SOURCE_IMAGE=orch:staging \
              TARGET_SERVICE=orch TARGET_PORT=9500 TARGET_IMAGE=orch:prod COMPOSE_PROFILE='\"'\"''\"'\"' \
              PREV_IMAGE_FILE=/host/prev bash scripts/deploy-hook.sh --deploy; echo $? > \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part && mv \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part \
              /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' >> \
              /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
         );
@@ -216,6 +231,8 @@ mod tests {
              TARGET_PORT=9500 TARGET_IMAGE='\"'\"'$(reboot)'\"'\"' COMPOSE_PROFILE=prod \
              PREV_IMAGE_FILE='\"'\"'`x`;y'\"'\"' EXPECTED_REVISION='\"'\"'a b'\"'\"' \
              bash '\"'\"'hooks/déploy.sh'\"'\"' --deploy; echo $? > \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part && mv \
+             /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef.part \
              /host/repos/.deploy-state-orchestrator/ORCH-36/result-0123456789abcdef' >> \
              /host/repos/.deploy-state-orchestrator/ORCH-36/hook.log 2>&1 </dev/null &"
         );

@@ -32,7 +32,8 @@ pub use intent::{
 };
 pub use lock::{ItemLock, LockError};
 pub use snapshot::{
-    InitiatedMarker, KeptRun, ReadError, Snapshot, StoreError, Unreadable, read_regular,
+    InitiatedMarker, KeptRun, RESULT_WRITE_GRACE, ReadError, Snapshot, StoreError, Unreadable,
+    UnwrittenResult, read_regular,
 };
 
 use crate::atomic;
@@ -262,13 +263,17 @@ impl ItemPaths {
                 atomic::write_with(&record, content.as_bytes(), self.durability)?;
             }
         }
+        // A kept run's result before its rename (`result-<id>.part`) too:
+        // removed, the rename that was about to land it would fail, and if
+        // its write failed it is the evidence.
         let keep = |name: &str| {
             name == remote::HOOK_LOG_FILE
                 || match TicketFile::parse(name) {
                     Some((TicketFile::Claimed | TicketFile::Result | TicketFile::Reset, id)) => {
                         kept.iter().any(|k| k == id)
                     }
-                    _ => false,
+                    _ => crate::contract::markers::partial_result_id(name)
+                        .is_some_and(|id| kept.iter().any(|k| k == id)),
                 }
         };
         // The markers first, each removal a state the item had before: the

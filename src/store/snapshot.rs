@@ -11,6 +11,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -21,7 +22,7 @@ use crate::contract::markers::{
     self, ApproveRecord, DispatchState, FinalizedRecord, InitiatedRecord, Marker, Ticket,
     TicketFile,
 };
-use crate::contract::remote::LEGACY_RESULT_FILE;
+use crate::contract::remote::{LEGACY_RESULT_FILE, PARTIAL_RESULT_SUFFIX};
 use crate::machine::StateName;
 
 /// Read at most this much of a result; anything longer is not an exit code
@@ -65,6 +66,54 @@ pub struct Unreadable {
     pub why: String,
 }
 
+/// How long a result the host wrapper left unwritten (an empty
+/// `result-<id>`, or a `result-<id>.part` never renamed into place) may stay
+/// so before it is a problem. The wrapper creates the file, writes a few
+/// bytes and renames it within microseconds; only a write that failed (a
+/// full disk) leaves it so for longer. Five seconds is orders of magnitude
+/// more than that window on a loaded host, allows for some skew between the
+/// host's clock (the file's modification time) and this one, and is within
+/// one rescan of `watch` (`SELF_DEPLOY_WATCH_RESCAN_SECS`, 5 by default).
+pub const RESULT_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// A result the host wrapper began to write and did not finish: the hook
+/// ended, but what it came to is not on disk. Never a verdict: a poll
+/// defers (the result deadline, if any, decides); after
+/// [`RESULT_WRITE_GRACE`] it is a problem that `status` and `watch` report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnwrittenResult {
+    /// The dispatch (the current one, or a run a reset kept).
+    pub id: String,
+    /// The file left behind: `result-<id>` (empty) or `result-<id>.part`.
+    pub file: String,
+    /// What is wrong with it.
+    pub why: String,
+    /// Its modification time (the host's clock), RFC 3339.
+    pub modified_at: Option<String>,
+    #[serde(skip)]
+    pub modified: Option<SystemTime>,
+}
+
+impl UnwrittenResult {
+    /// Whether it has stayed so past the grace: no wrapper is still writing
+    /// it. A modification time ahead of `now` (another clock) is not yet.
+    pub fn settled(&self, now: SystemTime) -> bool {
+        self.modified
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= RESULT_WRITE_GRACE)
+    }
+
+    /// The problem, as `status` and `watch` word it.
+    pub fn problem(&self) -> String {
+        format!(
+            "the hook ended but its result could not be written: {} (is the host's shared mount full?); \
+             its exit code is lost: hook.log shows what the hook did, then write the code into result-{} \
+             by hand (docs/operations/RUNBOOK.md)",
+            self.why, self.id
+        )
+    }
+}
+
 /// Everything on disk about one work item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -90,6 +139,11 @@ pub struct Snapshot {
     /// a device, an I/O error). A poll needs `initiated` and the result, so
     /// those block it; every other event still works, reset above all.
     pub unreadable: Vec<Unreadable>,
+    /// Results of the current dispatch or of a kept run that the host
+    /// wrapper left unwritten (empty, or a `.part` never renamed): the hook
+    /// ended, its exit code is not on disk. Never a verdict.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unwritten_results: Vec<UnwrittenResult>,
 }
 
 impl Snapshot {
@@ -247,6 +301,26 @@ impl Snapshot {
             result_name = Some(LEGACY_RESULT_FILE.to_owned());
         }
         let result = result_name.and_then(|name| read_result(dir, name, &mut unreadable));
+        // A result that is not there although the hook ended: the current
+        // dispatch's and each kept run's, unless unreadable (named there).
+        let mut unwritten_results = Vec::new();
+        let no_result = current
+            .iter()
+            .filter(|_| result.is_none())
+            .map(String::as_str)
+            .chain(
+                kept_runs
+                    .iter()
+                    .filter(|k| k.result.is_none())
+                    .map(|k| k.id.as_str()),
+            );
+        for id in no_result {
+            let name = TicketFile::Result.name(id);
+            if unreadable.iter().any(|u| u.file == name) {
+                continue;
+            }
+            unwritten_results.extend(unwritten_result(dir, id, &present));
+        }
         let dispatch = current.map(|id| DispatchState { id, ticket });
 
         let state = if let Some(record) = &finalized {
@@ -273,6 +347,7 @@ impl Snapshot {
             open_tickets,
             kept_runs,
             unreadable,
+            unwritten_results,
         })
     }
 
@@ -298,6 +373,45 @@ impl Snapshot {
     pub fn initiated_record(&self) -> Option<&InitiatedRecord> {
         self.initiated.as_ref().and_then(|m| m.record.as_ref())
     }
+}
+
+/// What the host wrapper left of dispatch `id`'s result when that result
+/// reads as not present: an empty `result-<id>`, or a `result-<id>.part`
+/// (empty or torn) with no `result-<id>`. `None`: nothing was begun.
+fn unwritten_result(
+    dir: &Path,
+    id: &str,
+    present: &dyn Fn(&str) -> bool,
+) -> Option<UnwrittenResult> {
+    let result = TicketFile::Result.name(id);
+    let part = format!("{result}{PARTIAL_RESULT_SUFFIX}");
+    let (file, why) = if present(&result) {
+        (result.clone(), format!("{result} is empty"))
+    } else if present(&part) {
+        let why = match read_state_file(&dir.join(&part), 64) {
+            Ok(raw) if String::from_utf8_lossy(&raw).trim().is_empty() => {
+                format!("{part} is empty and {result} was never written")
+            }
+            Ok(raw) => format!(
+                "{part} holds {:?} and was never renamed to {result}",
+                String::from_utf8_lossy(&raw)
+            ),
+            Err(e) => format!("{part} was left ({e}) and {result} was never written"),
+        };
+        (part, why)
+    } else {
+        return None;
+    };
+    let modified = fs::symlink_metadata(dir.join(&file))
+        .and_then(|m| m.modified())
+        .ok();
+    Some(UnwrittenResult {
+        id: id.to_owned(),
+        file,
+        why,
+        modified_at: modified.map(|m| humantime::format_rfc3339_seconds(m).to_string()),
+        modified,
+    })
 }
 
 /// A result file as a verdict reads it: larger than a result is garbage
@@ -431,6 +545,59 @@ mod tests {
             }
         );
         assert_eq!(exit.verdict(), Verdict::Failed);
+    }
+
+    /// What the wrapper leaves when its write fails is never a result, and
+    /// a problem only once it has stayed so past the grace.
+    #[test]
+    fn an_unwritten_result_is_no_result_and_a_problem_after_the_grace() {
+        let (_root, paths) = initiated_item();
+        let result = paths.ticket_file(TicketFile::Result, ID);
+        let part = paths.state_dir.join(format!("result-{ID}.part"));
+        let snap = Snapshot::load(&paths).unwrap();
+        assert!(snap.unwritten_results.is_empty(), "nothing begun: {snap:?}");
+
+        fs::write(&part, "0\n").unwrap();
+        let snap = Snapshot::load(&paths).unwrap();
+        assert_eq!(snap.result, None, "a .part is never a result");
+        assert!(snap.stale_results.is_empty() && snap.unreadable.is_empty());
+        let [u] = snap.unwritten_results.as_slice() else {
+            panic!("{snap:?}")
+        };
+        assert_eq!(
+            (u.id.as_str(), u.file.as_str()),
+            (ID, part.file_name().unwrap().to_str().unwrap())
+        );
+        assert_eq!(
+            u.why,
+            format!("result-{ID}.part holds \"0\\n\" and was never renamed to result-{ID}")
+        );
+        let at = u.modified.unwrap();
+        assert!(!u.settled(at));
+        assert!(!u.settled(at + RESULT_WRITE_GRACE - Duration::from_millis(1)));
+        assert!(u.settled(at + RESULT_WRITE_GRACE));
+        assert!(
+            !u.settled(at - Duration::from_secs(60)),
+            "a clock behind the host's"
+        );
+        assert!(
+            u.problem()
+                .starts_with("the hook ended but its result could not be written: result-")
+        );
+
+        // An empty result beside it: the result is what was left.
+        fs::write(&result, "").unwrap();
+        let snap = Snapshot::load(&paths).unwrap();
+        assert_eq!(snap.result, None);
+        assert_eq!(
+            snap.unwritten_results[0].why,
+            format!("result-{ID} is empty")
+        );
+        // Renamed into place whole: a result, nothing unwritten.
+        fs::rename(&part, &result).unwrap();
+        let snap = Snapshot::load(&paths).unwrap();
+        assert_eq!(snap.result.map(|r| r.code), Some("0".to_owned()));
+        assert!(snap.unwritten_results.is_empty());
     }
 
     #[test]

@@ -560,7 +560,9 @@ fn dry_run_of_approved_prints_the_effects_and_writes_nothing() {
         "{command}"
     );
     assert!(
-        command.contains(&format!(" --deploy; echo $? > {dir}/result-{dry_id}'")),
+        command.contains(&format!(
+            " --deploy; echo $? > {dir}/result-{dry_id}.part && mv {dir}/result-{dry_id}.part {dir}/result-{dry_id}'"
+        )),
         "{command}"
     );
     // The human form shows the argv too.

@@ -119,7 +119,8 @@ fn names_in(dir: &Path) -> BTreeSet<String> {
 // ---------------------------------------------------------------------------
 
 /// Host-side instrumentation for the race: a `mv` that logs every claim
-/// attempt (`ok <dest>` / `fail <dest>`) and a `setsid` that starts the
+/// attempt (`ok <dest>` / `fail <dest>`; and the rename of each result into
+/// place, which the count of claims leaves out) and a `setsid` that starts the
 /// wrapper late, so that claims really race the engine's revokes: half of
 /// them 0 to `max_delay_ms` late, half just after the next whole second,
 /// which is when a poll with SELF_DEPLOY_CLAIM_TIMEOUT_SECS=1 finds a ticket
@@ -418,7 +419,11 @@ fn claim_race(sb: &Sandbox, claims: &Path, procs: usize, rounds: usize, round: D
                 continue;
             }
             let name = dest.file_name().unwrap().to_str().unwrap();
-            let id = name.strip_prefix("claimed-").unwrap().to_owned();
+            // The wrapper's other `mv` renames its result into place.
+            let Some(id) = name.strip_prefix("claimed-") else {
+                continue;
+            };
+            let id = id.to_owned();
             match verdict {
                 "ok" => claimed.push(id),
                 _ => failed.push(id),

@@ -66,7 +66,8 @@ fn expected_remote(sb: &Sandbox, work_item: &str, sha: &str, id: &str) -> String
          cd {host_repo} && REPO={host_repo} SOURCE_IMAGE={SOURCE_IMAGE} \
          TARGET_SERVICE={TARGET_SERVICE} TARGET_PORT={TARGET_PORT} TARGET_IMAGE={TARGET_IMAGE} \
          COMPOSE_PROFILE={PROFILE} PREV_IMAGE_FILE={prev} EXPECTED_REVISION={sha} \
-         bash hook.sh --deploy; echo $? > {state}/result-{id}' \
+         bash hook.sh --deploy; echo $? > {state}/result-{id}.part \
+         && mv {state}/result-{id}.part {state}/result-{id}' \
          >> {state}/hook.log 2>&1 </dev/null &"
     )
 }

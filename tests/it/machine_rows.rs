@@ -167,7 +167,9 @@ fn approved_with_all_guards_passing_dispatches_after_a_durable_record_and_ticket
         argv[4]
     );
     assert!(argv[4].contains(&format!(
-        "echo $? > /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}'"
+        "echo $? > /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}.part \
+         && mv /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}.part \
+         /srv/orchestrator/repos/.deploy-state-orchestrator/ORCH-9/result-{NEW}'"
     )));
 
     // The executor reports the launch: nothing more to write.

@@ -34,6 +34,7 @@ mod record_survives;
 mod replay_corpus;
 mod repos_dir_identity;
 mod result_deadline;
+mod result_write;
 mod secret_scan;
 mod sshd_smoke;
 mod status;

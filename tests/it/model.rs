@@ -272,12 +272,11 @@ fn fixture(enabled: bool, deadline: bool, ports_equal: bool) -> Fixture {
         "SELF_DEPLOY_CLAIM_TIMEOUT_SECS".to_owned(),
         CLAIM_TIMEOUT.to_string(),
     );
-    if deadline {
-        settings.insert(
-            "SELF_DEPLOY_RESULT_DEADLINE_SECS".to_owned(),
-            DEADLINE.to_string(),
-        );
-    }
+    // Without one, the deadline is off explicitly: the default is finite.
+    settings.insert(
+        "SELF_DEPLOY_RESULT_DEADLINE_SECS".to_owned(),
+        if deadline { DEADLINE } else { 0 }.to_string(),
+    );
     if ports_equal {
         settings.insert("STAGING_PORT".to_owned(), "9500".to_owned());
         settings.insert("DEPLOY_PROD_TARGET_PORT".to_owned(), "9500".to_owned());
