@@ -37,3 +37,4 @@ mod secret_scan;
 mod sshd_smoke;
 mod status;
 mod watch;
+mod worktree_config;
