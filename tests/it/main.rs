@@ -29,6 +29,7 @@ mod machine_table;
 mod merge_stamp_oracle;
 mod model;
 mod no_host_literals;
+mod panic_lints;
 mod purity;
 mod record_survives;
 mod replay_corpus;
