@@ -14,8 +14,8 @@
 #      touched);
 #   2. the image TARGET_IMAGE names now (none on a first deploy) is written to
 #      PREV_IMAGE_FILE (atomically) before anything changes;
-#   3. promote without a rebuild: docker tag SOURCE_IMAGE TARGET_IMAGE;
-#   4. restart: docker compose [--profile COMPOSE_PROFILE] up -d --no-deps
+#   3. promote without a rebuild: docker tag -- SOURCE_IMAGE TARGET_IMAGE;
+#   4. restart: docker compose [--profile COMPOSE_PROFILE] up -d --no-deps --
 #      TARGET_SERVICE, in $REPO;
 #   5. health: GET http://127.0.0.1:TARGET_PORT/health until a 2xx;
 #   6. unhealthy: tag the previous image as TARGET_IMAGE again, restart, check.
@@ -23,7 +23,12 @@
 # Exit codes: 0 healthy on the new image; 1 not deployed, production on the
 # previous image (healthy again after a rollback, or never touched); 2 the
 # rollback failed or there was nothing to roll back to; 64 a usage error
-# (no --deploy, a missing or bad variable), nothing touched.
+# (no --deploy, a missing or bad variable, one that begins with '-'),
+# nothing touched.
+#
+# No setting becomes an option: SOURCE_IMAGE, TARGET_SERVICE, TARGET_IMAGE,
+# COMPOSE_PROFILE and PREV_IMAGE_FILE must not begin with '-' (exit 64), and
+# every docker, compose and file command gets '--' before them.
 #
 # Optional environment: REPO (default: the repository this script is in),
 # COMPOSE_PROFILE (empty: no --profile), EXPECTED_REVISION,
@@ -98,8 +103,8 @@ settings() {
         exit 64
     fi
 
-    script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    REPO=${REPO:-$(dirname "$script_dir")}
+    script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+    REPO=${REPO:-$(dirname -- "$script_dir")}
     COMPOSE_PROFILE=${COMPOSE_PROFILE:-}
     EXPECTED_REVISION=${EXPECTED_REVISION:-}
     HEALTH_PATH=${DEPLOY_HEALTH_PATH:-/health}
@@ -112,11 +117,12 @@ settings() {
             usage_error "$name is not set"
         fi
     done
-    # Each becomes an argv word of docker or compose: one that begins with
-    # '-' would be read as an option (--build would rebuild everything).
-    for name in SOURCE_IMAGE TARGET_SERVICE TARGET_IMAGE COMPOSE_PROFILE; do
+    # Each becomes an argv word of docker, compose, mktemp, mv or rm: one
+    # that begins with '-' would be read as an option (--build would rebuild
+    # everything). The commands get '--' too; this says what is wrong.
+    for name in SOURCE_IMAGE TARGET_SERVICE TARGET_IMAGE COMPOSE_PROFILE PREV_IMAGE_FILE; do
         if [[ ${!name} == -* ]]; then
-            usage_error "$name must name an image, a service or a profile, not an option ('${!name}')"
+            usage_error "$name must name an image, a service, a profile or a file, not an option: it begins with '-' ('${!name}')"
         fi
     done
     if ! [[ $TARGET_PORT =~ ^[0-9]{1,5}$ ]] || ((10#$TARGET_PORT < 1 || 10#$TARGET_PORT > 65535)); then
@@ -133,7 +139,7 @@ settings() {
     if ! [[ $INTERVAL =~ ^[0-9]{1,4}(\.[0-9]{1,3})?$ ]]; then
         usage_error "DEPLOY_HEALTH_INTERVAL_SECS must be a number of seconds (e.g. 1 or 0.5), not '$INTERVAL'"
     fi
-    if ! cd "$REPO" 2>/dev/null; then
+    if ! cd -- "$REPO" 2>/dev/null; then
         usage_error "REPO is not a directory I can enter: $REPO"
     fi
 }
@@ -216,7 +222,7 @@ compose_up() {
     if [ -n "$COMPOSE_PROFILE" ]; then
         profile=(--profile "$COMPOSE_PROFILE")
     fi
-    run docker compose ${profile[@]+"${profile[@]}"} up -d --no-deps "$TARGET_SERVICE"
+    run docker compose ${profile[@]+"${profile[@]}"} up -d --no-deps -- "$TARGET_SERVICE"
 }
 
 # Reads the id of the image a reference names into IMAGE_ID; fails (logging
@@ -228,7 +234,7 @@ image_id() {
     local out
     IMAGE_ID=""
     ABSENT=0
-    if out=$(docker image inspect --format '{{.Id}}' "$1" 2>&1); then
+    if out=$(docker image inspect --format '{{.Id}}' -- "$1" 2>&1); then
         if [[ $out =~ ^[^[:space:]]+$ ]]; then
             IMAGE_ID=$out
             return 0
@@ -253,7 +259,7 @@ roll_back() {
         exit 2
     fi
     log "rollback: restoring $TARGET_IMAGE to the previous image $previous"
-    if ! run docker tag "$previous" "$TARGET_IMAGE"; then
+    if ! run docker tag -- "$previous" "$TARGET_IMAGE"; then
         log "rollback failed: cannot tag $previous as $TARGET_IMAGE"
         exit 2
     fi
@@ -277,7 +283,7 @@ deploy() {
 
     # 1. Provenance, before anything is touched.
     if [ -n "$EXPECTED_REVISION" ]; then
-        if ! revision=$(docker image inspect --format "{{ index .Config.Labels \"$REVISION_LABEL\" }}" "$SOURCE_IMAGE" 2>&1); then
+        if ! revision=$(docker image inspect --format "{{ index .Config.Labels \"$REVISION_LABEL\" }}" -- "$SOURCE_IMAGE" 2>&1); then
             log "provenance: cannot read the revision of $SOURCE_IMAGE:"
             log_output "$revision"
             log "refusing to deploy; nothing was touched"
@@ -305,14 +311,14 @@ deploy() {
     if image_id "$TARGET_IMAGE"; then
         previous=$IMAGE_ID
         log "previous image: $TARGET_IMAGE is $previous"
-        if ! tmp=$(mktemp "$PREV_IMAGE_FILE.XXXXXX" 2>&1); then
+        if ! tmp=$(mktemp -- "$PREV_IMAGE_FILE.XXXXXX" 2>&1); then
             log "cannot write $PREV_IMAGE_FILE:"
             log_output "$tmp"
             log "refusing to deploy; nothing was touched"
             exit 1
         fi
-        if ! { printf '%s\n' "$previous" >"$tmp" && mv -f "$tmp" "$PREV_IMAGE_FILE"; }; then
-            rm -f "$tmp"
+        if ! { printf '%s\n' "$previous" >"$tmp" && mv -f -- "$tmp" "$PREV_IMAGE_FILE"; }; then
+            rm -f -- "$tmp"
             log "cannot write $PREV_IMAGE_FILE; refusing to deploy; nothing was touched"
             exit 1
         fi
@@ -320,7 +326,7 @@ deploy() {
     elif [ "$ABSENT" = 1 ]; then
         log "previous image: none ($TARGET_IMAGE does not exist yet: a first deploy, nothing to roll back to)"
         if [ -e "$PREV_IMAGE_FILE" ]; then
-            rm -f "$PREV_IMAGE_FILE"
+            rm -f -- "$PREV_IMAGE_FILE"
             log "removed the stale $PREV_IMAGE_FILE"
         fi
     else
@@ -330,7 +336,7 @@ deploy() {
 
     # 3. Promote without a rebuild.
     log "promoting $SOURCE_IMAGE ($source_id) to $TARGET_IMAGE"
-    if ! run docker tag "$SOURCE_IMAGE" "$TARGET_IMAGE"; then
+    if ! run docker tag -- "$SOURCE_IMAGE" "$TARGET_IMAGE"; then
         log "cannot tag $SOURCE_IMAGE as $TARGET_IMAGE; production was not restarted"
         exit 1
     fi

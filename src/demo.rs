@@ -520,8 +520,8 @@ fn prepare_git(root: &Path, worktree: &Path, settings: &Settings) -> Result<Stri
 fn git_out(settings: &Settings, dir: &Path, args: &[&str]) -> Result<String, DemoError> {
     let mut argv: Vec<String> = vec!["-C".into(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    let env = crate::exec::git::identity_env(settings, "demo");
-    let done = process::run("git", &argv, None, &env, settings.git_timeout)?;
+    let env = crate::exec::git::GitEnv::new(settings, "demo", dir).map_err(DemoError::Failed)?;
+    let done = process::run("git", &argv, None, &env.vars(), settings.git_timeout)?;
     if !done.success() {
         return Err(DemoError::Failed(format!(
             "git {} failed: {}",

@@ -38,6 +38,21 @@
 //! serve the `selfdeploy` binary and the test suite; `docs/ARCHITECTURE.md`
 //! maps them.
 
+// No panic in shipped code: an I/O path returns an error; a call that cannot
+// fail says why, with an `#[allow]` on the smallest item
+// (tests/it/purity.rs checks that this stays).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
+
 pub use config::Settings;
 pub use contract::names::{BranchName, RepoName, WorkItem};
 pub use engine::{EngineError, Report, Request, handle};

@@ -1,6 +1,21 @@
 //! The `selfdeploy` command: parse, load the settings, call the library,
 //! print, exit with the contract's status.
 
+// No panic in shipped code: an I/O path returns an error; a call that cannot
+// fail says why, with an `#[allow]` on the smallest item
+// (tests/it/purity.rs checks that this stays).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::todo,
+        clippy::unimplemented,
+        clippy::unreachable
+    )
+)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

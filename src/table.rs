@@ -109,6 +109,9 @@ pub fn derive() -> Vec<Row> {
     // Whether the push works is a dimension of its own: every scenario runs
     // with a reachable and an unreachable remote.
     for (scenario, push_fails) in SCENARIOS.into_iter().flat_map(|s| [(s, false), (s, true)]) {
+        // The overrides, the repo and the item are constants that parse
+        // (the table's own tests derive every scenario).
+        #[allow(clippy::expect_used)]
         let settings = Settings::with_overrides(match scenario {
             Scenario::NotApplicable => &[("SELF_DEPLOY_ENABLED", "false")],
             Scenario::StagingPortEqual => &[
@@ -119,7 +122,9 @@ pub fn derive() -> Vec<Row> {
             _ => &[],
         })
         .expect("scenario settings parse");
+        #[allow(clippy::expect_used)]
         let repo = RepoName::new(crate::config::SELF_HOSTING_REPO).expect("valid");
+        #[allow(clippy::expect_used)]
         let work_item = WorkItem::new("W-1").expect("valid");
         use Scenario as S;
         let ticket = match scenario {
@@ -245,6 +250,9 @@ pub fn derive() -> Vec<Row> {
                         _ => Performed::Done,
                     })
                 };
+                // The table's performer above answers every effect with
+                // `Ok`: drive has no error to return.
+                #[allow(clippy::expect_used)]
                 let driven = engine::drive(from, &event.event(), &facts, &mut perform)
                     .expect("the table's executor never fails");
                 let row = Row {
@@ -333,6 +341,9 @@ pub fn to_ron(rows: &[Row]) -> String {
     out
 }
 
+// A row is strings and a list of strings: serde_json fails only on a map
+// with keys that are not strings or on a failing `Serialize`, neither here.
+#[allow(clippy::expect_used)]
 pub fn to_json(rows: &[Row]) -> String {
     serde_json::to_string(rows).expect("rows serialize")
 }

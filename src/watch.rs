@@ -916,14 +916,28 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT. A signal whose handler cannot be
+/// installed is said once (an error) and keeps its default action: it ends
+/// the process, without finishing the event in hand.
 pub async fn termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async fn one(kind: SignalKind, name: &str) {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                tracing::info!("watch: {name}");
+            }
+            Err(e) => {
+                tracing::error!(
+                    "watch: cannot handle {name} ({e}); it will end the process without finishing the event in hand"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+    }
     tokio::select! {
-        _ = term.recv() => tracing::info!("watch: SIGTERM"),
-        _ = int.recv() => tracing::info!("watch: SIGINT"),
+        () = one(SignalKind::terminate(), "SIGTERM") => {}
+        () = one(SignalKind::interrupt(), "SIGINT") => {}
     }
 }
 

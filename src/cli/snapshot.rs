@@ -16,6 +16,9 @@ pub struct Args {
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let (repo, wi) = args.item.names()?;
     let fixture = replay::capture(settings, &repo, &wi, std::time::SystemTime::now())?;
-    out!("{}", replay::fixture::to_ron(&fixture));
+    out!(
+        "{}",
+        replay::fixture::to_ron(&fixture).map_err(anyhow::Error::msg)?
+    );
     Ok(EXIT_OK)
 }

@@ -597,7 +597,7 @@ fn stream_json(
         if chunk.is_empty() {
             break;
         }
-        let lines: Vec<(String, bool)> = chunk
+        let lines = chunk
             .into_par_iter()
             .filter_map(|item| item_row(settings, states, item, now))
             .map(|row| {
@@ -605,9 +605,9 @@ fn stream_json(
                     Ok(row) => (row, false),
                     Err((row, _)) => (row, true),
                 };
-                (serde_json::to_string(&row).expect("rows serialize"), bad)
+                serde_json::to_string(&row).map(|line| (line, bad))
             })
-            .collect();
+            .collect::<Result<Vec<(String, bool)>, _>>()?;
         for (line, bad) in lines {
             failed |= bad;
             out.write_all(line.as_bytes())?;

@@ -209,8 +209,28 @@ impl FinalizedRecord {
     }
 }
 
+/// A record a marker holds: [`ApproveRecord`], [`InitiatedRecord`],
+/// [`FinalizedRecord`] (sealed: no other type is one).
+pub trait Record: Serialize + sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ApproveRecord {}
+    impl Sealed for super::InitiatedRecord {}
+    impl Sealed for super::FinalizedRecord {}
+}
+
+impl Record for ApproveRecord {}
+impl Record for InitiatedRecord {}
+impl Record for FinalizedRecord {}
+
 /// Serializes a record as one line of JSON (what the markers hold).
-pub fn encode<T: Serialize>(record: &T) -> String {
+// Only this module's records are encoded ([`Record`]): structs of strings,
+// numbers, booleans and options of them, whose derived `Serialize` cannot
+// fail (serde_json fails only on a map with keys that are not strings or on
+// a failing `Serialize`).
+#[allow(clippy::expect_used)]
+pub fn encode<T: Record>(record: &T) -> String {
     let mut line = serde_json::to_string(record).expect("records serialize");
     line.push('\n');
     line

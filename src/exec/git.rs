@@ -10,35 +10,281 @@ use crate::config::{FINALIZER_NAME, Settings};
 use crate::contract::names::BranchName;
 
 /// The environment of a git call: `HOME`, author and committer `name
-/// <name@GIT_EMAIL_DOMAIN>`, and never a prompt.
-pub fn identity_env(settings: &Settings, name: &str) -> Vec<(&'static str, OsString)> {
+/// <name@GIT_EMAIL_DOMAIN>`, and never a prompt, an editor or a pager.
+fn identity_env(settings: &Settings, name: &str) -> Vec<(String, OsString)> {
     let email = OsString::from(format!("{name}@{}", settings.git_email_domain));
-    vec![
-        ("HOME", settings.agent_home_dir.clone().into_os_string()),
-        ("GIT_AUTHOR_NAME", name.into()),
-        ("GIT_AUTHOR_EMAIL", email.clone()),
-        ("GIT_COMMITTER_NAME", name.into()),
-        ("GIT_COMMITTER_EMAIL", email),
-        ("GIT_TERMINAL_PROMPT", "0".into()),
-    ]
+    let mut env: Vec<(String, OsString)> = vec![
+        (
+            "HOME".into(),
+            settings.agent_home_dir.clone().into_os_string(),
+        ),
+        ("GIT_AUTHOR_NAME".into(), name.into()),
+        ("GIT_AUTHOR_EMAIL".into(), email.clone()),
+        ("GIT_COMMITTER_NAME".into(), name.into()),
+        ("GIT_COMMITTER_EMAIL".into(), email),
+        ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+        ("GIT_EDITOR".into(), ":".into()),
+        ("GIT_SEQUENCE_EDITOR".into(), ":".into()),
+        ("GIT_PAGER".into(), "cat".into()),
+    ];
+    // `core.gitProxy` (a program for git:// remotes) is read only when this
+    // is unset: empty, it is no proxy at all; the engine's own value wins.
+    env.push((
+        "GIT_PROXY_COMMAND".into(),
+        std::env::var_os("GIT_PROXY_COMMAND").unwrap_or_default(),
+    ));
+    env
 }
 
-fn git(
+/// The environment of every git the engine runs on a worktree: the identity
+/// ([`identity_env`]) and the configuration that switches off each program
+/// the worktree's own git configuration could name (`.git/config` and what
+/// it includes), given as `GIT_CONFIG_COUNT`/`GIT_CONFIG_KEY_<n>`/
+/// `GIT_CONFIG_VALUE_<n>`: that scope outranks the repository's, is handed
+/// down to the gits a git starts (a hook's, a submodule's), and keeps the
+/// values out of the process list. What the agent's HOME configures is kept:
+/// its value wins over the neutral one (see [`overrides`]).
+#[derive(Debug, Clone)]
+pub struct GitEnv {
+    vars: Vec<(String, OsString)>,
+}
+
+impl GitEnv {
+    /// Reads HOME's global configuration and the names of the filter drivers
+    /// configured for `dir` (the worktree, or the directory git runs in).
+    /// An unreadable global configuration counts as empty (git itself then
+    /// fails on it); drivers that cannot be listed are an error, as a driver
+    /// left out would run.
+    pub fn new(settings: &Settings, name: &str, dir: &Path) -> Result<GitEnv, String> {
+        let base = identity_env(settings, name);
+        let home = home_config(settings, dir, &base);
+        let drivers = filter_drivers(settings, dir, &base)?;
+        let mut vars = base;
+        let pairs = overrides(&home, &drivers);
+        // The engine's own `git -c` context, if any, would be read after
+        // these and win: it is dropped.
+        vars.push(("GIT_CONFIG_PARAMETERS".into(), OsString::new()));
+        vars.push(("GIT_CONFIG_COUNT".into(), pairs.len().to_string().into()));
+        for (i, (key, value)) in pairs.into_iter().enumerate() {
+            vars.push((format!("GIT_CONFIG_KEY_{i}"), key.into()));
+            vars.push((format!("GIT_CONFIG_VALUE_{i}"), value.into()));
+        }
+        Ok(GitEnv { vars })
+    }
+
+    /// The variables, as [`process::run`] takes them.
+    pub fn vars(&self) -> Vec<(&str, OsString)> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect()
+    }
+}
+
+/// The configuration of HOME (git's "global" scope, with what it
+/// includes), in git's order, as `(key, value)`; keys as git lists them
+/// (section and name lower-cased). A key without a value has `None`.
+type Entries = Vec<(String, Option<String>)>;
+
+fn home_config(settings: &Settings, dir: &Path, env: &[(String, OsString)]) -> Entries {
+    let argv = [
+        "-C",
+        &dir.to_string_lossy(),
+        "config",
+        "--global",
+        "--includes",
+        "-z",
+        "--list",
+    ]
+    .map(str::to_owned);
+    let env: Vec<(&str, OsString)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    match process::run("git", &argv, None, &env, settings.git_timeout) {
+        Ok(out) if out.success() => parse_list(&out.stdout),
+        _ => Vec::new(),
+    }
+}
+
+/// `git config -z --list`: entries `key\nvalue\0`, or `key\0` when the key
+/// has no value.
+fn parse_list(out: &str) -> Entries {
+    out.split('\0')
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.split_once('\n') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (e.to_owned(), None),
+        })
+        .collect()
+}
+
+/// The filter drivers any configuration of `dir` names (every scope, with
+/// includes): `filter.<driver>.clean|smudge|process|required`. Their names
+/// are the repository's to choose, so each is switched off by name.
+fn filter_drivers(
     settings: &Settings,
+    dir: &Path,
+    env: &[(String, OsString)],
+) -> Result<Vec<String>, String> {
+    let argv = [
+        "-C",
+        &dir.to_string_lossy(),
+        "config",
+        "--includes",
+        "-z",
+        "--name-only",
+        "--get-regexp",
+        r"^filter\.",
+    ]
+    .map(str::to_owned);
+    let env: Vec<(&str, OsString)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let out = process::run("git", &argv, None, &env, settings.git_timeout)
+        .map_err(|e| format!("git config (listing filter drivers) failed ({e})"))?;
+    match out.code {
+        Some(0) => Ok(driver_names(&out.stdout)),
+        // No key matches.
+        Some(1) => Ok(Vec::new()),
+        _ => Err(format!(
+            "git config (listing filter drivers) failed ({})",
+            out.summary()
+        )),
+    }
+}
+
+fn driver_names(names: &str) -> Vec<String> {
+    let mut drivers: Vec<String> = Vec::new();
+    for key in names.split('\0').filter(|k| !k.is_empty()) {
+        let Some(rest) = key.strip_prefix("filter.") else {
+            continue;
+        };
+        let Some((driver, _)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        if !drivers.iter().any(|d| d == driver) {
+            drivers.push(driver.to_owned());
+        }
+    }
+    drivers
+}
+
+/// HOME's last value of `key` (lower-cased as git lists it).
+fn home_value<'a>(home: &'a Entries, key: &str) -> Option<&'a str> {
+    home.iter()
+        .rev()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .and_then(|(_, v)| v.as_deref())
+}
+
+/// The configuration every git of the engine gets, last (it wins over the
+/// system's, HOME's and the repository's): `(key, value)` in order.
+///
+/// Kept from HOME when it sets them, else neutral: the hooks
+/// (`core.hooksPath`, else `/dev/null`: no hook, `.git/hooks` included),
+/// `core.fsmonitor` (false), signing (`commit.gpgSign`, `tag.gpgSign`,
+/// `push.gpgSign` false; `gpg.format` openpgp; the programs git's defaults;
+/// the ssh default-key command none), `core.sshCommand` (`ssh`),
+/// `core.askPass` (none), the credential helpers (the list reset, then
+/// HOME's, URL-scoped ones included) and each filter driver's
+/// `clean`/`smudge`/`process` (none) and `required` (false).
+///
+/// Always, whatever HOME says: no pager and no editor (`cat`, `:`), no
+/// external diff, no alternate-refs command, `protocol.ext.allow=never` (an
+/// `ext::` URL runs a command), no automatic gc or maintenance, no
+/// submodule recursion (a submodule's own configuration is not listed here).
+fn overrides(home: &Entries, drivers: &[String]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut kept = |key: String, neutral: &str| {
+        let value = home_value(home, &key).unwrap_or(neutral).to_owned();
+        out.push((key, value));
+    };
+    for (parts, neutral) in KEPT {
+        kept(key(parts), neutral);
+    }
+    for driver in drivers {
+        for (var, neutral) in [
+            ("clean", ""),
+            ("smudge", ""),
+            ("process", ""),
+            ("required", "false"),
+        ] {
+            kept(key(&["filter", driver, var]), neutral);
+        }
+    }
+    // `gpg.program` and `gpg.openpgp.program` are one setting: the last of
+    // them read wins, so both get HOME's last.
+    let openpgp = [
+        key(&["gpg", "program"]),
+        key(&["gpg", "openpgp", "program"]),
+    ];
+    let program = home
+        .iter()
+        .rev()
+        .find(|(k, _)| openpgp.iter().any(|o| k.eq_ignore_ascii_case(o)))
+        .and_then(|(_, v)| v.as_deref())
+        .unwrap_or("gpg");
+    for k in openpgp {
+        out.push((k, program.to_owned()));
+    }
+    // An empty helper empties the list (URL-scoped helpers read before it
+    // included); HOME's helpers follow, in HOME's order.
+    out.push((key(&["credential", "helper"]), String::new()));
+    for (k, value) in home {
+        if k.starts_with("credential.")
+            && k.ends_with(".helper")
+            && let Some(value) = value
+        {
+            out.push((k.clone(), value.clone()));
+        }
+    }
+    for (parts, value) in FORCED {
+        out.push((key(parts), (*value).to_owned()));
+    }
+    out
+}
+
+/// A configuration key from its dot-separated parts.
+fn key(parts: &[&str]) -> String {
+    parts.join(".")
+}
+
+/// Settings that name (or enable) a program, kept from HOME when it sets
+/// them, else given the neutral value: `(key parts, neutral)`.
+const KEPT: &[(&[&str], &str)] = &[
+    (&["core", "hooksPath"], "/dev/null"),
+    (&["core", "fsmonitor"], "false"),
+    (&["commit", "gpgSign"], "false"),
+    (&["tag", "gpgSign"], "false"),
+    (&["push", "gpgSign"], "false"),
+    (&["gpg", "format"], "openpgp"),
+    (&["gpg", "x509", "program"], "gpgsm"),
+    (&["gpg", "ssh", "program"], "ssh-keygen"),
+    (&["gpg", "ssh", "defaultKeyCommand"], ""),
+    (&["core", "sshCommand"], "ssh"),
+    (&["core", "askPass"], ""),
+];
+
+/// Settings given whatever HOME says: `(key parts, value)`.
+const FORCED: &[(&[&str], &str)] = &[
+    (&["core", "pager"], "cat"),
+    (&["core", "editor"], ":"),
+    (&["sequence", "editor"], ":"),
+    (&["diff", "external"], ""),
+    (&["core", "alternateRefsCommand"], ""),
+    (&["protocol", "ext", "allow"], "never"),
+    (&["gc", "auto"], "0"),
+    (&["maintenance", "auto"], "false"),
+    (&["submodule", "recurse"], "false"),
+    (&["push", "recurseSubmodules"], "no"),
+    (&["diff", "ignoreSubmodules"], "all"),
+];
+
+fn git(
+    env: &GitEnv,
     worktree: &Path,
     args: &[&str],
     timeout: Duration,
 ) -> Result<process::Finished, String> {
     let mut argv = vec!["-C".to_owned(), worktree.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    process::run(
-        "git",
-        &argv,
-        None,
-        &identity_env(settings, FINALIZER_NAME),
-        timeout,
-    )
-    .map_err(|e| e.to_string())
+    process::run("git", &argv, None, &env.vars(), timeout).map_err(|e| e.to_string())
 }
 
 /// What publishing the deploy log came to.
@@ -65,7 +311,9 @@ pub fn publish(
 ) -> Published {
     let mut notes = Vec::new();
     let pushed = match WorktreeLock::acquire(settings, worktree) {
-        Ok(_lock) => commit_and_push(settings, worktree, rel, message, branch, &mut notes),
+        Ok(_lock) => GitEnv::new(settings, FINALIZER_NAME, worktree).and_then(|env| {
+            commit_and_push(settings, &env, worktree, rel, message, branch, &mut notes)
+        }),
         Err(e) => Err(e),
     };
     if let Err(why) = &pushed {
@@ -76,6 +324,7 @@ pub fn publish(
 
 fn commit_and_push(
     settings: &Settings,
+    env: &GitEnv,
     worktree: &Path,
     rel: &Path,
     message: &str,
@@ -94,12 +343,7 @@ fn commit_and_push(
         None => {
             let out = step(
                 "symbolic-ref",
-                git(
-                    settings,
-                    worktree,
-                    &["symbolic-ref", "--short", "-q", "HEAD"],
-                    t,
-                ),
+                git(env, worktree, &["symbolic-ref", "--short", "-q", "HEAD"], t),
             )
             .map_err(|e| format!("{e}: branch unknown, pass --branch"))?;
             out.stdout.trim().to_owned()
@@ -111,7 +355,7 @@ fn commit_and_push(
     // push that never carried the log.
     let head = step(
         "symbolic-ref",
-        git(settings, worktree, &["symbolic-ref", "-q", "HEAD"], t),
+        git(env, worktree, &["symbolic-ref", "-q", "HEAD"], t),
     )?;
     if head.stdout.trim() != format!("refs/heads/{branch}") {
         return Err(format!(
@@ -120,20 +364,28 @@ fn commit_and_push(
             head.stdout.trim(),
         ));
     }
-    clear_stale_index_lock(settings, worktree, notes)?;
-    step("add", git(settings, worktree, &["add", "--", &rel], t))?;
+    clear_stale_index_lock(settings, env, worktree, notes)?;
+    step("add", git(env, worktree, &["add", "--", &rel], t))?;
     // Nothing staged for this path: it was committed before (a retry).
     let staged = git(
-        settings,
+        env,
         worktree,
-        &["diff", "--cached", "--quiet", "--", &rel],
+        &[
+            "diff",
+            "--cached",
+            "--quiet",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--",
+            &rel,
+        ],
         t,
     )?;
     if staged.code == Some(1) {
         step(
             "commit",
             git(
-                settings,
+                env,
                 worktree,
                 &["commit", "-q", "-m", message, "--", &rel],
                 t,
@@ -145,7 +397,7 @@ fn commit_and_push(
     // git ignores, a nested repository) must not read as done: the committed
     // tree holds the log's exact bytes, or it is not recorded.
     let committed = git(
-        settings,
+        env,
         worktree,
         &["ls-tree", "--object-only", "HEAD", "--", &rel],
         t,
@@ -153,7 +405,7 @@ fn commit_and_push(
     let written = step(
         "hash-object",
         git(
-            settings,
+            env,
             worktree,
             &["hash-object", "--no-filters", "--", &rel],
             t,
@@ -174,7 +426,21 @@ fn commit_and_push(
     let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
     step(
         "push",
-        git(settings, worktree, &["push", "-q", "origin", &refspec], t),
+        git(
+            env,
+            worktree,
+            // git's own receive-pack: `remote.<name>.receivepack` is taken
+            // from the first configuration that sets it, the repository's
+            // before ours, so only the option overrides it.
+            &[
+                "push",
+                "-q",
+                "--receive-pack=git-receive-pack",
+                "origin",
+                &refspec,
+            ],
+            t,
+        ),
     )?;
     notes.push(format!("git push origin {branch}: done"));
     Ok(())
@@ -188,11 +454,12 @@ fn commit_and_push(
 /// and the exact command.
 fn clear_stale_index_lock(
     settings: &Settings,
+    env: &GitEnv,
     worktree: &Path,
     notes: &mut Vec<String>,
 ) -> Result<(), String> {
     let out = git(
-        settings,
+        env,
         worktree,
         &["rev-parse", "--absolute-git-dir"],
         settings.git_timeout,
@@ -269,8 +536,9 @@ pub fn work_tree(settings: &Settings, worktree: &Path) -> Result<(), String> {
     if !worktree.is_dir() {
         return Err(format!("worktree {} does not exist", worktree.display()));
     }
+    let env = GitEnv::new(settings, FINALIZER_NAME, worktree)?;
     let out = git(
-        settings,
+        &env,
         worktree,
         &["rev-parse", "--is-inside-work-tree"],
         settings.git_timeout,
@@ -289,8 +557,9 @@ pub fn work_tree(settings: &Settings, worktree: &Path) -> Result<(), String> {
 /// The ref HEAD names in the worktree (`refs/heads/<branch>`); an error
 /// when HEAD is detached.
 pub fn head_ref(settings: &Settings, worktree: &Path) -> Result<String, String> {
+    let env = GitEnv::new(settings, FINALIZER_NAME, worktree)?;
     let out = git(
-        settings,
+        &env,
         worktree,
         &["symbolic-ref", "--quiet", "HEAD"],
         settings.git_timeout,
@@ -320,8 +589,9 @@ pub fn branch_tip(
         Some(branch) => format!("refs/heads/{branch}^{{commit}}"),
         None => "HEAD^{commit}".to_owned(),
     };
+    let env = GitEnv::new(settings, FINALIZER_NAME, worktree)?;
     let out = git(
-        settings,
+        &env,
         worktree,
         &["rev-parse", "--verify", "--quiet", &rev],
         settings.git_timeout,
@@ -335,5 +605,117 @@ pub fn branch_tip(
             branch.unwrap_or("HEAD"),
             worktree.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(&[&str], &str)]) -> Entries {
+        pairs
+            .iter()
+            .map(|(k, v)| (key(k), Some((*v).to_owned())))
+            .collect()
+    }
+
+    fn value<'a>(out: &'a [(String, String)], parts: &[&str]) -> Vec<&'a str> {
+        let k = key(parts);
+        out.iter()
+            .filter(|(o, _)| *o == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn with_nothing_in_home_every_program_is_switched_off() {
+        let out = overrides(&Vec::new(), &["Lfs".to_owned()]);
+        for (parts, neutral) in [
+            (&["core", "hooksPath"][..], "/dev/null"),
+            (&["core", "fsmonitor"], "false"),
+            (&["commit", "gpgSign"], "false"),
+            (&["tag", "gpgSign"], "false"),
+            (&["push", "gpgSign"], "false"),
+            (&["gpg", "program"], "gpg"),
+            (&["gpg", "openpgp", "program"], "gpg"),
+            (&["gpg", "ssh", "defaultKeyCommand"], ""),
+            (&["core", "sshCommand"], "ssh"),
+            (&["core", "askPass"], ""),
+            (&["credential", "helper"], ""),
+            (&["core", "pager"], "cat"),
+            (&["core", "editor"], ":"),
+            (&["sequence", "editor"], ":"),
+            (&["diff", "external"], ""),
+            (&["core", "alternateRefsCommand"], ""),
+            (&["protocol", "ext", "allow"], "never"),
+            (&["gc", "auto"], "0"),
+            (&["filter", "Lfs", "clean"], ""),
+            (&["filter", "Lfs", "smudge"], ""),
+            (&["filter", "Lfs", "process"], ""),
+            (&["filter", "Lfs", "required"], "false"),
+        ] {
+            assert_eq!(value(&out, parts), [neutral], "{parts:?}");
+        }
+    }
+
+    #[test]
+    fn what_home_configures_is_kept() {
+        let url_helper = key(&["credential", "https://example", "test", "helper"]);
+        let mut home = entries(&[
+            (&["core", "hookspath"], "~/hooks"),
+            (&["core", "sshcommand"], "ssh -i key"),
+            (&["credential", "helper"], "store"),
+            (&["gpg", "program"], "gpg2"),
+            (&["filter", "lfs", "clean"], "git-lfs clean -- %f"),
+            (&["protocol", "ext", "allow"], "always"),
+            (&["core", "pager"], "less"),
+        ]);
+        home.insert(3, (url_helper.clone(), Some("cache".to_owned())));
+        let out = overrides(&home, &["lfs".to_owned()]);
+        assert_eq!(value(&out, &["core", "hooksPath"]), ["~/hooks"]);
+        assert_eq!(value(&out, &["core", "sshCommand"]), ["ssh -i key"]);
+        assert_eq!(value(&out, &["gpg", "openpgp", "program"]), ["gpg2"]);
+        assert_eq!(
+            value(&out, &["filter", "lfs", "clean"]),
+            ["git-lfs clean -- %f"]
+        );
+        assert_eq!(value(&out, &["filter", "lfs", "smudge"]), [""]);
+        // The list is emptied first, then HOME's helpers in HOME's order.
+        let helpers: Vec<(&str, &str)> = out
+            .iter()
+            .filter(|(k, _)| k.starts_with("credential"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let generic = key(&["credential", "helper"]);
+        assert_eq!(
+            helpers,
+            [
+                (generic.as_str(), ""),
+                (generic.as_str(), "store"),
+                (url_helper.as_str(), "cache"),
+            ]
+        );
+        // Never HOME's: ext stays forbidden, no pager.
+        assert_eq!(value(&out, &["protocol", "ext", "allow"]), ["never"]);
+        assert_eq!(value(&out, &["core", "pager"]), ["cat"]);
+    }
+
+    #[test]
+    fn git_config_listings_parse() {
+        assert_eq!(
+            parse_list("a.b\nfalse\0c.d\0e.f.g\nx\ny\0"),
+            vec![
+                ("a.b".to_owned(), Some("false".to_owned())),
+                ("c.d".to_owned(), None),
+                ("e.f.g".to_owned(), Some("x\ny".to_owned())),
+            ]
+        );
+        let names = [
+            key(&["filter", "a", "clean"]),
+            key(&["filter", "a", "required"]),
+            key(&["filter", "B.c", "process"]),
+        ]
+        .join("\0");
+        assert_eq!(driver_names(&names), ["a", "B.c"]);
     }
 }

@@ -161,15 +161,15 @@ pub fn parse(text: &str) -> Result<Fixture, String> {
     ron_options().from_str(text).map_err(|e| e.to_string())
 }
 
-/// The fixture as RON text.
-pub fn to_ron(fixture: &Fixture) -> String {
+/// The fixture as RON text; an error when RON cannot write it.
+pub fn to_ron(fixture: &Fixture) -> Result<String, String> {
     let pretty = ron::ser::PrettyConfig::new()
         .depth_limit(4)
         .struct_names(false)
         .extensions(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES);
     let mut text = ron_options()
         .to_string_pretty(fixture, pretty)
-        .expect("fixtures serialize");
+        .map_err(|e| format!("the fixture cannot be written as RON: {e}"))?;
     text.push('\n');
-    text
+    Ok(text)
 }

@@ -740,6 +740,9 @@ fn canonical(entry: &HistoryEntry) -> io::Result<Vec<u8>> {
     serde_json::to_vec(entry).map_err(io::Error::other)
 }
 
+// HMAC takes a key of any length (a long one is hashed): `new_from_slice`
+// fails only for MACs with a fixed key size, which HMAC is not.
+#[allow(clippy::expect_used)]
 fn keyed(key: &Secret) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes a key of any length")
 }

@@ -59,11 +59,11 @@ fn demo_deploys_successfully() {
         "deploy: provenance: orchestrator:staging carries the expected revision ",
         "deploy: deployed: orchestrator is healthy on sha256:",
         "--- the hook's docker calls (the stand-in's record) ---\n\
-         docker image inspect --format '{{ index .Config.Labels \"org.opencontainers.image.revision\" }}' orchestrator:staging\n\
-         docker image inspect --format '{{.Id}}' orchestrator:staging\n\
-         docker image inspect --format '{{.Id}}' orchestrator:prod\n\
-         docker tag orchestrator:staging orchestrator:prod\n\
-         docker compose --profile prod up -d --no-deps orchestrator\n---",
+         docker image inspect --format '{{ index .Config.Labels \"org.opencontainers.image.revision\" }}' -- orchestrator:staging\n\
+         docker image inspect --format '{{.Id}}' -- orchestrator:staging\n\
+         docker image inspect --format '{{.Id}}' -- orchestrator:prod\n\
+         docker tag -- orchestrator:staging orchestrator:prod\n\
+         docker compose --profile prod up -d --no-deps -- orchestrator\n---",
         "deploy-finalizer <deploy-finalizer@orchestrator.local>: deploy(ORCH-036): finalize SUCCESS for DEMO-1",
         "final state: finalized_success",
     ] {
@@ -100,7 +100,7 @@ fn demo_fail_ends_finalized_failed() {
         format!(
             "deploy: rolled back: orchestrator is healthy again on the previous image {previous}\n"
         ),
-        format!("docker tag {previous} orchestrator:prod\n"),
+        format!("docker tag -- {previous} orchestrator:prod\n"),
         format!("/health -> 200 ok {previous}\n"),
         "final state: finalized_failed".to_owned(),
     ] {

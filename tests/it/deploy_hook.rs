@@ -252,16 +252,16 @@ fn free_port() -> u16 {
 
 fn inspect_revision(reference: &str) -> String {
     format!(
-        "docker image inspect --format '{{{{ index .Config.Labels \"{REVISION_LABEL}\" }}}}' {reference}"
+        "docker image inspect --format '{{{{ index .Config.Labels \"{REVISION_LABEL}\" }}}}' -- {reference}"
     )
 }
 fn inspect_id(reference: &str) -> String {
-    format!("docker image inspect --format '{{{{.Id}}}}' {reference}")
+    format!("docker image inspect --format '{{{{.Id}}}}' -- {reference}")
 }
 fn tag(from: &str, to: &str) -> String {
-    format!("docker tag {from} {to}")
+    format!("docker tag -- {from} {to}")
 }
-const COMPOSE_UP: &str = "docker compose --profile prod up -d --no-deps app";
+const COMPOSE_UP: &str = "docker compose --profile prod up -d --no-deps -- app";
 
 /// Every line of the hook's log starts with a UTC timestamp
 /// (`date -u +%Y-%m-%dT%H:%M:%SZ`) and a space.
@@ -579,6 +579,88 @@ fn a_missing_or_bad_variable_exits_64_touching_nothing() {
     }
 }
 
+/// No setting becomes an option: a value that begins with `-` is refused
+/// by the hook itself (exit 64, one line naming the variable), before any
+/// docker call and before PREV_IMAGE_FILE is written, whatever the engine's
+/// own checks let through.
+#[test]
+fn a_setting_that_begins_with_a_dash_exits_64_before_touching_anything() {
+    for name in [
+        "SOURCE_IMAGE",
+        "TARGET_SERVICE",
+        "TARGET_IMAGE",
+        "COMPOSE_PROFILE",
+        "PREV_IMAGE_FILE",
+    ] {
+        for value in ["-", "-q", "--build", "--rm=true"] {
+            let mut host = Host::new();
+            host.two_images(true);
+            host.set(name, Some(value));
+            let run = host.deploy();
+            assert_eq!(run.code, 64, "{name}={value:?}: {}", run.stdout);
+            assert_timestamped(&run.stdout);
+            let lines: Vec<&str> = run.stdout.lines().collect();
+            assert_eq!(lines.len(), 1, "{name}={value:?}: {}", run.stdout);
+            assert!(
+                lines[0].contains(&format!("{name} must name"))
+                    && lines[0].contains("begins with '-'")
+                    && lines[0].contains(&format!("('{value}')"))
+                    && lines[0].ends_with("nothing was touched"),
+                "{name}={value:?}: {}",
+                lines[0]
+            );
+            assert_eq!(host.argvs(), Vec::<String>::new(), "{name}={value:?}");
+            assert_eq!(host.prev_content(), None, "{name}={value:?}");
+            let left: Vec<_> = fs::read_dir(host.repo())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "{name}={value:?}: the hook wrote {left:?}");
+        }
+    }
+}
+
+/// Every reference and the service follow `--` in the hook's docker and
+/// compose calls, and the stand-in takes exactly those argvs: the forms
+/// without `--` are not what the hook calls, and it refuses them.
+#[test]
+fn references_and_the_service_follow_a_double_dash_in_every_docker_call() {
+    let host = Host::new();
+    let (old, _new) = host.two_images(false);
+    host.docker(&["service", SERVICE, TARGET]);
+    let run = host.deploy();
+    assert_eq!(run.code, 1, "rolled back: {}", run.stdout);
+    let argvs = host.argvs();
+    assert!(!argvs.is_empty());
+    for argv in &argvs {
+        let words: Vec<&str> = argv.split(' ').collect();
+        let dash = words.iter().position(|w| *w == "--");
+        assert!(dash.is_some(), "no -- in {argv}");
+        let last = words.last().unwrap();
+        assert!(
+            [SOURCE, TARGET, SERVICE, old.as_str()].contains(last),
+            "{argv}"
+        );
+    }
+    for old_form in [
+        &["tag", SOURCE, TARGET][..],
+        &["image", "inspect", "--format", "{{.Id}}", SOURCE],
+        &["compose", "up", "-d", "--no-deps", SERVICE],
+    ] {
+        let out = host
+            .command(&host.bash)
+            .arg(STAND_IN)
+            .args(old_form)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{old_form:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not implemented"),
+            "{old_form:?}: {out:?}"
+        );
+    }
+}
+
 #[test]
 fn an_empty_or_unset_compose_profile_gives_no_profile_option() {
     for value in [Some(""), None] {
@@ -589,7 +671,7 @@ fn an_empty_or_unset_compose_profile_gives_no_profile_option() {
         assert_eq!(run.code, 0, "{}", run.stdout);
         assert_eq!(
             host.argvs().last().map(String::as_str),
-            Some("docker compose up -d --no-deps app"),
+            Some("docker compose up -d --no-deps -- app"),
             "{value:?}"
         );
     }

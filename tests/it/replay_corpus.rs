@@ -296,7 +296,7 @@ fn a_live_deploy_captured_mid_flight_replays() {
     assert!(failure.is_none(), "{failure:?}");
     // The round trip through text is lossless.
     assert_eq!(
-        fixture::parse(&fixture::to_ron(&captured)).unwrap(),
+        fixture::parse(&fixture::to_ron(&captured).unwrap()).unwrap(),
         captured
     );
 }
