@@ -37,6 +37,7 @@ fn problem(status: &Value) -> String {
 fn hook_ends_on_a_full_disk(sb: &Sandbox, item: &str) -> (Tmpfs, String, PathBuf) {
     let state = sb.state_root();
     let mount = Tmpfs::mount(&state, "256k");
+    sb.init_repos_dir();
     let hold = Hold::hook(sb);
     sb.approve_item(item);
     let id = sb.dispatch_id(item).unwrap();
