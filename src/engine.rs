@@ -98,6 +98,27 @@ pub enum EngineError {
     IntentUnreadable { path: String, error: std::io::Error },
     #[error("interrupted by {0} before the event acted; nothing done")]
     Interrupted(&'static str),
+    /// An effect failed after the event had changed something (an earlier
+    /// effect done, or the failing one visible on disk, as a marker renamed
+    /// into place whose directory could not be synced): never "nothing
+    /// changed".
+    #[error(
+        "{error}; the event had already acted ({from} -> {to} on disk; done: {done}): \
+         see `selfdeploy status`, the next event carries on from there"
+    )]
+    AfterChange {
+        error: Box<EngineError>,
+        from: StateName,
+        to: String,
+        done: String,
+    },
+}
+
+impl EngineError {
+    /// Whether the event may have changed something before it failed.
+    pub fn changed_something(&self) -> bool {
+        matches!(self, EngineError::AfterChange { .. })
+    }
 }
 
 /// Handles one event: the facts are read through `probe`, the effects the
@@ -197,7 +218,7 @@ pub fn handle(
     // somebody asked.
     let changed_nothing = match &result {
         Ok(report) => report.outcome == Outcome::Deferred && report.effects.is_empty(),
-        Err(_) => true,
+        Err(e) => !e.changed_something(),
     };
     let repeated = changed_nothing
         && store::last_entry(&paths.history_file)
@@ -649,9 +670,37 @@ fn run(
             mac: None,
         })?;
     }
-    let mut performer = |effect: &Effect| perform.perform(paths, effect);
-    let driven =
-        drive(snapshot.state, &event, &facts, &mut performer).map_err(EngineError::Effect)?;
+    let mut done: Vec<&'static str> = Vec::new();
+    let mut performer = |effect: &Effect| {
+        let performed = perform.perform(paths, effect);
+        if performed.is_ok() {
+            done.push(effect.kind());
+        }
+        performed
+    };
+    let driven = match drive(snapshot.state, &event, &facts, &mut performer) {
+        Ok(driven) => driven,
+        Err(error) => {
+            let error = EngineError::Effect(error);
+            // A dry run performs nothing; otherwise what is on disk now
+            // tells whether the failing effect, too, took hold.
+            let now = Snapshot::load(paths).ok();
+            let moved = now.as_ref().is_some_and(|now| now != snapshot);
+            if perform.dry_run() || (done.is_empty() && !moved) {
+                return Err(error);
+            }
+            return Err(EngineError::AfterChange {
+                error: Box::new(error),
+                from: snapshot.state,
+                to: now.map_or_else(|| "unreadable".to_owned(), |s| s.state.to_string()),
+                done: if done.is_empty() {
+                    "the failing effect itself".to_owned()
+                } else {
+                    done.join(", ")
+                },
+            });
+        }
+    };
     let condition = driven.condition();
     Ok(Report {
         repo: req.repo.clone(),

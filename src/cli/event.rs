@@ -9,7 +9,9 @@ use selfdeploy::exec::{HostPerformer, RecordingPerformer};
 use selfdeploy::machine::EventName;
 use selfdeploy::probe::HostProbe;
 
-use super::{EXIT_INTERRUPTED, EXIT_UNRECORDED, EXIT_USAGE, item_names, print_json};
+use super::{
+    EXIT_ERROR_AFTER_CHANGE, EXIT_INTERRUPTED, EXIT_UNRECORDED, EXIT_USAGE, item_names, print_json,
+};
 
 /// The event and its arguments, shared with `explain`.
 #[derive(Debug, clap::Args)]
@@ -136,6 +138,10 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         Err(error @ engine::EngineError::Interrupted(_)) => {
             eprintln!("selfdeploy: {error}");
             return Ok(EXIT_INTERRUPTED);
+        }
+        Err(error) if error.changed_something() => {
+            eprintln!("selfdeploy: error: {error}");
+            return Ok(EXIT_ERROR_AFTER_CHANGE);
         }
         Err(error) => return Err(error.into()),
     };

@@ -77,6 +77,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// The event ran (its report says how) but its history entry could not be
 /// appended: it is kept and written by the next event or watch pass.
 pub const EXIT_UNRECORDED: u8 = 4;
+/// An error after the event had changed something: the message says what.
+pub const EXIT_ERROR_AFTER_CHANGE: u8 = 5;
 /// A signal stopped the event before it acted: nothing done.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

@@ -419,3 +419,71 @@ fn a_deferred_poll_is_recorded_once_per_state_with_a_count() {
     let out = sb.run(&["history", "--repo", REPO, "--work-item", item, "--verify"]);
     assert_eq!(code(&out), 0, "{out:?}");
 }
+
+/// A bind mount of `dir` on itself, read-only (even for root), undone when
+/// dropped.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> ReadOnly {
+        for args in [
+            &["--bind", path_str(dir), path_str(dir)][..],
+            &["-o", "remount,ro,bind", path_str(dir)],
+        ] {
+            let out = Command::new(tool("mount")).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "this test bind-mounts a directory read-only, which needs root (CI runs as root): {}",
+                text(&out.stderr)
+            );
+        }
+        ReadOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("umount")).arg(&self.0).status();
+    }
+}
+
+/// Issue 18.9: exit 1 means nothing changed. A poll whose deploy log was
+/// written into the worktree and whose `finalized` cannot then be written
+/// (the state directory turned read-only) has changed something: it exits 5,
+/// and its one line says what was done and where the item is; the history
+/// records it. Once the directory is writable, the next poll finalizes. An
+/// event whose first effect fails changed nothing and still exits 1.
+#[test]
+fn an_error_after_a_change_is_exit_5_and_says_what_was_done() {
+    let sb = Sandbox::new();
+    let item = "AFTER-1";
+    sb.approve_item(item);
+    sb.wait_for_result(item);
+    let log = sb.deploy_log(item);
+    {
+        let _ro = ReadOnly::mount(&sb.item_dir(item));
+        let out = sb.event("poll", item, &[]);
+        let err = text(&out.stderr);
+        assert_eq!(code(&out), 5, "{out:?}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("the event had already acted"), "{err}");
+        assert!(err.contains("write_deploy_log"), "{err}");
+        assert!(err.contains("initiated -> initiated on disk"), "{err}");
+        assert!(log.exists(), "the log the error names is there");
+    }
+    let h = history(&sb, item);
+    let last = h.last().unwrap();
+    assert_eq!(last["outcome"], "error", "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("already acted"),
+        "{last}"
+    );
+    let done = sb.poll_until_final(item, &[]);
+    assert_eq!(done["to"], "finalized_success", "{done}");
+
+    let repo_dir = sb.state_root().join(format!(".deploy-state-{REPO}"));
+    let _ro = ReadOnly::mount(&repo_dir);
+    let out = sb.event("request-approve", "AFTER-2", &[]);
+    assert_eq!(code(&out), 1, "{out:?}");
+    assert!(!text(&out.stderr).contains("already acted"), "{out:?}");
+}
