@@ -424,6 +424,12 @@ fn commit_and_push(
         ));
     }
     let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    let push_url = git(env, worktree, &["remote", "get-url", "--push", "origin"], t)
+        .ok()
+        .filter(process::Finished::success)
+        .map(|out| out.stdout.trim().to_owned())
+        .unwrap_or_default();
+    let receive_pack = format!("--receive-pack={}", receive_pack_for(&push_url));
     step(
         "push",
         git(
@@ -432,18 +438,51 @@ fn commit_and_push(
             // git's own receive-pack: `remote.<name>.receivepack` is taken
             // from the first configuration that sets it, the repository's
             // before ours, so only the option overrides it.
-            &[
-                "push",
-                "-q",
-                "--receive-pack=git-receive-pack",
-                "origin",
-                &refspec,
-            ],
+            &["push", "-q", &receive_pack, "origin", &refspec],
             t,
         ),
     )?;
     notes.push(format!("git push origin {branch}: done"));
     Ok(())
+}
+
+/// The receive-pack a push runs. A remote on this machine (a path or a
+/// `file://` URL, which the worktree's own config may name) runs its
+/// receive-pack here, as the engine's user, with that repository's config
+/// and hooks (git clears our overrides for it): there it runs with no hooks,
+/// no fsmonitor and no auto gc. A remote reached over ssh or http runs its
+/// own server's programs, on that server: git's plain receive-pack.
+fn receive_pack_for(push_url: &str) -> String {
+    if !url_is_local(push_url) {
+        return "git-receive-pack".to_owned();
+    }
+    let mut command = "git".to_owned();
+    for (parts, value) in HOOKLESS_RECEIVE {
+        command.push_str(&format!(" -c {}={value}", key(parts)));
+    }
+    command.push_str(" receive-pack");
+    command
+}
+
+/// What a local remote's receive-pack runs with: `(key parts, value)`.
+const HOOKLESS_RECEIVE: &[(&[&str], &str)] = &[
+    (&["core", "hooksPath"], "/dev/null"),
+    (&["core", "fsmonitor"], "false"),
+    (&["receive", "autogc"], "false"),
+];
+
+/// git's own rule: a `file://` URL, or a path, which is anything with no
+/// `scheme://` and no `host:` before its first slash. An unreadable URL
+/// counts as local: the safe side.
+fn url_is_local(url: &str) -> bool {
+    if let Some((scheme, _)) = url.split_once("://") {
+        return scheme.eq_ignore_ascii_case("file");
+    }
+    match (url.find(':'), url.find('/')) {
+        (None, _) => true,
+        (Some(colon), Some(slash)) => slash < colon,
+        (Some(_), None) => false,
+    }
 }
 
 /// A git killed mid-commit (with the engine, kill -9) leaves
@@ -611,6 +650,30 @@ pub fn branch_tip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_remote_on_this_machine_gets_the_hookless_receive_pack() {
+        for local in [
+            "",
+            "../remote.git",
+            "remote.git",
+            "file:///srv/remote.git",
+            "FILE:///x",
+            "./a:b",
+        ] {
+            assert!(url_is_local(local), "{local}");
+            assert!(receive_pack_for(local).contains("hooksPath=/dev/null"));
+        }
+        for remote in [
+            "deploy-host:org/repo.git",
+            "ssh://deploy-host/org/repo.git",
+            "https://deploy-host/org/repo.git",
+            "host:repo",
+        ] {
+            assert!(!url_is_local(remote), "{remote}");
+            assert_eq!(receive_pack_for(remote), "git-receive-pack");
+        }
+    }
 
     fn entries(pairs: &[(&[&str], &str)]) -> Entries {
         pairs

@@ -252,6 +252,39 @@ fn a_planted_receive_pack_never_runs() {
     assert_published(&sb, &r);
 }
 
+/// A remote on this machine (the worktree's config names it: here the
+/// sandbox's own bare remote) runs its receive-pack here, as the engine's
+/// user, with its own config: its hooks (pre-receive, update, post-receive,
+/// post-update, reference-transaction), fsmonitor and auto gc never run.
+#[test]
+fn a_local_remote_s_own_hooks_never_run() {
+    let sb = Sandbox::new();
+    let marker = sb.root().join("ran");
+    let hooks = sb.remote().join("hooks");
+    for hook in [
+        "pre-receive",
+        "update",
+        "post-receive",
+        "post-update",
+        "reference-transaction",
+        "push-to-checkout",
+    ] {
+        let program = planted(&sb, hook, &marker);
+        fs::copy(&program, hooks.join(hook)).unwrap();
+    }
+    let elsewhere = planted(&sb, "hooks-dir-program", &marker);
+    let hooks_dir = sb.root().join("remote-hooks");
+    fs::create_dir_all(&hooks_dir).unwrap();
+    fs::copy(&elsewhere, hooks_dir.join("pre-receive")).unwrap();
+    git(
+        &sb.remote(),
+        &["config", "core.hooksPath", path_str(&hooks_dir)],
+    );
+    let r = deploy(&sb);
+    assert_never_ran(&marker);
+    assert_published(&sb, &r);
+}
+
 /// The worktree's ssh command loses to the one HOME configures, which is
 /// kept: the push goes over "ssh" through HOME's command (a stand-in that
 /// runs the remote command here).
