@@ -66,5 +66,5 @@ LABEL org.opencontainers.image.title="selfdeploy" \
       org.opencontainers.image.description="A persisted state machine that deploys a service which cannot restart itself" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.version="0.3.0" \
+      org.opencontainers.image.version="0.4.0" \
       org.opencontainers.image.revision="${REVISION}"
