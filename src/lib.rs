@@ -46,6 +46,7 @@ pub use machine::{EventName, Outcome, StateName};
 pub use probe::{HostProbe, Probe};
 
 mod atomic;
+pub mod clock;
 pub mod config;
 pub mod contract;
 #[doc(hidden)]

@@ -130,6 +130,9 @@ struct Look {
     /// The history lags: an event's intent was left behind (killed, or the
     /// disk was full), or a run a reset kept has a result not yet recorded.
     reconcile: bool,
+    /// Initiated, and the dispatch time contradicts the clocks: whether
+    /// that holds its timeouts back, and why (see `crate::clock`).
+    clock_problem: Option<(bool, String)>,
 }
 
 fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
@@ -168,9 +171,12 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
             settled: push_error.is_none() && snap.unreadable.is_empty() && !reconcile,
             push_error,
             reconcile,
+            clock_problem: None,
         });
     }
-    let now = std::time::SystemTime::now();
+    // The dispatch's age as a poll measures it: a clock that contradicts
+    // itself makes nothing due, and is shown.
+    let measured = engine::measure_dispatch_now(&paths, &snap);
     let at = snap.initiated_record().map(|r| r.dispatch_time());
     let has_result = snap.result.is_some();
     let due = has_result
@@ -178,14 +184,27 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
             snap.dispatch.as_ref().map(|d| d.ticket),
             Some(Ticket::Revoked | Ticket::Missing)
         )
-        || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now).is_some()
-        || machine::deadline_passed(settings, at, has_result, now).is_some();
+        || machine::claim_overdue(
+            settings,
+            snap.dispatch.as_ref(),
+            &measured.age,
+            at,
+            has_result,
+        )
+        .is_some()
+        || machine::deadline_passed(settings, &measured.age, at, has_result).is_some();
     Ok(Look {
         due,
         live: true,
         push_error: None,
         settled: false,
         reconcile,
+        clock_problem: measured.problem().map(|p| {
+            (
+                matches!(measured.age, crate::clock::DispatchAge::Inconsistent(_)),
+                p,
+            )
+        }),
     })
 }
 
@@ -347,6 +366,9 @@ pub struct Schedule {
     /// The directory's modification time when settled, and whether the item
     /// is live (waiting for approval: its directory stays watched).
     settled: HashMap<Item, (SystemTime, bool)>,
+    /// Items whose dispatch time contradicts the clocks, logged once: whether
+    /// that holds their timeouts back.
+    clocks: HashMap<Item, bool>,
 }
 
 /// A directory changed less than this long before a look may change again
@@ -363,6 +385,7 @@ impl Default for Schedule {
             polls: Backoff::new(FIRST_POLL_RETRY, LONGEST_RETRY),
             pushes: Backoff::new(FIRST_PUSH_RETRY, LONGEST_RETRY),
             settled: HashMap::new(),
+            clocks: HashMap::new(),
         }
     }
 }
@@ -442,6 +465,24 @@ impl Schedule {
         }
     }
 
+    /// Logs a clock problem of the item when it starts or changes kind, and
+    /// when it is over.
+    fn clock(&mut self, item: &Item, problem: Option<&(bool, String)>) {
+        let name = shown(item);
+        match problem {
+            Some((blocking, why)) => {
+                if self.clocks.insert(item.clone(), *blocking) != Some(*blocking) {
+                    tracing::warn!("watch: {name}: PROBLEM: {why}");
+                }
+            }
+            None => {
+                if self.clocks.remove(item).is_some() {
+                    tracing::info!("watch: {name}: the dispatch time agrees with the clocks again");
+                }
+            }
+        }
+    }
+
     /// The item can be read and polled again.
     fn worked(&mut self, item: &Item) {
         if let Some(failures) = self.polls.succeeded(item) {
@@ -469,6 +510,9 @@ impl Schedule {
         }
         self.settled.remove(item);
         let look = look(settings, item);
+        if let Ok(l) = &look {
+            self.clock(item, l.clock_problem.as_ref());
+        }
         let live = look.as_ref().is_ok_and(|l| l.live);
         if let (Ok(l), Some(changed)) = (&look, files)
             && l.settled
@@ -580,6 +624,7 @@ fn rescan_pass(
     if schedule.settled.len() > items.len() / 2 {
         let listed: std::collections::HashSet<&Item> = items.iter().collect();
         schedule.settled.retain(|item, _| listed.contains(item));
+        schedule.clocks.retain(|item, _| listed.contains(item));
     }
     Ok(pass)
 }

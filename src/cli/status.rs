@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use selfdeploy::clock::{DispatchAge, Measured};
 use selfdeploy::config::Settings;
 use selfdeploy::contract::hook_result::{TIMEOUT_EXIT_CODE, Verdict};
 use selfdeploy::contract::markers::{Marker, TicketFile};
@@ -196,12 +197,6 @@ fn human_age(secs: u64) -> String {
     }
 }
 
-/// Whole seconds from `then` (RFC 3339) to `now`, when it parses and is not later.
-fn since(then: &str, now: SystemTime) -> Option<u64> {
-    let then = humantime::parse_rfc3339(then).ok()?;
-    now.duration_since(then).ok().map(|d| d.as_secs())
-}
-
 /// An event's record waiting beside the history: `Ok(note)` when it is
 /// one (the next event or watch pass writes it), `Err(problem)` when what is
 /// there cannot be read (every event on the item fails until it is moved).
@@ -226,7 +221,7 @@ fn row(
     last: Option<LastEvent>,
     history_note: Option<String>,
     intent: Option<Result<String, String>>,
-    now: SystemTime,
+    measured: Option<&Measured>,
 ) -> Row {
     let record = snap.finalized.clone().flatten();
     let (push, push_error) = match record.as_ref().and_then(|r| r.pushed) {
@@ -271,6 +266,9 @@ fn row(
         })
         .collect();
     let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result);
+    // A dispatch time the clocks contradict: its timeouts are held back
+    // (or, on the same boot, the wall clock was stepped).
+    problems.extend(measured.and_then(Measured::problem));
     let mut intent_note = None;
     match intent {
         Some(Err(problem)) => problems.insert(0, problem),
@@ -278,7 +276,7 @@ fn row(
         None => {}
     }
     let problem = (!problems.is_empty()).then(|| problems.join("; "));
-    let mut notes = notes(&snap, problem.is_some(), timed_out, now);
+    let mut notes = notes(&snap, problem.is_some(), timed_out, measured);
     notes.extend(history_note);
     notes.extend(intent_note);
     let note = match &problem {
@@ -387,12 +385,17 @@ fn problems(
 
 /// What the files say, for a human. With a problem, what it already says
 /// (and the "waiting" that it contradicts) is left out.
-fn notes(snap: &Snapshot, blocked: bool, timed_out: bool, now: SystemTime) -> Vec<String> {
+fn notes(
+    snap: &Snapshot,
+    blocked: bool,
+    timed_out: bool,
+    measured: Option<&Measured>,
+) -> Vec<String> {
     let mut notes = Vec::new();
-    let record = snap.initiated_record();
-    let age = record
-        .and_then(|r| since(r.dispatch_time(), now))
-        .map_or(String::new(), |s| format!(" {} ago", human_age(s)));
+    let age = match measured.map(|m| &m.age) {
+        Some(DispatchAge::Known(age)) => format!(" {} ago", human_age(age.as_secs())),
+        _ => String::new(),
+    };
     let dispatch = snap.dispatch.as_ref();
     let id = dispatch.map_or("", |d| d.id.as_str());
     match (snap.state, &snap.result, dispatch.map(|d| d.ticket)) {
@@ -534,7 +537,20 @@ fn item_row(
     let (last, history_note) = last_event(&paths, now);
     let intent = intent_state(&paths);
     Some(match loaded {
-        Ok(snap) => Ok(row(repo, wi, snap, last, history_note, intent, now)),
+        Ok(snap) => {
+            // Only an initiated item's timeouts run on the dispatch's age.
+            let measured = (snap.state == StateName::Initiated)
+                .then(|| selfdeploy::engine::measure_dispatch_now(&paths, &snap));
+            Ok(row(
+                repo,
+                wi,
+                snap,
+                last,
+                history_note,
+                intent,
+                measured.as_ref(),
+            ))
+        }
         Err(e) => Err((unreadable_row(repo, wi, e.to_string(), last), e)),
     })
 }
