@@ -13,7 +13,7 @@ use selfdeploy::config::Settings;
 use selfdeploy::contract::hook_result::parse_result;
 use selfdeploy::contract::markers::{DispatchState, Ticket};
 use selfdeploy::contract::names::{RepoName, WorkItem};
-use selfdeploy::machine::{Event, Facts, Revision, StateName, step};
+use selfdeploy::machine::{DispatchAge, Event, Facts, Revision, StateName, step};
 
 fn bench(c: &mut Criterion) {
     let settings = Settings::with_overrides(&[]).unwrap();
@@ -47,6 +47,8 @@ fn bench(c: &mut Criterion) {
         approved_by: Some("bench"),
         finalized: None,
         dispatched_at: Some("2026-01-01T00:00:00Z"),
+        dispatch_age: DispatchAge::Known(std::time::Duration::ZERO),
+        boot: None,
     };
     let _ = SystemTime::UNIX_EPOCH;
 

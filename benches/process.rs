@@ -352,6 +352,8 @@ fn generate(root: &Path, items: usize) {
         approved_by: "bench".into(),
         approved_at: "2026-01-01T00:00:01Z".into(),
         dispatched_at: None,
+        boot_id: None,
+        dispatched_boottime_ms: None,
         branch: Some("deploy/W".into()),
         worktree: "/srv/repos/.worktrees/orchestrator/W".into(),
         revision: Some("0123456789abcdef0123456789abcdef01234567".into()),

@@ -79,6 +79,8 @@ fn main() {
             approved_by: "bench".into(),
             approved_at: "2026-01-01T00:00:00Z".into(),
             dispatched_at: None,
+            boot_id: None,
+            dispatched_boottime_ms: None,
             branch: Some("deploy/bench".into()),
             worktree: worktree.to_string_lossy().into_owned(),
             revision: None,

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::clock::{self, BootClock, Measured};
 use crate::config::Settings;
+use crate::contract::markers::Marker;
 use crate::contract::names::{BranchName, RepoName, WorkItem};
 use crate::effect::{Effect, RevokeReason};
 use crate::exec::{self, Perform, Performed};
@@ -304,7 +306,7 @@ fn load_and_probe(
     if let (EventName::Poll, Some(why)) = (req.event, snapshot.poll_blocker()) {
         return Err(EngineError::ResultUnreadable(why));
     }
-    let probed = probe_facts(settings, req, &snapshot, probe, false)?;
+    let probed = probe_facts(settings, req, paths, &snapshot, probe, false)?;
     Ok((snapshot, probed))
 }
 
@@ -702,6 +704,16 @@ fn run(
         }
     };
     let condition = driven.condition();
+    let mut notes = driven.notes;
+    // The boot clock decided; that the wall clock disagrees is still news.
+    if snapshot.state == StateName::Initiated
+        && req.event == EventName::Poll
+        && let Some(stepped) = &probed.measured.stepped
+    {
+        notes.push(format!(
+            "clock: {stepped}; the boot clock measures the dispatch's age"
+        ));
+    }
     Ok(Report {
         repo: req.repo.clone(),
         work_item: req.work_item.clone(),
@@ -712,7 +724,7 @@ fn run(
         reason: driven.reason,
         condition,
         effects: driven.effects,
-        notes: driven.notes,
+        notes,
         dry_run: perform.dry_run(),
         history_error: None,
     })
@@ -843,9 +855,37 @@ fn revoke_reason(driven: &Driven) -> Option<RevokeReason> {
     }
 }
 
+/// How long ago the item's current dispatch was made, by the clocks read
+/// now (`now` and `boot`, read together) and the time the kernel gave its
+/// `initiated` file: the engine's facts, `status` and `watch` measure it
+/// alike.
+pub fn measure_dispatch(
+    paths: &ItemPaths,
+    snapshot: &Snapshot,
+    now: SystemTime,
+    boot: Option<&BootClock>,
+    probe: &mut dyn Probe,
+) -> Measured {
+    let record = snapshot.initiated_record();
+    let file_time = record.and_then(|_| probe.modified(&paths.marker(Marker::Initiated)));
+    clock::measure(record, file_time, now, boot)
+}
+
+/// The same, with this machine's clocks now.
+pub fn measure_dispatch_now(paths: &ItemPaths, snapshot: &Snapshot) -> Measured {
+    let mut probe = crate::probe::HostProbe;
+    let boot = probe.boot_clock();
+    let now = probe.now();
+    measure_dispatch(paths, snapshot, now, boot.as_ref(), &mut probe)
+}
+
 /// What the engine looks up outside the state directory before a step.
 struct Probed {
     now: SystemTime,
+    /// The boot clock, read with `now`.
+    boot: Option<BootClock>,
+    /// The current dispatch's age at `now`.
+    measured: Measured,
     branch: Option<BranchName>,
     worktree: PathBuf,
     revision: Revision,
@@ -864,6 +904,7 @@ struct Probed {
 fn probe_facts(
     settings: &Settings,
     req: &Request,
+    paths: &ItemPaths,
     snapshot: &Snapshot,
     probe: &mut dyn Probe,
     everything: bool,
@@ -888,7 +929,9 @@ fn probe_facts(
     let dispatching =
         everything || machine::dispatch_may_follow(snapshot.state, req.event, settings, &req.repo);
     let mut probed = Probed {
-        now: probe.now(),
+        now: SystemTime::UNIX_EPOCH,
+        boot: None,
+        measured: clock::measure(None, None, SystemTime::UNIX_EPOCH, None),
         branch,
         worktree,
         revision: match record.and_then(|r| r.revision.clone()) {
@@ -921,6 +964,11 @@ fn probe_facts(
         probed.transport_program = transport_program(settings, probe);
         probed.new_dispatch_id = probe.new_dispatch_id().map_err(EngineError::Random)?;
     }
+    // The clocks last, together: a dispatch writes `initiated` right after,
+    // so the time the kernel gives the file agrees with the one recorded.
+    probed.boot = probe.boot_clock();
+    probed.now = probe.now();
+    probed.measured = measure_dispatch(paths, snapshot, probed.now, probed.boot.as_ref(), probe);
     Ok(probed)
 }
 
@@ -954,6 +1002,8 @@ impl Probed {
             approved_by: record.map(|r| r.approved_by.as_str()),
             finalized: snapshot.finalized.as_ref().and_then(|r| r.as_ref()),
             dispatched_at: record.map(|r| r.dispatch_time()),
+            dispatch_age: self.measured.age.clone(),
+            boot: self.boot.as_ref(),
         }
     }
 }
@@ -986,7 +1036,7 @@ pub fn explain(
     let paths = ItemPaths::new(&settings.repos_dir, &req.repo, &req.work_item)
         .with_durability(settings.durability);
     let snapshot = Snapshot::load(&paths)?;
-    let probed = probe_facts(settings, &req, &snapshot, probe, true)?;
+    let probed = probe_facts(settings, &req, &paths, &snapshot, probe, true)?;
     let facts = probed.facts(settings, &req, &snapshot);
     let guards = Guard::DISPATCH
         .into_iter()

@@ -16,6 +16,8 @@
 //! let dir = tempfile::tempdir()?;
 //! let repos = dir.path().to_str().unwrap();
 //! let settings = Settings::with_overrides(&[("REPOS_DIR", repos), ("HOST_REPOS_DIR", repos)])?;
+//! // Once per state directory, as `selfdeploy init` does it.
+//! selfdeploy::store::identity::init(dir.path(), "stage-engine", "2026-12-05T00:00:00Z")?;
 //! let request = Request {
 //!     repo: RepoName::new("orchestrator")?,
 //!     work_item: WorkItem::new("ORCH-7")?,
@@ -61,6 +63,7 @@ pub use machine::{EventName, Outcome, StateName};
 pub use probe::{HostProbe, Probe};
 
 mod atomic;
+pub mod clock;
 pub mod config;
 pub mod contract;
 #[doc(hidden)]

@@ -7,11 +7,13 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use statig::prelude::*;
 
+use crate::clock::BootClock;
+pub use crate::clock::DispatchAge;
 use crate::config::Settings;
 use crate::contract::hook_result::{HookExit, Verdict};
 use crate::contract::markers::{
@@ -222,8 +224,17 @@ pub struct Facts<'a> {
     pub approved_by: Option<&'a str>,
     /// The `finalized` record on disk, when there is one of ours.
     pub finalized: Option<&'a FinalizedRecord>,
-    /// When the current dispatch was made, as `initiated` records it.
+    /// When the current dispatch was made, as `initiated` records it (for
+    /// what reasons say; its age is `dispatch_age`).
     pub dispatched_at: Option<&'a str>,
+    /// How long ago the current dispatch was made, measured by the engine
+    /// (the boot clock on the same boot, else a consistent wall clock), or
+    /// why it cannot be trusted: the claim timeout and the result deadline
+    /// count from it, never from the wall clock alone.
+    pub dispatch_age: DispatchAge,
+    /// The boot clock at this step, recorded in `initiated` by a dispatch
+    /// (`None` where it cannot be read).
+    pub boot: Option<&'a BootClock>,
 }
 
 impl Facts<'_> {
@@ -238,9 +249,9 @@ impl Facts<'_> {
         claim_overdue(
             self.settings,
             self.dispatch,
+            &self.dispatch_age,
             self.dispatched_at,
             self.result.is_some(),
-            self.now,
         )
     }
 
@@ -248,36 +259,33 @@ impl Facts<'_> {
     pub fn deadline_passed(&self) -> Option<String> {
         deadline_passed(
             self.settings,
+            &self.dispatch_age,
             self.dispatched_at,
             self.result.is_some(),
-            self.now,
         )
     }
 }
 
-/// How long since `then` (RFC 3339), when it parses and is not later.
-fn waited_since(then: &str, now: SystemTime) -> Option<Duration> {
-    let then = humantime::parse_rfc3339(then).ok()?;
-    now.duration_since(then).ok()
-}
-
 /// `Some(why)` when an item has waited for its result longer than the
-/// deadline, counted from the dispatch time recorded in `initiated` (so that
-/// restarts do not reset it). An item with no recorded time (the original
-/// engine's) has no deadline.
+/// deadline, by the dispatch's age (measured from the dispatch recorded in
+/// `initiated`, so that restarts do not reset it, and never by a clock that
+/// contradicts itself: see `crate::clock`). An item with no recorded time
+/// (the original engine's), or whose time is inconsistent, has no deadline.
 pub fn deadline_passed(
     settings: &Settings,
+    age: &DispatchAge,
     dispatched_at: Option<&str>,
     has_result: bool,
-    now: SystemTime,
 ) -> Option<String> {
     let deadline = settings.result_deadline?;
     if has_result {
         return None;
     }
-    let at = dispatched_at?;
-    let waited = waited_since(at, now)?;
-    (waited >= deadline).then(|| {
+    let DispatchAge::Known(waited) = age else {
+        return None;
+    };
+    let at = dispatched_at.unwrap_or("an unrecorded time");
+    (*waited >= deadline).then(|| {
         format!(
             "no result {} s after the dispatch at {at}: the result deadline is {} s",
             waited.as_secs(),
@@ -293,15 +301,17 @@ pub fn deadline_passed(
 pub fn claim_overdue(
     settings: &Settings,
     dispatch: Option<&DispatchState>,
+    age: &DispatchAge,
     dispatched_at: Option<&str>,
     has_result: bool,
-    now: SystemTime,
 ) -> Option<String> {
     let dispatch = dispatch.filter(|d| d.ticket == Ticket::Sent)?;
-    let at = dispatched_at?;
-    let waited = waited_since(at, now)?;
+    let DispatchAge::Known(waited) = age else {
+        return None;
+    };
+    let at = dispatched_at.unwrap_or("an unrecorded time");
     let timeout = settings.claim_timeout;
-    if waited >= timeout {
+    if *waited >= timeout {
         return Some(format!(
             "the host did not claim dispatch {} within {} s (dispatched at {at}; SELF_DEPLOY_CLAIM_TIMEOUT_SECS is {})",
             dispatch.id,
@@ -309,7 +319,7 @@ pub fn claim_overdue(
             timeout.as_secs()
         ));
     }
-    deadline_passed(settings, dispatched_at, has_result, now).map(|why| {
+    deadline_passed(settings, age, dispatched_at, has_result).map(|why| {
         format!(
             "the host did not claim dispatch {} before the result deadline ({why})",
             dispatch.id
@@ -533,6 +543,12 @@ impl Context<'_, '_> {
             // To the millisecond: a timeout counted from whole seconds could
             // fire up to a second early.
             dispatched_at: Some(humantime::format_rfc3339_millis(f.now).to_string()),
+            // The boot clock read with `now`: on the same boot, the age is
+            // measured by it, whatever the wall clock does meanwhile.
+            boot_id: f.boot.map(|b| b.boot_id.clone()),
+            dispatched_boottime_ms: f
+                .boot
+                .map(|b| u64::try_from(b.since_boot.as_millis()).unwrap_or(u64::MAX)),
             branch: f.branch.map(str::to_owned),
             worktree: f.worktree.to_string_lossy().into_owned(),
             revision,
@@ -605,6 +621,21 @@ impl Context<'_, '_> {
                 self.when("no ticket").dispatch_failed(Some(format!(
                     "dispatch {id} has no ticket: the engine stopped before the launch, so nothing ran; approve again"
                 )))
+            }
+            // A clock that contradicts itself decides nothing: no revoke,
+            // no deadline, until the dispatch time is consistent.
+            Some(Ticket::Sent) | Some(Ticket::Claimed) | None
+                if matches!(f.dispatch_age, DispatchAge::Inconsistent(_))
+                    && (dispatch.is_some_and(|d| d.ticket == Ticket::Sent)
+                        || f.settings.result_deadline.is_some()) =>
+            {
+                let why = match &f.dispatch_age {
+                    DispatchAge::Inconsistent(why) => why.clone(),
+                    _ => String::new(),
+                };
+                self.when("no result, dispatch time inconsistent").defer(format!(
+                    "the dispatch time cannot be trusted: {why}; nothing is revoked or failed by the clock until it is consistent (status shows it)"
+                ))
             }
             Some(Ticket::Sent) => match f.claim_overdue() {
                 Some(why) => {

@@ -5,8 +5,9 @@
 //! Performing effects is the other interface (`crate::exec::Perform`).
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use crate::clock::BootClock;
 use crate::config::Settings;
 use crate::contract::markers;
 use crate::exec::{git, process};
@@ -14,6 +15,14 @@ use crate::exec::{git, process};
 pub trait Probe {
     /// The time now (an input: replays inject their own).
     fn now(&mut self) -> SystemTime;
+
+    /// The boot clock now: the boot id and `CLOCK_BOOTTIME` (`None` where
+    /// they cannot be read). Read together with [`Probe::now`].
+    fn boot_clock(&mut self) -> Option<BootClock>;
+
+    /// The time the kernel gave a file when it was last written (`None`
+    /// when it cannot be read); never follows a symlink.
+    fn modified(&mut self, path: &Path) -> Option<SystemTime>;
 
     /// Whether the transport's program is installed (`Err(why)` if not).
     fn program(&mut self, program: &str) -> Result<(), String>;
@@ -46,6 +55,14 @@ impl Probe for HostProbe {
         SystemTime::now()
     }
 
+    fn boot_clock(&mut self) -> Option<BootClock> {
+        boot_clock()
+    }
+
+    fn modified(&mut self, path: &Path) -> Option<SystemTime> {
+        modified(path)
+    }
+
     fn program(&mut self, program: &str) -> Result<(), String> {
         process::find(program)
             .map(|_| ())
@@ -74,4 +91,39 @@ impl Probe for HostProbe {
         getrandom::fill(&mut bytes).map_err(|e| format!("no random bytes from the OS: {e}"))?;
         Ok(markers::dispatch_id_from(bytes))
     }
+}
+
+/// Where the kernel tells its boot id, new at every boot.
+const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot clock of this machine now: the boot id and `CLOCK_BOOTTIME`
+/// (which a change of the wall clock does not step, and which counts time
+/// spent suspended). `None` when either cannot be read.
+pub fn boot_clock() -> Option<BootClock> {
+    let boot_id = std::fs::read_to_string(BOOT_ID_FILE).ok()?;
+    let boot_id = boot_id.trim();
+    if boot_id.is_empty() {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(BootClock {
+        boot_id: boot_id.to_owned(),
+        since_boot: Duration::new(secs, nanos),
+    })
+}
+
+/// The modification time of `path` as the kernel set it, without following
+/// a symlink.
+pub fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::symlink_metadata(path).ok()?.modified().ok()
 }

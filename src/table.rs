@@ -18,7 +18,7 @@ use crate::contract::names::{RepoName, WorkItem};
 use crate::effect::Effect;
 use crate::engine;
 use crate::exec::{ExecError, Performed};
-use crate::machine::{EventName, Facts, Revision, StateName};
+use crate::machine::{DispatchAge, EventName, Facts, Revision, StateName};
 use crate::store::Revoke;
 
 /// One row: in state `from`, event `event` under `condition` leads to `to`
@@ -64,6 +64,9 @@ enum Scenario {
     /// The ticket is unclaimed past the claim timeout; the host claims it
     /// just before the revoke.
     ClaimOverdueClaimed,
+    /// The ticket is unclaimed, and the dispatch time contradicts the
+    /// clocks (in the future, or not what the file's time says).
+    DispatchTimeInconsistent,
     /// A crash left the ticket revoked and `initiated` in place.
     TicketRevoked,
     /// A crash left `initiated` without its ticket.
@@ -76,7 +79,7 @@ enum Scenario {
     PushPending,
 }
 
-const SCENARIOS: [Scenario; 23] = [
+const SCENARIOS: [Scenario; 24] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
@@ -95,6 +98,7 @@ const SCENARIOS: [Scenario; 23] = [
     Scenario::TicketClaimedDeadlinePassed,
     Scenario::ClaimOverdueRevoked,
     Scenario::ClaimOverdueClaimed,
+    Scenario::DispatchTimeInconsistent,
     Scenario::TicketRevoked,
     Scenario::TicketMissing,
     Scenario::ForcedClaimed,
@@ -152,19 +156,27 @@ pub fn derive() -> Vec<Row> {
             push_error: None,
             ..pending.clone()
         };
+        // Past the claim timeout, or past the result deadline (60 s in that
+        // scenario), or right at the dispatch.
+        let waited = Duration::from_secs(match scenario {
+            S::ClaimOverdueRevoked | S::ClaimOverdueClaimed | S::DispatchTimeInconsistent => 121,
+            S::TicketClaimedDeadlinePassed => 61,
+            _ => 0,
+        });
         let facts = Facts {
             settings: &settings,
             repo: &repo,
             work_item: &work_item,
-            // Time is an input: past the claim timeout, or past the result
-            // deadline (60 s in that scenario), or right at the dispatch.
-            now: UNIX_EPOCH
-                + Duration::from_secs(match scenario {
-                    S::ClaimOverdueRevoked | S::ClaimOverdueClaimed => 121,
-                    S::TicketClaimedDeadlinePassed => 61,
-                    _ => 0,
-                }),
+            // Time is an input, and so is the dispatch's age.
+            now: UNIX_EPOCH + waited,
             dispatched_at: Some("1970-01-01T00:00:00Z"),
+            dispatch_age: match scenario {
+                S::DispatchTimeInconsistent => {
+                    DispatchAge::Inconsistent("the dispatch time is 3600 s in the future".into())
+                }
+                _ => DispatchAge::Known(waited),
+            },
+            boot: None,
             actor: "table",
             force: matches!(scenario, S::Forced | S::ForcedClaimed),
             merged: (scenario != Scenario::NoMergedValue).then_some(true),

@@ -157,6 +157,9 @@ struct Look {
     /// A result the host wrapper could not write (past the grace): the
     /// problem, as `status` words it.
     problem: Option<String>,
+    /// Initiated, and the dispatch time contradicts the clocks: whether
+    /// that holds its timeouts back, and why (see `crate::clock`).
+    clock_problem: Option<(bool, String)>,
 }
 
 fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
@@ -207,8 +210,12 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
             push_error,
             reconcile,
             problem,
+            clock_problem: None,
         });
     }
+    // The dispatch's age as a poll measures it: a clock that contradicts
+    // itself makes nothing due, and is shown.
+    let measured = engine::measure_dispatch_now(&paths, &snap);
     let at = snap.initiated_record().map(|r| r.dispatch_time());
     let has_result = snap.result.is_some();
     let due = has_result
@@ -216,8 +223,15 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
             snap.dispatch.as_ref().map(|d| d.ticket),
             Some(Ticket::Revoked | Ticket::Missing)
         )
-        || machine::claim_overdue(settings, snap.dispatch.as_ref(), at, has_result, now).is_some()
-        || machine::deadline_passed(settings, at, has_result, now).is_some();
+        || machine::claim_overdue(
+            settings,
+            snap.dispatch.as_ref(),
+            &measured.age,
+            at,
+            has_result,
+        )
+        .is_some()
+        || machine::deadline_passed(settings, &measured.age, at, has_result).is_some();
     Ok(Look {
         due,
         live: true,
@@ -225,6 +239,12 @@ fn look(settings: &Settings, item: &Item) -> Result<Look, String> {
         settled: false,
         reconcile,
         problem,
+        clock_problem: measured.problem().map(|p| {
+            (
+                matches!(measured.age, crate::clock::DispatchAge::Inconsistent(_)),
+                p,
+            )
+        }),
     })
 }
 
@@ -389,6 +409,9 @@ pub struct Schedule {
     /// The problem last logged for each item: logged again only when it
     /// changes.
     problems: HashMap<Item, String>,
+    /// Items whose dispatch time contradicts the clocks, logged once: whether
+    /// that holds their timeouts back.
+    clocks: HashMap<Item, bool>,
 }
 
 /// A directory changed less than this long before a look may change again
@@ -406,6 +429,7 @@ impl Default for Schedule {
             pushes: Backoff::new(FIRST_PUSH_RETRY, LONGEST_RETRY),
             settled: HashMap::new(),
             problems: HashMap::new(),
+            clocks: HashMap::new(),
         }
     }
 }
@@ -487,6 +511,24 @@ impl Schedule {
         }
     }
 
+    /// Logs a clock problem of the item when it starts or changes kind, and
+    /// when it is over.
+    fn clock(&mut self, item: &Item, problem: Option<&(bool, String)>) {
+        let name = shown(item);
+        match problem {
+            Some((blocking, why)) => {
+                if self.clocks.insert(item.clone(), *blocking) != Some(*blocking) {
+                    tracing::warn!("watch: {name}: PROBLEM: {why}");
+                }
+            }
+            None => {
+                if self.clocks.remove(item).is_some() {
+                    tracing::info!("watch: {name}: the dispatch time agrees with the clocks again");
+                }
+            }
+        }
+    }
+
     /// The item can be read and polled again.
     fn worked(&mut self, item: &Item) {
         if let Some(failures) = self.polls.succeeded(item) {
@@ -545,6 +587,9 @@ impl Schedule {
             Ok(l) => self.problem(item, l.problem.as_deref(), stats),
             Err(_) => None,
         };
+        if let Ok(l) = &look {
+            self.clock(item, l.clock_problem.as_ref());
+        }
         let live = look.as_ref().is_ok_and(|l| l.live);
         if let (Ok(l), Some(changed)) = (&look, files)
             && l.settled
@@ -660,6 +705,7 @@ fn rescan_pass(
     if schedule.settled.len() > items.len() / 2 {
         let listed: std::collections::HashSet<&Item> = items.iter().collect();
         schedule.settled.retain(|item, _| listed.contains(item));
+        schedule.clocks.retain(|item, _| listed.contains(item));
     }
     Ok(pass)
 }

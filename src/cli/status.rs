@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use selfdeploy::clock::{DispatchAge, Measured};
 use selfdeploy::config::Settings;
 use selfdeploy::contract::hook_result::{TIMEOUT_EXIT_CODE, Verdict};
 use selfdeploy::contract::markers::{Marker, TicketFile};
@@ -196,12 +197,6 @@ fn human_age(secs: u64) -> String {
     }
 }
 
-/// Whole seconds from `then` (RFC 3339) to `now`, when it parses and is not later.
-fn since(then: &str, now: SystemTime) -> Option<u64> {
-    let then = humantime::parse_rfc3339(then).ok()?;
-    now.duration_since(then).ok().map(|d| d.as_secs())
-}
-
 /// An event's record waiting beside the history: `Ok(note)` when it is
 /// one (the next event or watch pass writes it), `Err(problem)` when what is
 /// there cannot be read (every event on the item fails until it is moved).
@@ -219,6 +214,14 @@ fn intent_state(paths: &ItemPaths) -> Option<Result<String, String>> {
     }
 }
 
+/// The times a row is read at: the dispatch's age (an initiated item's) and
+/// the wall clock.
+#[derive(Clone, Copy)]
+struct Clocks<'a> {
+    measured: Option<&'a Measured>,
+    now: SystemTime,
+}
+
 fn row(
     repo: RepoName,
     work_item: WorkItem,
@@ -226,8 +229,9 @@ fn row(
     last: Option<LastEvent>,
     history_note: Option<String>,
     intent: Option<Result<String, String>>,
-    now: SystemTime,
+    clocks: Clocks<'_>,
 ) -> Row {
+    let Clocks { measured, now } = clocks;
     let record = snap.finalized.clone().flatten();
     let (push, push_error) = match record.as_ref().and_then(|r| r.pushed) {
         Some(true) => (Some(Push::Pushed), None),
@@ -271,6 +275,9 @@ fn row(
         })
         .collect();
     let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result, now);
+    // A dispatch time the clocks contradict: its timeouts are held back
+    // (or, on the same boot, the wall clock was stepped).
+    problems.extend(measured.and_then(Measured::problem));
     let mut intent_note = None;
     match intent {
         Some(Err(problem)) => problems.insert(0, problem),
@@ -278,7 +285,7 @@ fn row(
         None => {}
     }
     let problem = (!problems.is_empty()).then(|| problems.join("; "));
-    let mut notes = notes(&snap, problem.is_some(), timed_out, now);
+    let mut notes = notes(&snap, problem.is_some(), timed_out, measured, now);
     notes.extend(history_note);
     notes.extend(intent_note);
     let note = match &problem {
@@ -415,12 +422,18 @@ fn unwritten(snap: &Snapshot, now: SystemTime) -> impl Iterator<Item = &Unwritte
 
 /// What the files say, for a human. With a problem, what it already says
 /// (and the "waiting" that it contradicts) is left out.
-fn notes(snap: &Snapshot, blocked: bool, timed_out: bool, now: SystemTime) -> Vec<String> {
+fn notes(
+    snap: &Snapshot,
+    blocked: bool,
+    timed_out: bool,
+    measured: Option<&Measured>,
+    now: SystemTime,
+) -> Vec<String> {
     let mut notes = Vec::new();
-    let record = snap.initiated_record();
-    let age = record
-        .and_then(|r| since(r.dispatch_time(), now))
-        .map_or(String::new(), |s| format!(" {} ago", human_age(s)));
+    let age = match measured.map(|m| &m.age) {
+        Some(DispatchAge::Known(age)) => format!(" {} ago", human_age(age.as_secs())),
+        _ => String::new(),
+    };
     let dispatch = snap.dispatch.as_ref();
     let id = dispatch.map_or("", |d| d.id.as_str());
     match (snap.state, &snap.result, dispatch.map(|d| d.ticket)) {
@@ -564,7 +577,23 @@ fn item_row(
     let (last, history_note) = last_event(&paths, now);
     let intent = intent_state(&paths);
     Some(match loaded {
-        Ok(snap) => Ok(row(repo, wi, snap, last, history_note, intent, now)),
+        Ok(snap) => {
+            // Only an initiated item's timeouts run on the dispatch's age.
+            let measured = (snap.state == StateName::Initiated)
+                .then(|| selfdeploy::engine::measure_dispatch_now(&paths, &snap));
+            Ok(row(
+                repo,
+                wi,
+                snap,
+                last,
+                history_note,
+                intent,
+                Clocks {
+                    measured: measured.as_ref(),
+                    now,
+                },
+            ))
+        }
         Err(e) => Err((unreadable_row(repo, wi, e.to_string(), last), e)),
     })
 }

@@ -63,6 +63,14 @@ pub struct InitiatedRecord {
     /// deadline count from it (`approved_at`, to the second, when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatched_at: Option<String>,
+    /// The kernel's boot id at the dispatch: on the same boot, the boot
+    /// clock below measures the dispatch's age (absent in earlier records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// `CLOCK_BOOTTIME` at the dispatch, in milliseconds: it never steps
+    /// when the wall clock is set (absent in earlier records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_boottime_ms: Option<u64>,
     pub branch: Option<String>,
     pub worktree: String,
     pub revision: Option<String>,

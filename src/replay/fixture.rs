@@ -74,8 +74,16 @@ pub enum Act {
     LateResult { dispatch: usize, content: String },
     /// The engine dies after performing `after` effects of this event.
     Crash { after: usize, event: EventStep },
-    /// The clock moves on by this many seconds.
+    /// The clock moves on by this many seconds: the wall clock and the boot
+    /// clock alike.
     TimePasses(u64),
+    /// The wall clock is set this many seconds forward (back when negative),
+    /// as NTP or an operator would step it; no time passes, and the boot
+    /// clock does not move.
+    ClockSteps(i64),
+    /// The machine restarts: a new boot id, its boot clock starts again;
+    /// the wall clock keeps its time.
+    Reboot,
     /// Another process holds the work item's lock during this event.
     LockHeld(EventStep),
 }

@@ -102,6 +102,8 @@ fn describe(act: &Act) -> String {
         }
         Act::Crash { after, event } => format!("event {} dies after {after} effects", event.event),
         Act::TimePasses(s) => format!("{s} s pass"),
+        Act::ClockSteps(s) => format!("the wall clock steps by {s} s"),
+        Act::Reboot => "the machine reboots".to_owned(),
         Act::LockHeld(e) => format!("event {} while another process holds the lock", e.event),
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::fixture::{Act, EventStep, Expect, Fixture};
+use crate::clock::BootClock;
 use crate::config::Settings;
 use crate::contract::markers::TicketFile;
 use crate::contract::names::{RepoName, WorkItem};
@@ -28,10 +29,24 @@ const HELD_LOCK_WAIT: Duration = Duration::from_millis(20);
 /// How long an event waits for a lock nobody should hold for long.
 const UNCONTENDED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// The boot clock when a replay starts: a day since the boot.
+const REPLAY_BOOT_CLOCK: Duration = Duration::from_secs(86_400);
+/// The boot clock right after a simulated reboot.
+const REPLAY_REBOOTED_CLOCK: Duration = Duration::from_secs(60);
+
+/// The simulated machine's boot id for its `n`-th boot (1 for the first).
+fn replay_boot_id(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
 /// The world as the fixture's step says it is: the time (moved on only by
-/// `TimePasses`), the programs, the worktree, the branch tip, the next id.
+/// `TimePasses`, stepped by `ClockSteps`), the boot clock, the programs, the
+/// worktree, the branch tip, the next id.
 struct ReplayProbe<'a> {
     now: SystemTime,
+    boot: BootClock,
+    /// When this replay wrote `initiated`, by its simulated wall clock.
+    initiated_written: Option<SystemTime>,
     step: &'a EventStep,
     /// Deterministic, so that replays print the same bytes every time: the
     /// n-th dispatch of the replay is n.
@@ -41,6 +56,20 @@ struct ReplayProbe<'a> {
 impl Probe for ReplayProbe<'_> {
     fn now(&mut self) -> SystemTime {
         self.now
+    }
+
+    fn boot_clock(&mut self) -> Option<BootClock> {
+        Some(self.boot.clone())
+    }
+
+    /// The time of `initiated` as the simulated clock was when this replay
+    /// wrote it; none for a file the fixture laid out (its time is not
+    /// part of the fixture) or any other file.
+    fn modified(&mut self, path: &Path) -> Option<SystemTime> {
+        let initiated = crate::contract::markers::Marker::Initiated.file_name();
+        (path.file_name().is_some_and(|n| n == initiated) && path.is_file())
+            .then_some(self.initiated_written)
+            .flatten()
     }
 
     fn new_dispatch_id(&mut self) -> Result<String, String> {
@@ -105,6 +134,10 @@ struct ReplayExecutor<'a> {
     /// The id the host claimed during this step, if any.
     claimed: Option<String>,
     faults: Faults,
+    /// The simulated wall clock of this step.
+    now: SystemTime,
+    /// When `initiated` was written, by the simulated wall clock.
+    initiated_written: &'a mut Option<SystemTime>,
 }
 
 /// Deliberate breaks of the protocol, for tests that show the model-based
@@ -124,6 +157,7 @@ impl ReplayExecutor<'_> {
         {
             let id = next_dispatch_id(self.dispatches);
             self.dispatches.push(id);
+            *self.initiated_written = Some(self.now);
         }
         match effect {
             Effect::RevokeTicket { .. } if self.faults.skip_revoke => {
@@ -204,6 +238,18 @@ pub struct Actual {
     pub hook_started: Option<String>,
 }
 
+/// `clock` moved by `seconds` (back when negative), within what RFC 3339
+/// holds (up to 9999-12-31T23:59:59Z); `None` outside.
+fn stepped(clock: SystemTime, seconds: i128) -> Option<SystemTime> {
+    let since_epoch = clock.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let secs = i128::from(since_epoch.as_secs()).checked_add(seconds)?;
+    if !(0..=253_402_300_799).contains(&secs) {
+        return None;
+    }
+    let secs = u64::try_from(secs).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::new(secs, since_epoch.subsec_nanos()))
+}
+
 fn next_dispatch_id(issued: &[String]) -> String {
     format!("{:016x}", issued.len() + 1)
 }
@@ -227,8 +273,15 @@ pub struct Replayer {
     repo: RepoName,
     work_item: WorkItem,
     paths: ItemPaths,
-    /// The time as the fixture says, moved on only by `TimePasses`.
+    /// The time as the fixture says, moved on by `TimePasses`, stepped by
+    /// `ClockSteps`.
     clock: SystemTime,
+    /// The simulated machine's boot (1 for the first) and its boot clock,
+    /// moved on by `TimePasses` only.
+    boots: u32,
+    boottime: Duration,
+    /// When this replay last wrote `initiated`, by the simulated clock.
+    initiated_written: Option<SystemTime>,
     /// Dispatch ids issued in this replay, oldest first.
     dispatches: Vec<String>,
     /// The last dispatch the host claimed.
@@ -301,6 +354,9 @@ impl Replayer {
             work_item,
             paths,
             clock,
+            boots: 1,
+            boottime: REPLAY_BOOT_CLOCK,
+            initiated_written: None,
             dispatches,
             last_claimed,
             faults: Faults::default(),
@@ -408,19 +464,25 @@ impl Replayer {
             Act::TimePasses(seconds) => {
                 // A clock past what the system can represent is a bad fixture,
                 // never a panic: the other fixtures still run.
-                self.clock = self
-                    .clock
-                    .checked_add(Duration::from_secs(*seconds))
-                    .filter(|t| {
-                        // 9999-12-31T23:59:59Z: the last second RFC 3339 holds.
-                        t.duration_since(std::time::UNIX_EPOCH)
-                            .is_ok_and(|d| d.as_secs() <= 253_402_300_799)
-                    })
-                    .ok_or_else(|| {
-                        format!(
-                            "TimePasses({seconds}) moves the clock past what a timestamp can hold; use a number of seconds that keeps the clock before the year 10000"
-                        )
-                    })?;
+                self.clock = stepped(self.clock, i128::from(*seconds)).ok_or_else(|| {
+                    format!(
+                        "TimePasses({seconds}) moves the clock past what a timestamp can hold; use a number of seconds that keeps the clock before the year 10000"
+                    )
+                })?;
+                self.boottime += Duration::from_secs(*seconds);
+                self.observe()
+            }
+            Act::ClockSteps(seconds) => {
+                self.clock = stepped(self.clock, i128::from(*seconds)).ok_or_else(|| {
+                    format!(
+                        "ClockSteps({seconds}) sets the clock outside what a timestamp can hold (1970 to 9999)"
+                    )
+                })?;
+                self.observe()
+            }
+            Act::Reboot => {
+                self.boots += 1;
+                self.boottime = REPLAY_REBOOTED_CLOCK;
                 self.observe()
             }
         };
@@ -482,9 +544,16 @@ impl Replayer {
             dispatches: &mut self.dispatches,
             claimed: None,
             faults: self.faults,
+            now: self.clock,
+            initiated_written: &mut self.initiated_written,
         };
         let mut probe = ReplayProbe {
             now: self.clock,
+            boot: BootClock {
+                boot_id: replay_boot_id(self.boots),
+                since_boot: self.boottime,
+            },
+            initiated_written: *executor.initiated_written,
             step,
             next_id: next_dispatch_id(executor.dispatches),
         };

@@ -503,6 +503,8 @@ mod tests {
             approved_by: "test".into(),
             approved_at: "2030-01-01T00:00:00Z".into(),
             dispatched_at: None,
+            boot_id: None,
+            dispatched_boottime_ms: None,
             branch: None,
             worktree: "/w".into(),
             revision: None,

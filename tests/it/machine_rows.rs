@@ -2,6 +2,7 @@
 //! machine: no files, no processes. Facts are built by hand.
 
 use std::path::Path;
+use std::time::Duration;
 
 use selfdeploy::config::Settings;
 use selfdeploy::contract::hook_result::parse_result;
@@ -10,7 +11,9 @@ use selfdeploy::contract::markers::{
 };
 use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::effect::{Effect, Launch, RevokeReason};
-use selfdeploy::machine::{Event, EventName, Facts, Outcome, Revision, StateName, step};
+use selfdeploy::machine::{
+    DispatchAge, Event, EventName, Facts, Outcome, Revision, StateName, step,
+};
 
 use StateName::*;
 
@@ -77,6 +80,8 @@ impl World {
             approved_by: Some("alice"),
             finalized: None,
             dispatched_at: Some(DISPATCHED_AT),
+            dispatch_age: DispatchAge::Known(Duration::ZERO),
+            boot: None,
         }
     }
 }
@@ -317,6 +322,7 @@ fn a_poll_resolves_a_dispatch_by_its_ticket() {
         &Event::Poll,
         &Facts {
             now: at(119),
+            dispatch_age: DispatchAge::Known(Duration::from_secs(119)),
             ..w.facts()
         },
     );
@@ -324,6 +330,7 @@ fn a_poll_resolves_a_dispatch_by_its_ticket() {
     // Sent, past it: revoke.
     let overdue = Facts {
         now: at(121),
+        dispatch_age: DispatchAge::Known(Duration::from_secs(121)),
         ..w.facts()
     };
     let d = step(Initiated, &Event::Poll, &overdue);
@@ -548,6 +555,7 @@ fn initiated_poll_past_the_deadline_finalizes_as_failed_timeout() {
     let w = World::new(&[("SELF_DEPLOY_RESULT_DEADLINE_SECS", "600")]);
     let early = Facts {
         now: at(599),
+        dispatch_age: DispatchAge::Known(Duration::from_secs(599)),
         ..w.facts()
     };
     assert_eq!(
@@ -556,6 +564,7 @@ fn initiated_poll_past_the_deadline_finalizes_as_failed_timeout() {
     );
     let facts = Facts {
         now: at(600),
+        dispatch_age: DispatchAge::Known(Duration::from_secs(600)),
         ..w.facts()
     };
     let d = step(Initiated, &Event::Poll, &facts);

@@ -9,6 +9,7 @@ mod attack_17b;
 mod bad_input;
 mod claim_protocol;
 mod cli_conventions;
+mod clock;
 mod concurrency;
 mod container;
 mod crash_restart;

@@ -33,14 +33,9 @@ fn silence_past_the_deadline_finalizes_as_failed_timeout() {
     let (_, r) = sb.event_json("poll", "ORCH-40", &[]);
     assert_eq!(r["outcome"], "deferred", "{r}");
 
-    // The dispatch happened two hours ago, as far as the record says.
-    let initiated = sb.item_dir("ORCH-40").join("initiated");
-    let record = fs::read_to_string(&initiated).unwrap();
-    let mut json: serde_json::Value = serde_json::from_str(&record).unwrap();
-    let dispatched = humantime::parse_rfc3339(json["dispatched_at"].as_str().unwrap()).unwrap();
-    let earlier = dispatched - std::time::Duration::from_secs(7200);
-    json["dispatched_at"] = humantime::format_rfc3339_millis(earlier).to_string().into();
-    fs::write(&initiated, serde_json::to_string(&json).unwrap()).unwrap();
+    // The dispatch happened two hours ago, as far as the record and the
+    // file's time say.
+    sb.backdate_dispatch("ORCH-40", 7200);
 
     let (code, r) = sb.event_json("poll", "ORCH-40", &[]);
     assert_eq!(code, 0, "{r}");

@@ -187,13 +187,7 @@ fn the_default_result_deadline_is_finite() {
     assert_eq!(r["outcome"], "deferred", "{r}");
 
     // The dispatch was made just over the default deadline ago.
-    let initiated = sb.item_dir(item).join("initiated");
-    let mut json: Value = serde_json::from_slice(&fs::read(&initiated).unwrap()).unwrap();
-    let at = humantime::parse_rfc3339(json["dispatched_at"].as_str().unwrap()).unwrap();
-    json["dispatched_at"] = humantime::format_rfc3339_millis(at - Duration::from_secs(1801))
-        .to_string()
-        .into();
-    fs::write(&initiated, serde_json::to_string(&json).unwrap()).unwrap();
+    sb.backdate_dispatch(item, 1801);
 
     let (c, r) = sb.event_json("poll", item, &[]);
     assert_eq!((c, r["to"].as_str()), (0, Some("finalized_failed")), "{r}");

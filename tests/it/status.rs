@@ -248,12 +248,9 @@ fn status_shows_a_late_result_after_a_deadline_failure_with_its_exit_code() {
             .exists()),
         "the host never claimed the ticket"
     );
-    // The dispatch happened two hours ago, as far as the record says.
-    let initiated = sb.item_dir(item).join("initiated");
-    let mut record: Value = serde_json::from_slice(&fs::read(&initiated).unwrap()).unwrap();
-    let earlier = SystemTime::now() - Duration::from_secs(7200);
-    record["dispatched_at"] = humantime::format_rfc3339_millis(earlier).to_string().into();
-    fs::write(&initiated, serde_json::to_string(&record).unwrap()).unwrap();
+    // The dispatch happened two hours ago, as far as the record and the
+    // file's time say.
+    sb.backdate_dispatch(item, 7200);
     sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "3600".into());
     let (c, r) = sb.event_json("poll", item, &[]);
     assert_eq!((c, r["to"].as_str()), (0, Some("finalized_failed")), "{r}");

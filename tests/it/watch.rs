@@ -14,8 +14,8 @@ use selfdeploy::contract::names::{RepoName, WorkItem};
 use selfdeploy::store::{ItemLock, ItemPaths};
 
 use crate::support::sandbox::{
-    BRANCH, Hold, Sandbox, git, path_with_first_dir, wait_for as support_wait_for,
-    write_executable, write_script,
+    BRANCH, Hold, Sandbox, git, path_with_first_dir, tool, wait_for as support_wait_for,
+    write_script,
 };
 
 /// A running `selfdeploy watch`, its stderr (the log) read as it comes.
@@ -1261,20 +1261,26 @@ fn watch_alone_finalizes_on_a_result_renamed_into_place() {
 
 /// A push the remote refuses is retried after a delay (30 s at first,
 /// doubling), not at every rescan: each attempt costs the item's lock, a
-/// git push and the remote's time. The remote's pre-receive hook counts the
-/// attempts and refuses every one.
+/// git push and the remote's time. The remote refuses every pack (its
+/// `receive.maxInputSize`: a local remote's hooks never run), and a `git`
+/// first on PATH counts the receive-packs the pushes start.
 #[test]
 fn watch_retries_a_refused_push_after_its_backoff_not_at_every_rescan() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
     let item = "REFUSED-1";
     let attempts = sb.root().join("push-attempts");
-    write_executable(
-        &sb.remote().join("hooks/pre-receive"),
+    git(&sb.remote(), &["config", "receive.maxInputSize", "1"]);
+    let bin = sb.root().join("counting-bin");
+    write_script(
+        &bin,
+        "git",
         &format!(
-            "#!/bin/sh\necho attempt >> '{}'\necho 'refused by the test' >&2\nexit 1\n",
-            attempts.display()
+            "#!/bin/sh\ncase \"$*\" in *receive-pack*) echo attempt >> '{}';; esac\nexec '{}' \"$@\"\n",
+            attempts.display(),
+            tool("git")
         ),
     );
+    sb.set("PATH", path_with_first_dir(&bin));
     let count = || {
         fs::read_to_string(&attempts)
             .map(|s| s.lines().count())

@@ -379,6 +379,32 @@ pub fn commits(dir: &Path, range: &str) -> Vec<Commit> {
 impl Sandbox {
     /// The `dispatch_id` the item's `initiated` records, when `initiated`
     /// exists and holds our JSON (`None` for the original engine's).
+    /// Makes the current dispatch `secs` seconds older, consistently: the
+    /// recorded dispatch time and the time of the `initiated` file move back
+    /// together, and the boot clock reading is dropped (a record of an
+    /// earlier release, measured by the wall clock), since the boot clock
+    /// cannot be moved back before the machine's boot.
+    pub fn backdate_dispatch(&self, work_item: &str, secs: u64) {
+        let path = self.item_dir(work_item).join("initiated");
+        let mut record: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let back = Duration::from_secs(secs);
+        let at = humantime::parse_rfc3339(record["dispatched_at"].as_str().unwrap()).unwrap();
+        record["dispatched_at"] = humantime::format_rfc3339_millis(at - back)
+            .to_string()
+            .into();
+        let map = record.as_object_mut().unwrap();
+        map.remove("boot_id");
+        map.remove("dispatched_boottime_ms");
+        let written = fs::metadata(&path).unwrap().modified().unwrap();
+        fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(written - back)
+            .unwrap();
+    }
+
     pub fn dispatch_id(&self, work_item: &str) -> Option<String> {
         let raw = fs::read(self.item_dir(work_item).join("initiated")).ok()?;
         let record: Value = serde_json::from_slice(&raw).ok()?;
