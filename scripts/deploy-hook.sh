@@ -36,7 +36,10 @@
 # check), DEPLOY_HEALTH_ATTEMPT_SECS (5, one request at most),
 # DEPLOY_HEALTH_INTERVAL_SECS (1, between requests).
 #
-# Needs bash (its /dev/tcp: no curl), docker with compose, coreutils.
+# Needs bash (its /dev/tcp: no curl), docker with compose (the plugin,
+# `docker compose`, else the standalone `docker-compose`), coreutils. What
+# docker prints on stderr (warnings) is logged, never read as an id or a
+# label.
 # Described in docs/operations/HOOK.md; tests/it/deploy_hook.rs runs it
 # against scripts/stand-in-docker.
 set -euo pipefail
@@ -80,6 +83,40 @@ run() {
         log "exit status $status: $*"
     fi
     return "$status"
+}
+
+# Runs a command for what it prints on stdout, into OUT; what it says on
+# stderr (a real docker warns there: deprecations, plugins) goes to ERR,
+# never into OUT. Returns the command's status.
+OUT=""
+ERR=""
+stdout_of() {
+    local errfile status=0
+    OUT=""
+    ERR=""
+    if ! errfile=$(mktemp 2>&1); then
+        ERR="cannot create a temporary file: $errfile"
+        return 1
+    fi
+    OUT=$("$@" 2>"$errfile") || status=$?
+    ERR=$(cat -- "$errfile")
+    rm -f -- "$errfile"
+    return "$status"
+}
+
+# The compose command of this host: docker's plugin (`docker compose`), else
+# the standalone `docker-compose`; both accept the same arguments here.
+COMPOSE=()
+find_compose() {
+    if docker compose version >/dev/null 2>&1; then
+        COMPOSE=(docker compose)
+    elif command -v docker-compose >/dev/null 2>&1; then
+        COMPOSE=(docker-compose)
+    else
+        log "neither the docker compose plugin nor docker-compose is installed"
+        log "refusing to deploy; nothing was touched"
+        exit 1
+    fi
 }
 
 usage_error() {
@@ -222,7 +259,7 @@ compose_up() {
     if [ -n "$COMPOSE_PROFILE" ]; then
         profile=(--profile "$COMPOSE_PROFILE")
     fi
-    run docker compose ${profile[@]+"${profile[@]}"} up -d --no-deps -- "$TARGET_SERVICE"
+    run "${COMPOSE[@]}" ${profile[@]+"${profile[@]}"} up -d --no-deps -- "$TARGET_SERVICE"
 }
 
 # Reads the id of the image a reference names into IMAGE_ID; fails (logging
@@ -231,25 +268,34 @@ compose_up() {
 IMAGE_ID=""
 ABSENT=0
 image_id() {
-    local out
     IMAGE_ID=""
     ABSENT=0
-    if out=$(docker image inspect --format '{{.Id}}' -- "$1" 2>&1); then
-        if [[ $out =~ ^[^[:space:]]+$ ]]; then
-            IMAGE_ID=$out
+    if stdout_of docker image inspect --format '{{.Id}}' -- "$1"; then
+        warnings "docker image inspect $1"
+        if [[ $OUT =~ ^[^[:space:]]+$ ]]; then
+            IMAGE_ID=$OUT
             return 0
         fi
         log "docker image inspect $1 gave no single id:"
-        log_output "$out"
+        log_output "$OUT"
         return 1
     fi
-    if [[ ${out,,} == *"no such image"* ]]; then
+    if [[ ${ERR,,} == *"no such image"* ]]; then
         ABSENT=1
     else
         log "docker image inspect $1 failed:"
-        log_output "$out"
+        log_output "$OUT"
+        log_output "$ERR"
     fi
     return 1
+}
+
+# Logs what the last stdout_of command said on stderr, if anything.
+warnings() {
+    if [ -n "$ERR" ]; then
+        log "$1 said on stderr:"
+        log_output "$ERR"
+    fi
 }
 
 roll_back() {
@@ -283,12 +329,15 @@ deploy() {
 
     # 1. Provenance, before anything is touched.
     if [ -n "$EXPECTED_REVISION" ]; then
-        if ! revision=$(docker image inspect --format "{{ index .Config.Labels \"$REVISION_LABEL\" }}" -- "$SOURCE_IMAGE" 2>&1); then
+        if ! stdout_of docker image inspect --format "{{ index .Config.Labels \"$REVISION_LABEL\" }}" -- "$SOURCE_IMAGE"; then
             log "provenance: cannot read the revision of $SOURCE_IMAGE:"
-            log_output "$revision"
+            log_output "$OUT"
+            log_output "$ERR"
             log "refusing to deploy; nothing was touched"
             exit 1
         fi
+        warnings "docker image inspect $SOURCE_IMAGE"
+        revision=$OUT
         if [ "$revision" != "$EXPECTED_REVISION" ]; then
             log "provenance: $SOURCE_IMAGE carries revision '${revision}', expected '$EXPECTED_REVISION': a stale image"
             log "refusing to deploy; nothing was touched"
@@ -306,6 +355,8 @@ deploy() {
         exit 1
     fi
     source_id=$IMAGE_ID
+
+    find_compose
 
     # 2. The previous image, recorded before anything changes.
     if image_id "$TARGET_IMAGE"; then

@@ -759,3 +759,63 @@ fn a_hook_rewritten_while_it_runs_finishes_as_it_began() {
     assert!(!run.stdout.contains("rewritten"), "{}", run.stdout);
     assert_eq!(host.tagged(TARGET), Some(old));
 }
+
+/// A real docker prints warnings on stderr (deprecations, plugins): ids and
+/// labels are read from stdout alone, so a warning never turns the expected
+/// revision into a "stale" image, nor an id into "no single id". The
+/// warnings are in the hook's log.
+#[test]
+fn warnings_on_docker_s_stderr_are_logged_never_read_as_ids_or_labels() {
+    let mut host = Host::new();
+    let (_old, new) = host.two_images(true);
+    host.set(
+        "STAND_IN_DOCKER_WARN",
+        Some("the legacy builder is deprecated"),
+    );
+    let run = host.deploy();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("provenance: app:staging carries the expected revision"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("said on stderr:")
+            && run
+                .stdout
+                .contains("WARNING: the legacy builder is deprecated"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(host.tagged(TARGET), Some(new));
+}
+
+/// A host with the standalone docker-compose and no compose plugin: the
+/// hook finds it and runs it with the same arguments.
+#[test]
+fn without_the_compose_plugin_the_standalone_docker_compose_is_used() {
+    let mut host = Host::new();
+    let (_old, new) = host.two_images(true);
+    host.set("STAND_IN_DOCKER_NO_COMPOSE", Some("1"));
+    let standalone = host.root().join("bin/docker-compose");
+    fs::write(
+        &standalone,
+        format!(
+            "#!/bin/sh\nSTAND_IN_DOCKER_NO_COMPOSE= exec '{}' '{STAND_IN}' compose \"$@\"\n",
+            host.bash
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&standalone, fs::Permissions::from_mode(0o755)).unwrap();
+    let run = host.deploy();
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("run: docker-compose "),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(host.argvs().last().map(String::as_str), Some(COMPOSE_UP));
+    assert_eq!(host.health(), (200, format!("ok {new}")));
+}
