@@ -10,11 +10,22 @@
 # mount (APP_UID, APP_GID), so the state files written on either side have
 # the same owner. The cache mounts need BuildKit (Docker's default builder).
 # tests/it/container.rs checks this file against Cargo.toml and the registry.
+#
+# Where no registry can be reached, the bases are arguments: BUILDER_IMAGE
+# (the Rust toolchain) and RUNTIME_IMAGE (Debian bookworm; one that already
+# has bash, git, openssh-client and ca-certificates installs nothing, e.g.
+# scripts/base-image.sh's). BINARY=prebuilt takes the binary from
+# prebuilt/selfdeploy in the build context instead of compiling it (a
+# binary built on the host for the same Debian); the runtime stage is the
+# same either way. scripts/container-e2e.sh builds it so.
 
 # The crate's rust-version (Cargo.toml); the test keeps them equal.
 ARG RUST_VERSION=1.89
+ARG BUILDER_IMAGE=rust:${RUST_VERSION}-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG BINARY=builder
 
-FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 WORKDIR /build
 # What `cargo build` reads: the manifest and lock, the sources, the declared
 # benches ([[bench]] targets must exist) and the scripts src/ embeds
@@ -28,13 +39,27 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked \
     && install -D -m 0755 target/release/selfdeploy /out/selfdeploy
 
-FROM debian:bookworm-slim
+# A binary built elsewhere, from the build context.
+FROM scratch AS prebuilt
+COPY prebuilt/selfdeploy /out/selfdeploy
+
+# The binary, from whichever stage BINARY names.
+FROM ${BINARY} AS binary
+
+FROM ${RUNTIME_IMAGE}
 
 # The hook is launched over ssh; the finalizer commits and pushes with git.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends \
-        bash ca-certificates git openssh-client \
-    && rm -rf /var/lib/apt/lists/*
+# A base that has them already installs nothing (and needs no network).
+RUN if command -v bash git ssh >/dev/null 2>&1 \
+        && [ "$(command -v bash git ssh | wc -l)" = 3 ] \
+        && [ -e /etc/ssl/certs/ca-certificates.crt ]; then \
+        echo "the base has every tool the runtime needs"; \
+    else \
+        apt-get update \
+        && apt-get install -y --no-install-recommends \
+            bash ca-certificates git openssh-client \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 ARG APP_UID=1000
 ARG APP_GID=1000
@@ -50,7 +75,7 @@ RUN if ! getent group "${APP_GID}" >/dev/null; then \
         --home-dir "${APP_HOME}" --create-home --shell /bin/bash "${APP_USER}" \
     && install -d -m 0700 -o "${APP_UID}" -g "${APP_GID}" "${APP_HOME}/.ssh"
 
-COPY --from=builder /out/selfdeploy /usr/local/bin/selfdeploy
+COPY --from=binary /out/selfdeploy /usr/local/bin/selfdeploy
 
 USER ${APP_USER}
 WORKDIR ${APP_HOME}

@@ -74,6 +74,7 @@ pub mod effect;
 pub mod engine;
 pub mod exec;
 #[doc(hidden)]
+pub mod health;
 pub mod interrupt;
 mod load_settings;
 pub mod machine;

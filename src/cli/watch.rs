@@ -10,12 +10,17 @@ use super::EXIT_OK;
   selfdeploy watch
   selfdeploy watch -v
   selfdeploy watch --once
+  selfdeploy watch --health 127.0.0.1:8500
 
 Logs to stderr at info level (-q: warnings and errors only; -v, -vv: more).")]
 pub struct Args {
     /// Poll every due work item once and exit (for cron or a check).
     #[arg(long)]
     once: bool,
+    /// Also answer GET /health on this address (e.g. 127.0.0.1:8500) while
+    /// watching: the platform's health check, for a deploy hook.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "once")]
+    health: Option<std::net::SocketAddr>,
 }
 
 pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
@@ -35,6 +40,11 @@ pub fn run(settings: Settings, args: Args) -> anyhow::Result<u8> {
         } else {
             super::EXIT_ERROR
         });
+    }
+    if let Some(addr) = args.health {
+        let bound = selfdeploy::health::serve(addr)
+            .map_err(|e| anyhow::anyhow!("cannot serve the health endpoint on {addr}: {e}"))?;
+        tracing::info!("watch: health endpoint on http://{bound}/health");
     }
     watch::block_on(watch::run(settings, watch::termination()))??;
     Ok(EXIT_OK)

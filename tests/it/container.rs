@@ -204,6 +204,13 @@ fn compose_problems(compose: &str, dockerfile: &str) -> Vec<String> {
             scalars.get("command")
         ));
     }
+    if scalars.get("network_mode").map(String::as_str) != Some("host") {
+        problems.push(format!(
+            "compose.yaml: network_mode is {:?}, not host (the hook's health check and the \
+             host's sshd are on the host's loopback)",
+            scalars.get("network_mode")
+        ));
+    }
     if scalars.get("restart").map(String::as_str) != Some("unless-stopped") {
         problems.push(format!(
             "compose.yaml: restart is {:?}, not unless-stopped",
@@ -226,6 +233,17 @@ fn compose_problems(compose: &str, dockerfile: &str) -> Vec<String> {
             continue;
         };
         let expected = if spec.is_secret() { "" } else { spec.default };
+        // A default with braces cannot be written in docker-compose 1.x: the
+        // setting is passed through by name (unset: selfdeploy's default).
+        if spec.default.contains(['{', '}']) {
+            if !value.is_empty() {
+                problems.push(format!(
+                    "compose.yaml: {name} is {value:?}: its default holds braces, which \
+                     docker-compose 1.x cannot hold; pass it through by name (`{name}:`)"
+                ));
+            }
+            continue;
+        }
         match interpolation(value) {
             Err(why) => problems.push(format!("compose.yaml: {name}: {why}")),
             Ok((inner, op, default)) => {
@@ -302,15 +320,22 @@ fn compose_problems(compose: &str, dockerfile: &str) -> Vec<String> {
     // read-only at the user's ~/.ssh.
     let volumes = yaml_items(yaml_block(service, &["volumes"]).unwrap_or_default());
     let repos = REGISTRY.iter().find(|s| s.name == "REPOS_DIR").unwrap();
-    let repos_mount = format!("${{REPOS_DIR:-{0}}}:${{REPOS_DIR:-{0}}}", repos.default);
+    let host_repos = REGISTRY
+        .iter()
+        .find(|s| s.name == "HOST_REPOS_DIR")
+        .unwrap();
+    let repos_mount = format!(
+        "${{HOST_REPOS_DIR:-{}}}:${{REPOS_DIR:-{}}}",
+        host_repos.default, repos.default
+    );
     let home = arg_default(&instructions, runtime, "APP_HOME")
         .flatten()
         .unwrap_or_default();
     let ssh_target = format!("${{APP_HOME:-{home}}}/.ssh");
     if !volumes.contains(&repos_mount) {
         problems.push(format!(
-            "compose.yaml: the REPOS_DIR mount {repos_mount:?} (the same path inside and out) \
-             is missing; the volumes are {volumes:?}"
+            "compose.yaml: the REPOS_DIR mount {repos_mount:?} (HOST_REPOS_DIR outside, \
+             REPOS_DIR inside) is missing; the volumes are {volumes:?}"
         ));
     }
     let ssh: Vec<&String> = volumes.iter().filter(|v| v.contains(&ssh_target)).collect();
@@ -470,10 +495,45 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
         .find(|i| i.keyword == "FROM" && i.args.ends_with(" AS builder"))
         .and_then(|i| i.stage);
     let from = builder.map(|s| in_stage(Some(s), "FROM")[0].args.clone());
-    if from.as_deref() != Some("rust:${RUST_VERSION}-slim-bookworm AS builder") {
+    if from.as_deref() != Some("${BUILDER_IMAGE} AS builder") {
         problems.push(format!(
-            "Dockerfile: the builder is {from:?}, not rust:${{RUST_VERSION}}-slim-bookworm AS builder"
+            "Dockerfile: the builder is {from:?}, not ${{BUILDER_IMAGE}} AS builder"
         ));
+    }
+    // The bases are arguments (no registry may be reachable), defaulting to
+    // the public images; the binary comes from the builder unless
+    // BINARY=prebuilt takes one from the context.
+    for (name, default) in [
+        ("BUILDER_IMAGE", "rust:${RUST_VERSION}-slim-bookworm"),
+        ("RUNTIME_IMAGE", "debian:bookworm-slim"),
+        ("BINARY", "builder"),
+    ] {
+        let got = arg_default(&all, None, name).flatten();
+        if got.as_deref() != Some(default) {
+            problems.push(format!(
+                "Dockerfile: ARG {name} defaults to {got:?}, not {default:?}"
+            ));
+        }
+    }
+    let stage_from = |name: &str| {
+        all.iter()
+            .find(|i| i.keyword == "FROM" && i.args.ends_with(&format!(" AS {name}")))
+            .map(|i| i.args.clone())
+    };
+    if stage_from("binary").as_deref() != Some("${BINARY} AS binary") {
+        problems.push("Dockerfile: no stage `FROM ${BINARY} AS binary`".into());
+    }
+    let prebuilt = all
+        .iter()
+        .find(|i| i.keyword == "FROM" && i.args == "scratch AS prebuilt")
+        .and_then(|i| i.stage);
+    if !in_stage(prebuilt, "COPY")
+        .iter()
+        .any(|i| i.args == "prebuilt/selfdeploy /out/selfdeploy")
+    {
+        problems.push(
+            "Dockerfile: no stage `FROM scratch AS prebuilt` copying prebuilt/selfdeploy".into(),
+        );
     }
     let rust = arg_default(&all, None, "RUST_VERSION").flatten();
     if rust.as_deref() != Some(env!("CARGO_PKG_RUST_VERSION")) {
@@ -517,9 +577,9 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
 
     // The runtime: Debian slim, the tools the engine runs, the user.
     let from = in_stage(runtime, "FROM")[0].args.clone();
-    if from != "debian:bookworm-slim" {
+    if from != "${RUNTIME_IMAGE}" {
         problems.push(format!(
-            "Dockerfile: the runtime is {from:?}, not debian:bookworm-slim"
+            "Dockerfile: the runtime is {from:?}, not ${{RUNTIME_IMAGE}}"
         ));
     }
     let runs = in_stage(runtime, "RUN");
@@ -578,13 +638,13 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
         );
     }
     let binary_on_path = in_stage(runtime, "COPY").iter().any(|i| {
-        i.args.starts_with("--from=builder ")
+        i.args.starts_with("--from=binary ")
             && (i.args.ends_with(" /usr/local/bin/selfdeploy")
                 || i.args.ends_with(" /usr/bin/selfdeploy"))
     });
     if !binary_on_path {
         problems
-            .push("Dockerfile: the builder's binary is not copied onto PATH as selfdeploy".into());
+            .push("Dockerfile: the binary stage's selfdeploy is not copied onto PATH".into());
     }
     let last = |keyword: &str| in_stage(runtime, keyword).last().map(|i| i.args.clone());
     for (keyword, expected) in [
@@ -1029,10 +1089,12 @@ fn container_and_packaging_checks_fail_on_a_broken_copy() {
         (compose, "${HISTORY_HMAC_KEY-}", "${HISTORY_HMAC_KEY-abc}", "the secret HISTORY_HMAC_KEY has a default"),
         (compose, "${DEPLOY_SSH_USER-deploy}", "${DEPLOY_SSH_USER:-deploy}", "write ${DEPLOY_SSH_USER-default}"),
         (compose, "DEPLOY_SSH_HOST: \"${DEPLOY_SSH_HOST-", "DEPLOY_SSH_HOST: \"${DEPLOY_SSH_USER-", "takes its value from DEPLOY_SSH_USER"),
-        (compose, "{repos_dir}/.worktrees", "{repos_dir/.worktrees", "SELF_DEPLOY_WORKTREE"),
+        (compose, "      SELF_DEPLOY_WORKTREE:\n", "      SELF_DEPLOY_WORKTREE: \"${SELF_DEPLOY_WORKTREE-{repos_dir}}\"\n", "docker-compose 1.x cannot hold"),
+        (compose, "network_mode: host", "network_mode: bridge", "network_mode is"),
         (compose, "STAGING_PORT: \"${STAGING_PORT-8501}\"", "STAGING_PORT: \"8501\"", "is not ${NAME-default}"),
         (compose, "      SELF_DEPLOY_ENABLED:", "      SELF_DEPLOY_ENABLED: \"${SELF_DEPLOY_ENABLED-true}\"\n      SELF_DEPLOY_ENABLED:", "SELF_DEPLOY_ENABLED is listed twice"),
         (compose, "repos}:${REPOS_DIR:-/srv", "repos}:/data${REPOS_DIR:-/srv", "the REPOS_DIR mount"),
+        (compose, "${HOST_REPOS_DIR:-/srv", "${REPOS_DIR:-/srv", "the REPOS_DIR mount"),
         (compose, "/.ssh:ro\"", "/.ssh\"", "not mounted read-only"),
         (compose, "    volumes:\n", "    volumes:\n      - \"/var/run/docker.sock:/var/run/docker.sock\"\n", "an unexpected mount \"/var/run/docker.sock"),
         (compose, "APP_UID: \"${APP_UID:-1000}\"", "APP_UID: \"${APP_UID:-1001}\"", "the build argument APP_UID defaults to \"1001\""),
@@ -1060,10 +1122,15 @@ fn container_and_packaging_checks_fail_on_a_broken_copy() {
         (dockerfile, "ARG RUST_VERSION=1.89", "ARG RUST_VERSION=1.80", "rust-version"),
         (dockerfile, "COPY benches ./benches\n", "", "does not copy benches"),
         (dockerfile, "COPY scripts ./scripts\n", "", "does not copy scripts/deploy-hook.sh"),
-        (dockerfile, "FROM debian:bookworm-slim", "FROM debian:bookworm", "not debian:bookworm-slim"),
+        (dockerfile, "ARG RUNTIME_IMAGE=debian:bookworm-slim", "ARG RUNTIME_IMAGE=debian:bookworm", "ARG RUNTIME_IMAGE defaults"),
+        (dockerfile, "FROM ${RUNTIME_IMAGE}\n", "FROM debian:bookworm\n", "not ${RUNTIME_IMAGE}"),
+        (dockerfile, "ARG BINARY=builder", "ARG BINARY=prebuilt", "ARG BINARY defaults"),
+        (dockerfile, "FROM ${BINARY} AS binary", "FROM builder AS binary", "FROM ${BINARY} AS binary"),
+        (dockerfile, "COPY prebuilt/selfdeploy /out/selfdeploy", "COPY selfdeploy /out/selfdeploy", "AS prebuilt"),
         (dockerfile, "--uid \"${APP_UID}\"", "--uid 1000", "useradd"),
         (dockerfile, "/usr/local/bin/selfdeploy\n", "/opt/selfdeploy\n", "onto PATH"),
-        (dockerfile, "FROM rust:${RUST_VERSION}-slim-bookworm AS builder", "FROM rust:latest AS builder", "the builder is"),
+        (dockerfile, "FROM ${BUILDER_IMAGE} AS builder", "FROM rust:latest AS builder", "the builder is"),
+        (dockerfile, "ARG BUILDER_IMAGE=rust:${RUST_VERSION}-slim-bookworm", "ARG BUILDER_IMAGE=rust:latest", "ARG BUILDER_IMAGE defaults"),
         (dockerfile, "COPY Cargo.toml Cargo.lock ./", "COPY Cargo.toml ./", "does not copy Cargo.lock"),
         (dockerfile, "ARG REVISION=\n", "LABEL org.opencontainers.image.revision=\"${REVISION}\"\nARG REVISION=\n", "not declared before the revision label"),
         (dockerfile, "      org.opencontainers.image.source=\"${SOURCE_URL}\" \\\n", "", "no label org.opencontainers.image.source"),
