@@ -89,3 +89,42 @@ fn a_local_checked_out_remote_s_filter_never_runs() {
     assert_never_ran(&marker);
     assert_eq!(sb.finalized_json(ITEM)["pushed"], false);
 }
+
+/// Two `init` at once on a new state directory: each drew its own id and
+/// renamed its record into place, so all but the last reported "created" an
+/// identity that is not the one on disk (and replaced one that was there).
+/// Exactly one creates it; every other reports the one on disk.
+#[test]
+fn concurrent_inits_create_one_identity_and_all_report_it() {
+    let mut sb = Sandbox::new();
+    for round in 0..5 {
+        let fresh = sb.root().join(format!("fresh-{round}"));
+        fs::create_dir(&fresh).unwrap();
+        sb.set("REPOS_DIR", fresh.clone().into_os_string());
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                let mut cmd = sb.cmd();
+                cmd.args(["init", "--json"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                cmd.spawn().expect("spawn init")
+            })
+            .collect();
+        let reports: Vec<serde_json::Value> = children
+            .into_iter()
+            .map(|child| {
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "{out:?}");
+                serde_json::from_slice(&out.stdout).unwrap()
+            })
+            .collect();
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&fs::read(fresh.join(".selfdeploy/identity.json")).unwrap())
+                .unwrap();
+        let created = reports.iter().filter(|r| r["created"] == true).count();
+        assert_eq!(created, 1, "one init creates the identity: {reports:?}");
+        for r in &reports {
+            assert_eq!(r["id"], on_disk["id"], "each reports the one on disk: {r}");
+        }
+    }
+}
