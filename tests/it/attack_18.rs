@@ -128,3 +128,39 @@ fn concurrent_inits_create_one_identity_and_all_report_it() {
         }
     }
 }
+
+/// A stdout that cannot be written (a full disk) never panics: each command
+/// that only prints exits 1 with one line saying the output is incomplete.
+/// `completions` handed stdout to `clap_complete`, which panics (exit 101)
+/// when its write fails.
+#[test]
+fn printing_commands_on_a_full_stdout_fail_in_one_line_and_never_panic() {
+    let sb = Sandbox::new();
+    let commands: &[&[&str]] = &[
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["completions", "fish"],
+        &["completions", "elvish"],
+        &["completions", "powershell"],
+        &["man"],
+        &["machine", "--format", "dot"],
+        &["config"],
+        &["status"],
+    ];
+    for args in commands {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = sb
+            .cmd()
+            .args(*args)
+            .stdout(full)
+            .output()
+            .expect("run selfdeploy");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
