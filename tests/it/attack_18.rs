@@ -164,3 +164,46 @@ fn printing_commands_on_a_full_stdout_fail_in_one_line_and_never_panic() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+/// The result deadline failed the deploy, then the hook ended (its result
+/// is there), then the item was reset: the reset said the run "has no
+/// verdict yet ... its result and hook.log still land there", the history
+/// recorded it as a run that "ran on after a reset of the item" and
+/// `status` as "reset while it ran": it had ended before the reset.
+#[test]
+fn a_run_that_ended_before_the_reset_is_never_said_to_run_on_after_it() {
+    use crate::support::record::{count, history};
+    let mut sb = Sandbox::new();
+    sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "1".into());
+    let hold = Hold::hook(&sb);
+    sb.approve_item(ITEM);
+    let id = sb.dispatch_id(ITEM).unwrap();
+    assert!(wait_for(std::time::Duration::from_secs(10), || sb
+        .item_dir(ITEM)
+        .join(format!("claimed-{id}"))
+        .exists()));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = sb.poll_until_final(ITEM, &[]);
+    assert_eq!(r["to"], "finalized_failed", "{r}");
+    hold.release();
+    sb.wait_for_result(ITEM);
+
+    let (code, r) = sb.event_json("reset", ITEM, &[]);
+    assert_eq!((code, r["to"].as_str()), (0, Some("idle")), "{r}");
+    let notes = r["notes"].to_string();
+    assert!(!notes.contains("still land there"), "{notes}");
+    assert!(notes.contains(&format!("result-{id} is there")), "{notes}");
+
+    let status = sb.status_json(ITEM);
+    assert!(
+        !status["note"].to_string().contains("reset while it ran"),
+        "{status}"
+    );
+    sb.event_json("poll", ITEM, &[]);
+    let h = history(&sb, ITEM);
+    assert_eq!(count(&h, "late-result"), 1, "{h:#?}");
+    let late = h.iter().find(|e| e["event"] == "late-result").unwrap();
+    let reason = late["reason"].as_str().unwrap();
+    assert!(!reason.contains("ran on after a reset"), "{reason}");
+    assert!(reason.contains("exit code 0: SUCCESS"), "{reason}");
+}
