@@ -207,3 +207,55 @@ fn a_run_that_ended_before_the_reset_is_never_said_to_run_on_after_it() {
     assert!(!reason.contains("ran on after a reset"), "{reason}");
     assert!(reason.contains("exit code 0: SUCCESS"), "{reason}");
 }
+
+/// HISTORY_HMAC_KEY needs 32 bytes of entropy: a key that repeats a short
+/// string (64 times `a`, `ab` 32 times, one 16-digit block four times) has
+/// the length of one that does, and was taken for it. A real key is taken.
+#[test]
+fn a_history_key_that_repeats_a_short_string_is_refused() {
+    let sb = Sandbox::new();
+    let weak = [
+        "a".repeat(64),
+        "ab".repeat(32),
+        "0123456789abcdef".repeat(4),
+        "Zm9vYmFyYmF6cXV4".repeat(4),
+    ];
+    for key in &weak {
+        let out = sb
+            .cmd()
+            .args(["config", "--check"])
+            .env("HISTORY_HMAC_KEY", key)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(err.contains("entropy"), "{key}: {err}");
+        let (code, r) = {
+            let out = sb
+                .event_cmd("request-approve", ITEM)
+                .env("HISTORY_HMAC_KEY", key)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        assert_eq!(code, Some(1), "{key}: {r}");
+    }
+    let out = sb.run(&["gen-secrets"]);
+    let generated = String::from_utf8_lossy(&out.stdout).into_owned();
+    let key = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("HISTORY_HMAC_KEY="))
+        .expect("gen-secrets writes a history key")
+        .to_owned();
+    let out = sb
+        .cmd()
+        .args(["config", "--check"])
+        .env("HISTORY_HMAC_KEY", &key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

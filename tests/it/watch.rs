@@ -1261,20 +1261,27 @@ fn watch_alone_finalizes_on_a_result_renamed_into_place() {
 
 /// A push the remote refuses is retried after a delay (30 s at first,
 /// doubling), not at every rescan: each attempt costs the item's lock, a
-/// git push and the remote's time. The remote's pre-receive hook counts the
-/// attempts and refuses every one.
+/// git push and the remote's time. A pre-push hook of the agent's HOME (a
+/// local remote's own hooks never run) counts the attempts and refuses
+/// every one.
 #[test]
 fn watch_retries_a_refused_push_after_its_backoff_not_at_every_rescan() {
     let sb = Sandbox::new();
     let item = "REFUSED-1";
     let attempts = sb.root().join("push-attempts");
+    let hooks = sb.root().join("home-hooks");
     write_executable(
-        &sb.remote().join("hooks/pre-receive"),
+        &hooks.join("pre-push"),
         &format!(
             "#!/bin/sh\necho attempt >> '{}'\necho 'refused by the test' >&2\nexit 1\n",
             attempts.display()
         ),
     );
+    fs::write(
+        sb.home().join(".gitconfig"),
+        format!("[core]\n\thooksPath = {}\n", hooks.display()),
+    )
+    .unwrap();
     let count = || {
         fs::read_to_string(&attempts)
             .map(|s| s.lines().count())
