@@ -16,6 +16,8 @@
 //! let dir = tempfile::tempdir()?;
 //! let repos = dir.path().to_str().unwrap();
 //! let settings = Settings::with_overrides(&[("REPOS_DIR", repos), ("HOST_REPOS_DIR", repos)])?;
+//! // Once per state directory (`selfdeploy init`): its identity.
+//! selfdeploy::store::identity::init(dir.path(), "stage-engine", "2026-12-05T00:00:00Z")?;
 //! let request = Request {
 //!     repo: RepoName::new("orchestrator")?,
 //!     work_item: WorkItem::new("ORCH-7")?,
