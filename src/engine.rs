@@ -456,7 +456,7 @@ fn reconcile_locked(
             to: snapshot.state.to_string(),
             outcome: "recorded".to_owned(),
             reason: Some(format!(
-                "dispatch {}{approved} ran on after a reset of the item: {ended}; the item was not finalized by it",
+                "dispatch {}{approved} was kept by a reset of the item before its own verdict was recorded: {ended}; the item was not finalized by it",
                 run.id
             )),
             effects: Vec::new(),
