@@ -186,3 +186,51 @@ fn a_wall_clock_before_1970_or_after_9999_is_no_panic() {
         );
     }
 }
+
+/// `initiated` of ours (it names its dispatch, whose ticket is on disk)
+/// with a boot clock field of the wrong type (a negative, a fraction, a
+/// string, past u64, a number for the boot id): still our record, its
+/// boot clock unusable, so the wall clock measures it as for an earlier
+/// release's record. It was read as the original engine's: "legacy", no
+/// claim timeout, the host's `result-<id>` never read, nothing shown.
+#[test]
+fn a_boot_clock_field_of_the_wrong_type_keeps_the_record_ours() {
+    let edits: [(&str, Value); 5] = [
+        ("dispatched_boottime_ms", (-5).into()),
+        ("dispatched_boottime_ms", 1.5.into()),
+        ("dispatched_boottime_ms", "12".into()),
+        (
+            "dispatched_boottime_ms",
+            serde_json::from_str("18446744073709551616").unwrap(),
+        ),
+        ("boot_id", 5.into()),
+    ];
+    for (n, (field, value)) in edits.into_iter().enumerate() {
+        let mut sb = Sandbox::new();
+        wrapper_never_runs(&mut sb);
+        sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
+        let item = format!("TYPE-{n}");
+        sb.approve_item(&item);
+        let id = sb.dispatch_id(&item).unwrap();
+        let mut edited = record(&sb, &item);
+        let at = humantime::parse_rfc3339(edited["dispatched_at"].as_str().unwrap()).unwrap();
+        edited[field] = value.clone();
+        write_record(&sb, &item, &edited);
+        set_mtime(&sb.item_dir(&item).join("initiated"), at);
+
+        let s = sb.status_json(&item);
+        assert_eq!(
+            (s["legacy"].as_bool(), s["dispatch"]["id"].as_str()),
+            (Some(false), Some(id.as_str())),
+            "{field}: {value}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        let (c, r) = sb.event_json("poll", &item, &[]);
+        assert_eq!(
+            (c, r["to"].as_str(), r["outcome"].as_str()),
+            (3, Some("approve_requested"), Some("dispatch_failed")),
+            "{field}: {value}: {r}"
+        );
+        assert_eq!(sb.protocol_files(&item), [format!("revoked-{id}")]);
+    }
+}
