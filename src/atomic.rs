@@ -36,6 +36,23 @@ pub fn write_with(path: &Path, bytes: &[u8], durability: Durability) -> io::Resu
     sync_dir_with(dir, durability)
 }
 
+/// Creates `path` whole or not at all (0644, durably when asked), never over
+/// a file that is there or appeared meanwhile (`AlreadyExists` then).
+pub fn create_with(path: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let dir = parent(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    tmp.write_all(bytes)?;
+    if durability == Durability::Synced {
+        tmp.as_file().sync_all()?;
+    }
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    sync_dir_with(dir, durability)
+}
+
 /// Creates `path` whole or not at all, readable by its owner only from the
 /// start, and never over a file that appeared meanwhile.
 pub fn create_private(path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -13,7 +13,7 @@
 //! gave the `initiated` file when it was written. Otherwise the age is
 //! inconsistent, and nothing is decided by it (no revoke, no deadline).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::contract::markers::InitiatedRecord;
 
@@ -89,7 +89,45 @@ fn apart(a: SystemTime, b: SystemTime) -> bool {
 }
 
 fn stamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    rfc3339_millis(t)
+}
+
+/// The first second RFC 3339 cannot write (the year 10000).
+const PAST_YEAR_9999: u64 = 253_402_300_800;
+
+/// `t` as RFC 3339 (to the second, or to the millisecond), or `None` when
+/// no timestamp can hold it: before 1970, or after the year 9999.
+fn in_range(t: SystemTime) -> Option<SystemTime> {
+    let since = t.duration_since(UNIX_EPOCH).ok()?;
+    (since.as_secs() < PAST_YEAR_9999).then_some(t)
+}
+
+/// A time no RFC 3339 timestamp can hold, said as the seconds between it
+/// and the epoch: a clock set before 1970 or past the year 9999, or a file
+/// time given by `touch -d`, is shown (and does not parse back as a time),
+/// never a panic.
+fn out_of_range(t: SystemTime) -> String {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => format!("{} s after 1970-01-01T00:00:00Z", after.as_secs()),
+        Err(e) => format!("{} s before 1970-01-01T00:00:00Z", e.duration().as_secs()),
+    }
+}
+
+/// `t` as RFC 3339 to the second (what records and the history hold), for
+/// any time: see [`out_of_range`].
+pub fn rfc3339_seconds(t: SystemTime) -> String {
+    in_range(t).map_or_else(
+        || out_of_range(t),
+        |t| humantime::format_rfc3339_seconds(t).to_string(),
+    )
+}
+
+/// `t` as RFC 3339 to the millisecond, for any time: see [`out_of_range`].
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    in_range(t).map_or_else(
+        || out_of_range(t),
+        |t| humantime::format_rfc3339_millis(t).to_string(),
+    )
 }
 
 /// The age of the dispatch `record` names at the instant `wall_now` /
@@ -349,5 +387,38 @@ mod tests {
         let m = measure(Some(&r), None, at(0), Some(&boot("a", 101)));
         assert_eq!(m.age, DispatchAge::Known(Duration::from_secs(1)));
         assert!(m.stepped.is_some());
+    }
+
+    #[test]
+    fn a_time_no_timestamp_holds_is_said_and_never_a_panic() {
+        let before = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(
+            rfc3339_seconds(before),
+            "86400 s before 1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339_millis(before),
+            "86400 s before 1970-01-01T00:00:00Z"
+        );
+        let after = UNIX_EPOCH + Duration::from_secs(PAST_YEAR_9999);
+        assert_eq!(
+            rfc3339_seconds(after),
+            "253402300800 s after 1970-01-01T00:00:00Z"
+        );
+        assert!(humantime::parse_rfc3339(&rfc3339_millis(after)).is_err());
+        let last = UNIX_EPOCH + Duration::from_millis(PAST_YEAR_9999 * 1000 - 1);
+        assert_eq!(rfc3339_millis(last), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_seconds(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        // A file time before 1970 against a dispatch across boots: the
+        // age is inconsistent, and the message says the file's time.
+        let r = record(0, None);
+        let m = measure(Some(&r), Some(before), at(0), None);
+        let DispatchAge::Inconsistent(why) = &m.age else {
+            panic!("{m:?}")
+        };
+        assert!(
+            why.contains("(86400 s before 1970-01-01T00:00:00Z)"),
+            "{why}"
+        );
     }
 }

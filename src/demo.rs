@@ -101,7 +101,7 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName,
         })?;
     }
     // The sandbox's state directory is what `selfdeploy init` would make it.
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = crate::clock::rfc3339_seconds(std::time::SystemTime::now());
     crate::store::identity::init(&state, "demo", &now)
         .map_err(|e| DemoError::Failed(e.to_string()))?;
     let port = free_port()?;

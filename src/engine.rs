@@ -191,7 +191,7 @@ pub fn handle(
         &mut before_acting,
     );
     trace(req, &result, false);
-    let now = humantime::format_rfc3339_seconds(probed.now).to_string();
+    let now = clock::rfc3339_seconds(probed.now);
     let entry = match &result {
         Ok(report) => HistoryEntry {
             time: now.clone(),
@@ -449,14 +449,14 @@ fn reconcile_locked(
             None => format!("its hook ended with exit code {}: {verdict}", exit.code),
         };
         let entry = HistoryEntry {
-            time: humantime::format_rfc3339_seconds(now).to_string(),
+            time: clock::rfc3339_seconds(now),
             actor: actor.to_owned(),
             event: LATE_RESULT_EVENT.to_owned(),
             from: snapshot.state.to_string(),
             to: snapshot.state.to_string(),
             outcome: "recorded".to_owned(),
             reason: Some(format!(
-                "dispatch {}{approved} ran on after a reset of the item: {ended}; the item was not finalized by it",
+                "dispatch {}{approved} was kept by a reset of the item before its own verdict was recorded: {ended}; the item was not finalized by it",
                 run.id
             )),
             effects: Vec::new(),
@@ -503,7 +503,7 @@ fn recovered_entry(
     actor: &str,
     now: SystemTime,
 ) -> HistoryEntry {
-    let at = humantime::format_rfc3339_seconds(now);
+    let at = clock::rfc3339_seconds(now);
     // A record that cannot be trusted is still a fact: something acted, or
     // meant to; what it says is shown, never taken as an event.
     let untrusted = |reason: String| HistoryEntry {

@@ -240,7 +240,7 @@ pub struct Facts<'a> {
 impl Facts<'_> {
     /// The time of this step as records show it: RFC 3339 to the second.
     pub fn stamp(&self) -> String {
-        humantime::format_rfc3339_seconds(self.now).to_string()
+        crate::clock::rfc3339_seconds(self.now)
     }
 
     /// `Some(why)` when the current ticket must be revoked: still unclaimed
@@ -542,7 +542,7 @@ impl Context<'_, '_> {
             approved_at: f.stamp(),
             // To the millisecond: a timeout counted from whole seconds could
             // fire up to a second early.
-            dispatched_at: Some(humantime::format_rfc3339_millis(f.now).to_string()),
+            dispatched_at: Some(crate::clock::rfc3339_millis(f.now)),
             // The boot clock read with `now`: on the same boot, the age is
             // measured by it, whatever the wall clock does meanwhile.
             boot_id: f.boot.map(|b| b.boot_id.clone()),

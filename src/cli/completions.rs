@@ -17,11 +17,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let mut command = Cli::command();
-    clap_complete::generate(
-        args.shell,
-        &mut command,
-        "selfdeploy",
-        &mut std::io::stdout(),
-    );
+    // clap_complete panics when its writer fails (a closed or full stdout):
+    // the script is made in memory, and written like every other output.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "selfdeploy", &mut script);
+    super::write_stdout(format_args!("{}", String::from_utf8_lossy(&script)));
     Ok(EXIT_OK)
 }

@@ -29,7 +29,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     engine::check_repos_dir_exists(settings)?;
     engine::check_owner(settings)?;
     let dir = &settings.repos_dir;
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = selfdeploy::clock::rfc3339_seconds(std::time::SystemTime::now());
     let done = identity::init(dir, &default_actor(), &now)?;
     let (identity, created) = match &done {
         Initialized::Created(identity) => (identity, true),

@@ -1,7 +1,6 @@
 //! `selfdeploy man`: manual pages (roff), as git has them: `selfdeploy(1)`
 //! for the command and `selfdeploy-<subcommand>(1)` for each subcommand.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -63,7 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             args.subcommand.unwrap_or_default()
         );
     };
-    std::io::stdout().write_all(&render(command)?)?;
+    let page = render(command)?;
+    super::write_stdout(format_args!("{}", String::from_utf8_lossy(&page)));
     Ok(EXIT_OK)
 }
 

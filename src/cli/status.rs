@@ -502,7 +502,7 @@ fn notes(
                 "recorded by the next event or watch pass"
             };
             notes.push(format!(
-                "dispatch {}, reset while it ran, ended {} (hook exit code {}): {recorded}; it decided nothing",
+                "dispatch {}, kept by a reset, ended {} (hook exit code {}): {recorded}; it decided nothing",
                 run.id,
                 exit.verdict(),
                 exit.code

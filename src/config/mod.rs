@@ -161,13 +161,19 @@ pub const MIN_KEY_BYTES: usize = 32;
 
 /// At most how many bytes of entropy `key` holds: 4 bits a character when it
 /// is all hex digits, else 6 (base64's alphabet, the richest a key is
-/// typed in).
+/// typed in), counted over its shortest repeating unit: a key that repeats
+/// a shorter string (`aaaa...`, `abab...`, a 16-digit block four times)
+/// holds no more than that string.
 pub fn key_entropy_bytes(key: &str) -> usize {
-    let chars = key.chars().count();
-    if key.chars().all(|c| c.is_ascii_hexdigit()) {
-        chars / 2
+    let chars: Vec<char> = key.chars().collect();
+    let n = chars.len();
+    let period = (1..=n / 2)
+        .find(|&p| n.is_multiple_of(p) && chars.chunks(p).all(|c| c == &chars[..p]))
+        .unwrap_or(n);
+    if chars.iter().all(char::is_ascii_hexdigit) {
+        period / 2
     } else {
-        chars * 6 / 8
+        period * 6 / 8
     }
 }
 

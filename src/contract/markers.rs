@@ -65,11 +65,21 @@ pub struct InitiatedRecord {
     pub dispatched_at: Option<String>,
     /// The kernel's boot id at the dispatch: on the same boot, the boot
     /// clock below measures the dispatch's age (absent in earlier records).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// One of the wrong type reads as absent (see [`lenient`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::string"
+    )]
     pub boot_id: Option<String>,
     /// `CLOCK_BOOTTIME` at the dispatch, in milliseconds: it never steps
-    /// when the wall clock is set (absent in earlier records).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// when the wall clock is set (absent in earlier records). One of the
+    /// wrong type (negative, a fraction, a string, past u64) reads as absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::millis"
+    )]
     pub dispatched_boottime_ms: Option<u64>,
     pub branch: Option<String>,
     pub worktree: String,
@@ -82,6 +92,25 @@ impl InitiatedRecord {
     /// When the dispatch was made, as precisely as it was recorded.
     pub fn dispatch_time(&self) -> &str {
         self.dispatched_at.as_deref().unwrap_or(&self.approved_at)
+    }
+}
+
+/// The boot clock fields of `initiated`, read leniently: they came after
+/// the record, and a value of the wrong type there (a hand edit) must not
+/// make the whole record "not our JSON", which would read the item as the
+/// original engine's: no ticket, no claim timeout, the host's `result-<id>`
+/// never read. Such a value reads as absent: the record is measured as an
+/// earlier release's is, by the wall clock only when it is consistent.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Value::deserialize(d)?.as_str().map(str::to_owned))
+    }
+
+    pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Ok(Value::deserialize(d)?.as_u64())
     }
 }
 

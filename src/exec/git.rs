@@ -450,7 +450,8 @@ fn commit_and_push(
 /// `file://` URL, which the worktree's own config may name) runs its
 /// receive-pack here, as the engine's user, with that repository's config
 /// and hooks (git clears our overrides for it): there it runs with no hooks,
-/// no fsmonitor and no auto gc. A remote reached over ssh or http runs its
+/// no fsmonitor, no auto gc, no alternate-refs command and no checkout into
+/// a work tree (a push to a checked-out branch is refused). A remote reached over ssh or http runs its
 /// own server's programs, on that server: git's plain receive-pack.
 fn receive_pack_for(push_url: &str) -> String {
     if !url_is_local(push_url) {
@@ -469,6 +470,11 @@ const HOOKLESS_RECEIVE: &[(&[&str], &str)] = &[
     (&["core", "hooksPath"], "/dev/null"),
     (&["core", "fsmonitor"], "false"),
     (&["receive", "autogc"], "false"),
+    // Advertising the refs of the remote's alternates would run it.
+    (&["core", "alternateRefsCommand"], ""),
+    // `updateInstead` checks the pushed commit out in the remote's work
+    // tree, through that repository's filters.
+    (&["receive", "denyCurrentBranch"], "refuse"),
 ];
 
 /// git's own rule: a `file://` URL, or a path, which is anything with no

@@ -131,9 +131,18 @@ impl Perform for HostPerformer<'_> {
                 Ok(kept) => Ok(Performed::Notes(
                     kept.iter()
                         .map(|id| {
-                            format!(
-                                "dispatch {id} was claimed by the host and has no verdict yet: its place is kept (reset-{id}), its result and hook.log still land there, and the history records its verdict when it does"
-                            )
+                            let result = crate::contract::markers::TicketFile::Result.name(id);
+                            if paths.state_dir.join(&result).exists() {
+                                // It ended before the reset (after a deadline
+                                // verdict): not "still running".
+                                format!(
+                                    "dispatch {id} has ended ({result} is there) but its own verdict is not in the history yet: its place is kept (reset-{id}), and the next event or watch pass records it"
+                                )
+                            } else {
+                                format!(
+                                    "dispatch {id} was claimed by the host and has no verdict yet: its place is kept (reset-{id}), its result and hook.log still land there, and the history records its verdict when it does"
+                                )
+                            }
                         })
                         .collect(),
                 )),

@@ -51,12 +51,12 @@ pub fn capture(
     Ok(Fixture {
         description: format!(
             "captured from {repo}/{work_item} at {}",
-            humantime::format_rfc3339_seconds(now)
+            crate::clock::rfc3339_seconds(now)
         ),
         settings: captured,
         repo: repo.to_string(),
         work_item: work_item.to_string(),
-        clock: humantime::format_rfc3339_seconds(now).to_string(),
+        clock: crate::clock::rfc3339_seconds(now),
         files,
         history: store::read_entries(&paths.history_file)?,
         initial: Some(Expect {

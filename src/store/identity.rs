@@ -130,13 +130,21 @@ pub fn init_with(
         atomic::create_dir_all_with(parent, durability)?;
         let mut json = serde_json::to_vec_pretty(&identity).map_err(io::Error::other)?;
         json.push(b'\n');
-        atomic::write_with(&file, &json, durability)
+        // Never over a record that appeared meanwhile (another `init`):
+        // its identity is the one on disk, and the one to report.
+        atomic::create_with(&file, &json, durability)
     };
-    write().map_err(|error| InitError::Write {
-        path: file.display().to_string(),
-        error,
-    })?;
-    Ok(Initialized::Created(identity))
+    match write() {
+        Ok(()) => Ok(Initialized::Created(identity)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match read(repos_dir) {
+            Ok(identity) => Ok(Initialized::Existing(identity)),
+            Err(e) => Err(InitError::Identity(e)),
+        },
+        Err(error) => Err(InitError::Write {
+            path: file.display().to_string(),
+            error,
+        }),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -409,7 +409,7 @@ fn unwritten_result(
         id: id.to_owned(),
         file,
         why,
-        modified_at: modified.map(|m| humantime::format_rfc3339_seconds(m).to_string()),
+        modified_at: modified.map(crate::clock::rfc3339_seconds),
         modified,
     })
 }

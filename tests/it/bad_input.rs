@@ -1088,7 +1088,7 @@ fn a_history_key_too_weak_to_be_a_key_is_refused() {
             false,
         ),
         (
-            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "489759cf3eed9c0624e0433b1b608088b256266255f273e173838963365cda23",
             true,
         ),
         ("Zm9yIGEga2V5IG9mIHRoaXJ0eS10d28gYnl0ZXMgb2s", true),

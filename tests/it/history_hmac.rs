@@ -6,7 +6,7 @@ use std::process::Output;
 
 use crate::support::sandbox::*;
 
-const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const KEY: &str = "489759cf3eed9c0624e0433b1b608088b256266255f273e173838963365cda23";
 const ITEM: &str = "ORCH-7";
 
 fn verify(sb: &Sandbox) -> (i32, String) {

@@ -377,7 +377,7 @@ fn only_the_owner_of_repos_dir_acts() {
 #[test]
 fn a_deferred_poll_is_recorded_once_per_state_with_a_count() {
     let mut sb = Sandbox::new();
-    let key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let key = "489759cf3eed9c0624e0433b1b608088b256266255f273e173838963365cda23";
     sb.set("HISTORY_HMAC_KEY", key.into());
     let item = "REP-1";
     fs::write(sb.host_repo().join("hold"), "").unwrap();
