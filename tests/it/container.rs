@@ -643,8 +643,7 @@ fn dockerfile_problems(dockerfile: &str) -> Vec<String> {
                 || i.args.ends_with(" /usr/bin/selfdeploy"))
     });
     if !binary_on_path {
-        problems
-            .push("Dockerfile: the binary stage's selfdeploy is not copied onto PATH".into());
+        problems.push("Dockerfile: the binary stage's selfdeploy is not copied onto PATH".into());
     }
     let last = |keyword: &str| in_stage(runtime, keyword).last().map(|i| i.args.clone());
     for (keyword, expected) in [
@@ -980,6 +979,14 @@ fn packaging_problems(files: &Files) -> Vec<String> {
     if !matches!((test_at, deb_at), (Some(t), Some(d)) if t < d) {
         problems.push(".ci/run does not run bash scripts/build-deb.sh after cargo test".into());
     }
+    // The real scene runs in CI, on the release binary the package built.
+    let scene_at = ci
+        .iter()
+        .position(|l| *l == "bash scripts/container-e2e.sh");
+    if !matches!((deb_at, scene_at), (Some(d), Some(e)) if d < e) {
+        problems
+            .push(".ci/run does not run bash scripts/container-e2e.sh after the package".into());
+    }
     problems
 }
 
@@ -1151,6 +1158,7 @@ fn container_and_packaging_checks_fail_on_a_broken_copy() {
         (unit, "WorkingDirectory=/var/lib/selfdeploy", "WorkingDirectory=/tmp", "WorkingDirectory"),
         (sysusers, "u selfdeploy ", "u deploy ", "not the user selfdeploy"),
         (ci, "bash scripts/build-deb.sh\n", "", "build-deb.sh"),
+        (ci, "bash scripts/container-e2e.sh", "true", "container-e2e.sh"),
     ];
     let real = Files::real();
     for (field, from, to, expected) in &breaks {
