@@ -175,6 +175,7 @@ fn event(runs: usize) {
     let floor_dir = dir.path().join("floor");
     for d in [&ours_dir, &floor_dir] {
         fs::create_dir_all(d).unwrap();
+        selfdeploy::store::identity::init(d, "bench", "2026-01-01T00:00:00Z").unwrap();
         // The per-repo directories exist, as on any installation that ran once.
         selfdeploy(d)
             .args([
@@ -271,6 +272,7 @@ fn status(items: usize, runs: usize) {
     let root = dir.path();
     let made = Instant::now();
     generate(root, items);
+    selfdeploy::store::identity::init(root, "bench", "2026-01-01T00:00:00Z").unwrap();
     eprintln!("status: {items} items generated in {:.1?}", made.elapsed());
     let mut ours = Vec::new();
     let mut floors = Vec::new();

@@ -48,6 +48,7 @@ fn main() {
     );
     fs::create_dir_all(&state).unwrap();
     fs::create_dir_all(&home).unwrap();
+    selfdeploy::store::identity::init(&state, "bench", "2026-01-01T00:00:00Z").unwrap();
     git(root, &["init", "-q", "--bare", remote.to_str().unwrap()]);
     git(
         root,
