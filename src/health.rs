@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn health_answers_200_and_anything_else_404() {
-        let addr = serve("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = serve(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))).unwrap();
         let ok = get(addr, "GET /health HTTP/1.0\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
         assert!(ok.ends_with(&format!("ok selfdeploy {}\n", env!("CARGO_PKG_VERSION"))));

@@ -10,7 +10,7 @@ use super::EXIT_OK;
   selfdeploy watch
   selfdeploy watch -v
   selfdeploy watch --once
-  selfdeploy watch --health 127.0.0.1:8500
+  selfdeploy watch --health \"$HEALTH_ADDR\"   # an address and port, on the loopback
 
 Logs to stderr at info level (-q: warnings and errors only; -v, -vv: more).")]
 pub struct Args {
