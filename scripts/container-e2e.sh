@@ -22,6 +22,8 @@
 # E2E_KEEP=1 (keep the work directory and print it).
 # docs/operations/REPLICATION.md ("The real scene") walks through it.
 set -euo pipefail
+# A failing command inside $(...) fails the caller too.
+shopt -s inherit_errexit
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 uid=${APP_UID:-4242}
@@ -74,7 +76,8 @@ else
 fi
 rm -rf -- "$probe"
 docker image rm -f "$image:probe" >/dev/null 2>&1 || true
-[ "${#builder[@]}" -gt 0 ] || fail "no docker client here builds with BuildKit (install docker-buildx)"
+[ "${#builder[@]}" -gt 0 ] ||
+    fail "no docker client here builds with BuildKit (buildx, or a client with it built in such as Debian's docker.io)"
 
 # ------------------------------------------------------- the work place ----
 
@@ -83,13 +86,20 @@ chmod 755 "$work"
 app=$work/app
 state=$work/state
 inside=/data/state
+# Compose in the host's checkout, with its .env alone: nothing exported in
+# this shell (a REPOS_DIR, a COMPOSE_FILE) overrides what the hook will see.
+in_app() { (cd "$app" && env -i PATH="$PATH" HOME="$HOME" "$@"); }
 cleanup() {
     local status=$?
     set +e
+    # A hook still running (a scene failed midway) would recreate the
+    # platform after it is gone: its wrapper's command line names $work.
+    pkill -f -- "$work/" >/dev/null 2>&1
     if [ -f "$app/.env" ]; then
-        (cd "$app" && "${compose[@]}" down --remove-orphans --timeout 5 >/dev/null 2>&1)
+        in_app "${compose[@]}" down --remove-orphans --timeout 5 >/dev/null 2>&1
     fi
     docker ps -aq --filter "label=com.docker.compose.project=$project" | xargs -r docker rm -f >/dev/null 2>&1
+    docker network ls -q --filter "label=com.docker.compose.project=$project" | xargs -r docker network rm >/dev/null 2>&1
     bash "$here/scripts/loopback-sshd.sh" stop "$work/sshd" >/dev/null 2>&1
     docker image ls --format '{{.Repository}}:{{.Tag}}' | grep "^$image:" | xargs -r docker image rm -f >/dev/null 2>&1
     if [ "${E2E_KEEP:-}" = 1 ]; then
@@ -195,7 +205,6 @@ GIT_EMAIL_DOMAIN=e2e.example.invalid
 SELF_DEPLOY_WATCH_RESCAN_SECS=1
 HISTORY_HMAC_KEY=$key
 ENV
-in_app() { (cd "$app" && "$@"); }
 
 # ------------------------------------------------------------ the images ---
 
@@ -215,13 +224,16 @@ build() {
 label_of() {
     docker inspect --format '{{ index .Config.Labels "org.opencontainers.image.revision" }}' "$1"
 }
-# A new commit on the platform's branch: the revision of the next release.
+# A new commit on the platform's branch, as the directory's owner (so that
+# the ownership scene sees only what the containers and the host wrote):
+# the revision of the next release.
+as_owner() { setpriv --reuid="$uid" --regid="$gid" --clear-groups env HOME=/ "$@"; }
 release() {
-    echo "$1" >>"$state/.e2e/worktree/README"
-    wt add README
-    wt -c user.email=e2e@example.invalid -c user.name=e2e commit -q -m "$1"
-    chown -R "$uid:$gid" "$state/.e2e/worktree"
-    wt rev-parse HEAD
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    as_owner bash -c 'echo "$1" >>"$2/README"' release "$1" "$state/.e2e/worktree"
+    as_owner git -C "$state/.e2e/worktree" add README
+    as_owner git -C "$state/.e2e/worktree" -c user.email=e2e@example.invalid -c user.name=e2e \
+        commit -q -m "$1"
 }
 
 rev1=$(wt rev-parse HEAD)
@@ -230,7 +242,15 @@ docker tag "$image:v1" "$image:prod"
 
 # ------------------------------------------------------------ the scene ----
 
-platform() { in_app "${compose[@]}" ps -q selfdeploy-watch; }
+# The platform's one container (two while compose recreates it: an error).
+platform() {
+    local ids
+    ids=$(in_app "${compose[@]}" ps -q selfdeploy-watch)
+    if [ -z "$ids" ] || [ "$(wc -l <<<"$ids")" != 1 ]; then
+        fail "not one platform container: '${ids//$'\n'/ }'"
+    fi
+    echo "$ids"
+}
 healthy() {
     local line
     line=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$target_port; printf 'GET /health HTTP/1.0\r\n\r\n' >&3; head -n1 <&3" 2>/dev/null) || return 1
@@ -252,7 +272,7 @@ state_of() {
 wait_final() {
     local s=""
     for _ in $(seq 300); do
-        s=$(state_of "$1" || true)
+        s=$(state_of "$1" 2>/dev/null || true)
         case $s in
             finalized_success | finalized_failed)
                 echo "$s"
@@ -275,18 +295,34 @@ logged_status() {
         show "$branch:docs/work-items/$1/14-deploy-log.md" 2>/dev/null |
         sed -n 's/^deploy_status: //p'
 }
+# How many history entries finalized the item (a repeat counts as one more).
 finalizes() {
-    in_platform history --repo "$repo" --work-item "$1" --json |
-        grep -c '"to":"finalized_' || true
+    local h
+    h=$(in_platform history --repo "$repo" --work-item "$1" --json)
+    if grep '"to":"finalized_' <<<"$h" | grep -q '"repeats"'; then
+        echo "repeated"
+        return
+    fi
+    grep '"from":"initiated"' <<<"$h" | grep '"outcome":"transitioned"' | grep -c '"to":"finalized_' || true
 }
+dispatch_of() { sed -n 's/.*"dispatch_id":"\([0-9a-f]*\)".*/\1/p' "$state/.deploy-state-$repo/$1/initiated"; }
+# result_is ITEM CODE: the host wrapper (the ssh user) wrote CODE.
+result_is() {
+    local file
+    file=$state/.deploy-state-$repo/$1/result-$(dispatch_of "$1")
+    [ -f "$file" ] && [ "$(stat -c %u "$file")" = "$(id -u)" ] && [ "$(tr -d '[:space:]' <"$file")" = "$2" ]
+}
+image_id() { docker image inspect --format '{{.Id}}' "$1"; }
 
-in_app "${compose[@]}" run --rm --no-deps selfdeploy-watch init >/dev/null
+in_app "${compose[@]}" run --rm --no-deps selfdeploy-watch init >"$work/init.log" 2>&1 ||
+    fail "selfdeploy init in the container failed: $(cat "$work/init.log")"
 in_app "${compose[@]}" up -d >/dev/null 2>&1 || fail "compose up failed"
 wait_healthy
 [ "$(label_of "$(platform)")" = "$rev1" ] || fail "v1 is not running"
 
 # 1. Success: v1 approves v2; the hook replaces v1 with v2; v2 finalizes.
-rev2=$(release v2)
+release v2
+rev2=$(wt rev-parse HEAD)
 build "$image:v2" "$rev2"
 docker tag "$image:v2" "$image:staging"
 v1=$(platform)
@@ -298,14 +334,23 @@ running=$(platform)
 [ "$(label_of "$running")" = "$rev2" ] || fail "scene 1: the running container is not v2"
 [ "$(logged_status E2E-1)" = SUCCESS ] || fail "scene 1: the pushed deploy log does not say SUCCESS"
 [ "$(hook_runs E2E-1)" = 1 ] || fail "scene 1: the hook ran $(hook_runs E2E-1) times"
+! docker inspect "$v1" >/dev/null 2>&1 || fail "scene 1: the v1 container that dispatched is still there"
+grep -q "carries the expected revision $rev2" "$state/.deploy-state-$repo/E2E-1/hook.log" ||
+    fail "scene 1: the hook did not check v2's revision"
+[ "$(cat "$work/prev-image")" = "$(image_id "$image:v1")" ] || fail "scene 1: the hook did not keep v1's image id"
+result_is E2E-1 0 || fail "scene 1: the host wrapper did not write result 0"
+docker logs "$running" 2>&1 | grep -q "E2E-1 finalized" || fail "scene 1: v2 did not finalize it"
+[ "$(finalizes E2E-1)" = 1 ] || fail "scene 1: finalized $(finalizes E2E-1) times"
 healthy || fail "scene 1: v2 is not healthy"
 say "scene 1 success: v1 approved v2, the hook replaced it, v2 finalized SUCCESS (log pushed, hook ran once)"
 
 # 2. Rollback: v3 never comes up; the hook restores v2, which finalizes FAILED.
-rev3=$(release v3)
+release v3
+rev3=$(wt rev-parse HEAD)
+mkdir "$work/v3"
 printf 'FROM %s\nLABEL org.opencontainers.image.revision="%s"\nENTRYPOINT ["false"]\n' \
-    "$image:v2" "$rev3" >"$work/v3.Dockerfile"
-"${builder[@]}" -q -t "$image:v3" -f "$work/v3.Dockerfile" "$work" >/dev/null || fail "build of v3 failed"
+    "$image:v2" "$rev3" >"$work/v3/Dockerfile"
+"${builder[@]}" -q -t "$image:v3" "$work/v3" >/dev/null || fail "build of v3 failed"
 docker tag "$image:v3" "$image:staging"
 approve E2E-2 "$rev3"
 final=$(wait_final E2E-2)
@@ -315,17 +360,25 @@ running=$(platform)
 healthy || fail "scene 2: v2 is not healthy after the rollback"
 grep -q "rolled back:" "$state/.deploy-state-$repo/E2E-2/hook.log" || fail "scene 2: the hook did not roll back"
 [ "$(logged_status E2E-2)" = FAILED ] || fail "scene 2: the pushed deploy log does not say FAILED"
+[ "$(cat "$work/prev-image")" = "$(image_id "$image:v2")" ] || fail "scene 2: the hook did not keep v2's image id"
+result_is E2E-2 1 || fail "scene 2: the host wrapper did not write result 1"
+[ "$(hook_runs E2E-2)" = 1 ] || fail "scene 2: the hook ran $(hook_runs E2E-2) times"
+[ "$(finalizes E2E-2)" = 1 ] || fail "scene 2: finalized $(finalizes E2E-2) times"
 say "scene 2 rollback: v3 failed its health check, rolled back to v2, finalized FAILED (v2 running and healthy)"
 
 # 3. Crash mid-deploy: the platform is killed as soon as `approved` returns,
 # and started again; the hook runs once, the deploy is finalized once.
-rev4=$(release v4)
+release v4
+rev4=$(wt rev-parse HEAD)
 build "$image:v4" "$rev4"
 docker tag "$image:v4" "$image:staging"
+# The container that approves is the one killed, as soon as `approved`
+# returns (the hook needs a second or more before it recreates it).
+approver=$(platform)
 approve E2E-3 "$rev4"
-killed=$(platform)
-docker kill "$killed" >/dev/null 2>&1 || true
-docker start "$killed" >/dev/null 2>&1 || true
+docker kill "$approver" >/dev/null || fail "scene 3: cannot kill the platform"
+docker start "$approver" >/dev/null || fail "scene 3: cannot start the platform again"
+[ "$(label_of "$approver")" = "$rev2" ] || fail "scene 3: the killed container is not v2"
 final=$(wait_final E2E-3)
 [ "$final" = finalized_success ] || fail "scene 3: $final, not finalized_success"
 [ "$(hook_runs E2E-3)" = 1 ] || fail "scene 3: the hook ran $(hook_runs E2E-3) times"
@@ -338,6 +391,8 @@ say "scene 3 crash: the platform was killed after approving v4 and started again
 # user's.
 wrong=$(find "$state" \( -name hook.log -o -name 'result-*' \) -prune -o ! -uid "$uid" -print)
 [ -z "$wrong" ] || fail "scene 4: files not owned by uid $uid: $wrong"
+host_written=$(find "$state" \( -name hook.log -o -name 'result-*' \) ! -uid "$(id -u)" -print)
+[ -z "$host_written" ] || fail "scene 4: files named as the host wrapper's but not the ssh user's: $host_written"
 say "scene 4 ownership: every file the containers wrote under the shared directory is owned by uid $uid, none by root"
 
 say "all four scenes hold ($(($(date +%s) - started)) s)"
