@@ -3,37 +3,10 @@
 //! one way around it with the real binary, `git` and `bash`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use crate::support::sandbox::*;
 
-const ITEM: &str = "ORCH-7";
-
-/// A program that appends a line to `marker` and passes its input through.
-fn planted(sb: &Sandbox, name: &str, marker: &Path) -> PathBuf {
-    write_script(
-        &sb.root().join("planted"),
-        name,
-        &format!(
-            "#!/bin/sh\necho \"$0 $*\" >> '{}'\ncat 2>/dev/null\nexit 0\n",
-            marker.display()
-        ),
-    )
-}
-
-fn deploy(sb: &Sandbox) -> serde_json::Value {
-    sb.approve_item(ITEM);
-    sb.wait_for_result(ITEM);
-    sb.poll_until_final(ITEM, &[])
-}
-
-fn assert_never_ran(marker: &Path) {
-    assert!(
-        !marker.exists(),
-        "a program named by the worktree's git configuration ran: {}",
-        fs::read_to_string(marker).unwrap_or_default()
-    );
-}
+use crate::worktree_config::{ITEM, assert_never_ran, deploy, planted};
 
 /// A local remote with alternates runs its `core.alternateRefsCommand`
 /// when receive-pack advertises its refs.

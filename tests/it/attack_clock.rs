@@ -5,13 +5,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 use crate::support::report::{code, parse_json};
-use crate::support::sandbox::{Sandbox, path_with_first_dir, write_script};
+use crate::support::sandbox::{Sandbox, path_with_first_dir, with_wall_clock, write_script};
 
 fn record(sb: &Sandbox, item: &str) -> Value {
     serde_json::from_slice(&fs::read(sb.item_dir(item).join("initiated")).unwrap()).unwrap()
@@ -107,32 +106,6 @@ fn a_file_time_outside_what_a_timestamp_can_show_is_no_panic() {
     }
 }
 
-/// The preloadable library of Debian's `faketime` package.
-fn libfaketime() -> String {
-    let found = Command::new("sh")
-        .args([
-            "-c",
-            "ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -n 1",
-        ])
-        .output()
-        .unwrap();
-    let path = String::from_utf8(found.stdout).unwrap().trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "libfaketime is needed: apt-get install -y faketime"
-    );
-    path
-}
-
-/// `cmd` with the wall clock at `faked` (a libfaketime time); the boot
-/// clock stays real.
-fn faked(mut cmd: Command, faked: &str) -> Command {
-    cmd.env("LD_PRELOAD", libfaketime())
-        .env("FAKETIME", faked)
-        .env("DONT_FAKE_MONOTONIC", "1");
-    cmd
-}
-
 /// A wall clock set before 1970 or past the year 9999 at `approved`, at
 /// `poll`, at `status` and at `watch`: no timestamp can hold the time, and
 /// nothing panics; the dispatch goes on, measured by the boot clock, and
@@ -144,7 +117,7 @@ fn a_wall_clock_before_1970_or_after_9999_is_no_panic() {
         wrapper_never_runs(&mut sb);
         let item = format!("FAR-{n}");
         sb.request_approve(&item);
-        let mut cmd = faked(sb.event_cmd("approved", &item), clock);
+        let mut cmd = with_wall_clock(sb.event_cmd("approved", &item), clock);
         cmd.args(sb.approve_args());
         let out = cmd.output().unwrap();
         no_panic(&out);
@@ -156,7 +129,9 @@ fn a_wall_clock_before_1970_or_after_9999_is_no_panic() {
         );
         let id = sb.dispatch_id(&item).unwrap();
 
-        let out = faked(sb.event_cmd("poll", &item), clock).output().unwrap();
+        let out = with_wall_clock(sb.event_cmd("poll", &item), clock)
+            .output()
+            .unwrap();
         no_panic(&out);
         let r = parse_json(&out);
         assert_eq!(
@@ -164,11 +139,11 @@ fn a_wall_clock_before_1970_or_after_9999_is_no_panic() {
             (0, Some("deferred")),
             "{r}"
         );
-        let mut cmd = faked(sb.cmd(), clock);
+        let mut cmd = with_wall_clock(sb.cmd(), clock);
         cmd.args(["status", "--json"]);
         let out = cmd.output().unwrap();
         no_panic(&out);
-        let mut cmd = faked(sb.cmd(), clock);
+        let mut cmd = with_wall_clock(sb.cmd(), clock);
         cmd.args(["watch", "--once"]);
         let out = cmd.output().unwrap();
         no_panic(&out);

@@ -7,44 +7,22 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
 use crate::support::report::{code, parse_json};
-use crate::support::sandbox::{Hold, Sandbox, path_with_first_dir, wait_for, write_script};
+use crate::support::sandbox::{
+    Hold, Sandbox, path_with_first_dir, wait_for, with_wall_clock, write_script,
+};
 
 /// `selfdeploy event approved` for `item` with the wall clock moved by
 /// `offset` (a libfaketime offset: `-1h`, `+1h`); the boot clock is real.
-/// libfaketime is preloaded into the process itself rather than through
-/// the `faketime` wrapper, which waits for every process that inherited its
-/// pipe, the detached hook included.
 fn approve_with_clock(sb: &Sandbox, item: &str, offset: &str) -> (i32, Value) {
-    let mut cmd = sb.event_cmd("approved", item);
-    cmd.args(sb.approve_args())
-        .env("LD_PRELOAD", libfaketime())
-        .env("FAKETIME", offset)
-        .env("DONT_FAKE_MONOTONIC", "1");
+    let mut cmd = with_wall_clock(sb.event_cmd("approved", item), offset);
+    cmd.args(sb.approve_args());
     let out = cmd.output().expect("run selfdeploy");
     (code(&out), parse_json(&out))
-}
-
-/// The preloadable library of Debian's `faketime` package.
-fn libfaketime() -> String {
-    let found = Command::new("sh")
-        .args([
-            "-c",
-            "ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -n 1",
-        ])
-        .output()
-        .unwrap();
-    let path = String::from_utf8(found.stdout).unwrap().trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "libfaketime is needed: apt-get install -y faketime"
-    );
-    path
 }
 
 fn record(sb: &Sandbox, item: &str) -> Value {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::support::sandbox::*;
 
-const ITEM: &str = "ORCH-7";
+pub(crate) const ITEM: &str = "ORCH-7";
 
 fn log_rel() -> String {
     format!("docs/work-items/{ITEM}/14-deploy-log.md")
@@ -20,7 +20,7 @@ fn log_rel() -> String {
 
 /// A program that creates `marker` (and passes its input through, so that a
 /// filter or a hook that runs would otherwise change nothing).
-fn planted(sb: &Sandbox, name: &str, marker: &Path) -> PathBuf {
+pub(crate) fn planted(sb: &Sandbox, name: &str, marker: &Path) -> PathBuf {
     write_script(
         &sb.root().join("planted"),
         name,
@@ -43,13 +43,13 @@ fn git_dir(sb: &Sandbox) -> PathBuf {
 
 /// Approves, waits for the hook's result, polls to the end; returns the
 /// final report. Nothing of the test runs git in the worktree meanwhile.
-fn deploy(sb: &Sandbox) -> serde_json::Value {
+pub(crate) fn deploy(sb: &Sandbox) -> serde_json::Value {
     sb.approve_item(ITEM);
     sb.wait_for_result(ITEM);
     sb.poll_until_final(ITEM, &[])
 }
 
-fn assert_never_ran(marker: &Path) {
+pub(crate) fn assert_never_ran(marker: &Path) {
     assert!(
         !marker.exists(),
         "a program of the worktree's git configuration ran: {}",

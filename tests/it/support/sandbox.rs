@@ -676,3 +676,32 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         }
     }
 }
+
+/// The preloadable library of Debian's `faketime` package.
+pub fn libfaketime() -> String {
+    let found = Command::new("sh")
+        .args([
+            "-c",
+            "ls /usr/lib/*/faketime/libfaketime.so.1 /usr/lib/faketime/libfaketime.so.1 2>/dev/null | head -n 1",
+        ])
+        .output()
+        .unwrap();
+    let path = String::from_utf8(found.stdout).unwrap().trim().to_owned();
+    assert!(
+        !path.is_empty(),
+        "libfaketime is needed: apt-get install -y faketime"
+    );
+    path
+}
+
+/// `cmd` with its wall clock at `clock` (a libfaketime time or offset:
+/// `-1h`, `@1969-06-01 00:00:00`); the boot clock stays real. The library is
+/// preloaded into the process itself rather than through the `faketime`
+/// wrapper, which waits for every process that inherited its pipe, the
+/// detached hook included.
+pub fn with_wall_clock(mut cmd: Command, clock: &str) -> Command {
+    cmd.env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", clock)
+        .env("DONT_FAKE_MONOTONIC", "1");
+    cmd
+}
