@@ -48,15 +48,21 @@ fn main() -> ExitCode {
         }
     };
     let filter = args.log_filter();
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .init();
+        );
+    // Under systemd (stderr connected to the journal, which says so in
+    // JOURNAL_STREAM) the journal stamps every line: no second time.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logger.without_time().init();
+    } else {
+        logger.init();
+    }
     let acts = args.acts();
     let mut ran = cli::run(args);
     // What an event did is done and recorded; only its report is lost, and

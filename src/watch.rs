@@ -52,6 +52,7 @@ pub enum WatchError {
 pub struct Stats {
     pub finalized: usize,
     pub revoked: usize,
+    /// Polls that failed, and pushes of a deploy log that failed.
     pub errors: usize,
     /// Items found with a problem no poll resolves (a result the host could
     /// not write), counted at each look.
@@ -474,6 +475,10 @@ impl Schedule {
         // A finalize pushes; a failed push is retried on its own schedule.
         match look(settings, item).ok().and_then(|l| l.push_error) {
             Some(error) => {
+                // A deploy log that did not reach the remote is an error of
+                // this pass (`watch --once` exits 1), retried on its own
+                // schedule.
+                stats.errors += 1;
                 let (delay, new) = self.pushes.failed(item, &error, None);
                 if new {
                     tracing::warn!(

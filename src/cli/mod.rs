@@ -26,6 +26,13 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes bytes to stdout as they are (a hook's output need not be UTF-8);
+/// a failed write is an error of the read command.
+pub fn write_stdout_bytes(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::io::stdout().lock().write_all(bytes)
+}
+
 impl Cli {
     /// Whether the command acts (its exit code tells what it did, printed or
     /// not); a read command whose output is lost has failed.
@@ -55,6 +62,7 @@ mod explain;
 mod gen_secrets;
 mod history;
 mod init;
+mod logs;
 mod machine;
 mod man;
 mod replay;
@@ -110,8 +118,10 @@ enum Command {
     Explain(explain::Args),
     /// Show the state of one work item, or of all of them.
     Status(status::Args),
-    /// Show what happened to a work item.
+    /// Show what happened to a work item, or to all of them (an audit trail).
     History(history::Args),
+    /// Show the hook's output of a work item's run (and follow it).
+    Logs(logs::Args),
     /// Show every setting, its value and where it came from.
     Config(config::Args),
     /// Print fresh values for the secret settings, or add the missing ones to an env file.
@@ -182,6 +192,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Explain(args) => explain::run(&settings()?, args),
         Command::Status(args) => status::run(&state()?, args),
         Command::History(args) => history::run(&state()?, args),
+        Command::Logs(args) => logs::run(&state()?, args),
         Command::Config(args) => config::run(cli.env_file.as_deref(), args),
         Command::GenSecrets(args) => gen_secrets::run(args),
         Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),

@@ -31,6 +31,7 @@ Examples:
   selfdeploy status --state initiated,finalized_failed
   selfdeploy status --repo orchestrator               every work item of one repo
   selfdeploy status --repo orchestrator --work-item ORCH-7 --json
+  selfdeploy status --check --json                    exit 1 when any item has a PROBLEM
 
 A PROBLEM in the NOTE column (the `problem` field with --json) blocks the item
 until someone acts: it says what failed and what to do.";
@@ -67,6 +68,10 @@ pub struct Args {
     /// order; the table sorts by last activity).
     #[arg(long)]
     json: bool,
+    /// Exit 1 when any item shown has a PROBLEM (for cron and monitoring),
+    /// 0 otherwise; the output is the same.
+    #[arg(long)]
+    check: bool,
 }
 
 fn parse_state(raw: &str) -> Result<StateName, String> {
@@ -222,7 +227,9 @@ struct Clocks<'a> {
     now: SystemTime,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn row(
+    paths: &ItemPaths,
     repo: RepoName,
     work_item: WorkItem,
     snap: Snapshot,
@@ -274,7 +281,22 @@ fn row(
             recorded: k.recorded,
         })
         .collect();
-    let mut problems = problems(&snap, last.as_ref(), &push_error, &late_result, now);
+    // What the last approval came to, for an item waiting for one.
+    let approval = (snap.state == StateName::ApproveRequested)
+        .then(|| {
+            store::last_approval_outcome(&paths.history_file)
+                .ok()
+                .flatten()
+        })
+        .flatten();
+    let mut problems = problems(
+        &snap,
+        last.as_ref(),
+        approval.as_ref(),
+        &push_error,
+        &late_result,
+        now,
+    );
     // A dispatch time the clocks contradict: its timeouts are held back
     // (or, on the same boot, the wall clock was stepped).
     problems.extend(measured.and_then(Measured::problem));
@@ -320,6 +342,7 @@ fn row(
 fn problems(
     snap: &Snapshot,
     last: Option<&LastEvent>,
+    approval: Option<&HistoryEntry>,
     push_error: &Option<String>,
     late_result: &Option<String>,
     now: SystemTime,
@@ -358,23 +381,25 @@ fn problems(
     }
     if let Some(last) = last {
         let reason = last.reason.as_deref().unwrap_or("no reason recorded");
-        let approval = snap.state == StateName::ApproveRequested;
         match last.outcome.as_str() {
             // The same missing worktree, said once.
             "error" if missing_worktree.is_some_and(|wt| reason.contains(wt)) => {}
             "error" => problems.push(format!("last {} failed: {reason}", last.event)),
-            o if approval && o == Outcome::DispatchFailed.as_str() => {
-                problems.push(format!("dispatch failed: {reason}; approve again to retry"))
-            }
-            o if approval
-                && o == Outcome::Refused.as_str()
-                && last.event == EventName::Approved.as_str() =>
-            {
-                problems.push(format!(
-                    "approval refused: {reason}; nothing was dispatched: fix it, then approve again"
-                ))
-            }
             _ => {}
+        }
+    }
+    // A failed dispatch or a refused approval stays a problem until the next
+    // approval or reset, whatever came after it (a poll found illegal).
+    if let Some(failed) = approval {
+        let reason = failed.reason.as_deref().unwrap_or("no reason recorded");
+        if failed.outcome == Outcome::DispatchFailed.as_str() {
+            problems.push(format!("dispatch failed: {reason}; approve again to retry"))
+        } else if failed.outcome == Outcome::Refused.as_str()
+            && failed.event == EventName::Approved.as_str()
+        {
+            problems.push(format!(
+                "approval refused: {reason}; nothing was dispatched: fix it, then approve again"
+            ))
         }
     }
     if let Some(err) = push_error {
@@ -582,6 +607,7 @@ fn item_row(
             let measured = (snap.state == StateName::Initiated)
                 .then(|| selfdeploy::engine::measure_dispatch_now(&paths, &snap));
             Ok(row(
+                &paths,
                 repo,
                 wi,
                 snap,
@@ -609,6 +635,7 @@ fn stream_json(
     states: &[StateName],
     repo: Option<&RepoName>,
     now: SystemTime,
+    check: bool,
 ) -> anyhow::Result<u8> {
     use rayon::prelude::*;
     use std::io::Write as _;
@@ -631,7 +658,10 @@ fn stream_json(
             .filter_map(|item| item_row(settings, states, item, now))
             .map(|row| {
                 let (row, bad) = match row {
-                    Ok(row) => (row, false),
+                    Ok(row) => {
+                        let bad = check && row.problem.is_some();
+                        (row, bad)
+                    }
                     Err((row, _)) => (row, true),
                 };
                 serde_json::to_string(&row).map(|line| (line, bad))
@@ -654,7 +684,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         (repo, None) => {
             let repo = repo.as_deref().map(RepoName::new).transpose()?;
             if args.json {
-                return stream_json(settings, &args.state, repo.as_ref(), now);
+                return stream_json(settings, &args.state, repo.as_ref(), now, args.check);
             }
             let mut items = store::list_items(&settings.repos_dir)?;
             items.retain(|(r, _)| repo.as_ref().is_none_or(|want| want == r));
@@ -691,6 +721,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             &b.work_item,
         ))
     });
+    failed |= args.check && rows.iter().any(|r| r.problem.is_some());
     let done = if failed { EXIT_ERROR } else { EXIT_OK };
     if args.json {
         rows.iter().for_each(print_json);

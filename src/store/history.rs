@@ -539,6 +539,45 @@ fn last_line(path: &Path) -> io::Result<Option<Line>> {
     }
 }
 
+/// The latest entry that decides whether an approval is blocked: a
+/// `dispatch_failed` outcome (of `approved`, or of a poll that revoked an
+/// unclaimed ticket), any other `approved` (refused, or one that went
+/// through), a new `request-approve` or a `reset`. The entries after it (a
+/// poll found illegal, an error) do not hide it. Read from the file's end, a growing
+/// window at a time; `None` when the history has none (or is missing).
+pub fn last_approval_outcome(path: &Path) -> io::Result<Option<HistoryEntry>> {
+    let mut file = match open_regular(path, OpenOptions::new().read(true)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut window = (LAST_ENTRY_WINDOW * 4).min(len);
+    loop {
+        file.seek(SeekFrom::Start(len - window))?;
+        let mut bytes = Vec::with_capacity(window as usize);
+        (&mut file).take(window).read_to_end(&mut bytes)?;
+        let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+        // The first piece may be cut by the window: whole only at the start.
+        if window < len && !lines.is_empty() {
+            lines.remove(0);
+        }
+        for line in lines.into_iter().rev() {
+            let Some(line) = parse(line) else { continue };
+            let e = line.entry;
+            if e.outcome == "dispatch_failed"
+                || matches!(e.event.as_str(), "approved" | "request-approve" | "reset")
+            {
+                return Ok(Some(e));
+            }
+        }
+        if window == len {
+            return Ok(None);
+        }
+        window = (window * 4).min(len);
+    }
+}
+
 /// Whether the history is signed: it has a head file, or its last entry
 /// carries a MAC. A signed history must never be extended unsigned.
 pub fn is_signed(path: &Path) -> io::Result<bool> {

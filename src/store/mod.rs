@@ -24,8 +24,8 @@ pub use crate::contract::markers::{DispatchState, Ticket};
 pub use history::{
     HistoryEntry, HistoryKeys, HistoryLine, LATE_RESULT_EVENT, Repeats, Verification,
     append_history, complete_len, count_repeat, counted_at, entry_at, head_path, is_signed, key_id,
-    last_entry, late_results_recorded, read_entries, read_history, repeats_path, torn_path,
-    verify_history,
+    last_approval_outcome, last_entry, late_results_recorded, read_entries, read_history,
+    repeats_path, torn_path, verify_history,
 };
 pub use intent::{
     Intent, clear_intent, intent_path, intent_pending, pending_intents, read_intent, write_intent,
@@ -47,7 +47,7 @@ use crate::contract::remote;
 /// shared mount is written by the host too, so a name is not trusted to be
 /// what it says. The error says what was found instead (callers name the
 /// path).
-pub(crate) fn open_regular(path: &Path, options: &mut fs::OpenOptions) -> io::Result<fs::File> {
+pub fn open_regular(path: &Path, options: &mut fs::OpenOptions) -> io::Result<fs::File> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let file = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -84,6 +84,9 @@ pub struct ItemPaths {
     pub state_dir: PathBuf,
     pub lock_file: PathBuf,
     pub history_file: PathBuf,
+    /// Where a reset keeps the hook's output of the runs it removes
+    /// (`hook-<id>.log`): outside the state directory, which a reset removes.
+    pub logs_dir: PathBuf,
     /// How writes through these paths reach the disk (`Synced` unless set).
     pub durability: Durability,
 }
@@ -103,6 +106,10 @@ impl ItemPaths {
                 .join("history")
                 .join(repo.as_str())
                 .join(format!("{work_item}.jsonl")),
+            logs_dir: own
+                .join("logs")
+                .join(repo.as_str())
+                .join(work_item.as_str()),
             durability: Durability::Synced,
         }
     }
@@ -125,6 +132,52 @@ impl ItemPaths {
     /// A file of the claim protocol for dispatch `id`.
     pub fn ticket_file(&self, kind: TicketFile, id: &str) -> PathBuf {
         self.state_dir.join(kind.name(id))
+    }
+
+    /// The hook's output, appended by the host wrapper, for the runs of the
+    /// item since its last reset.
+    pub fn hook_log(&self) -> PathBuf {
+        self.state_dir.join(remote::HOOK_LOG_FILE)
+    }
+
+    /// The hook's output of run `id`, kept by the reset that removed it.
+    pub fn kept_hook_log(&self, id: &str) -> PathBuf {
+        self.logs_dir.join(format!("hook-{id}.log"))
+    }
+
+    /// Moves `hook.log` out of the state directory before a reset removes
+    /// it, as `hook-<id>.log` under [`ItemPaths::logs_dir`]: the output of
+    /// a run that happened is never deleted. `<id>` is the run's dispatch
+    /// (`initiated`'s, else a kept run's); without one (an item the original
+    /// engine started), the reset's time in seconds. A name already taken
+    /// gets `.1`, `.2`... Returns where it went, `None` without a log.
+    fn keep_hook_log(&self, id: Option<&str>) -> io::Result<Option<PathBuf>> {
+        let log = self.hook_log();
+        match fs::symlink_metadata(&log) {
+            // Only a regular file is the wrapper's output; anything else
+            // goes with the directory, as any unreadable state file.
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let id = match id {
+            Some(id) => id.to_owned(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string(),
+        };
+        atomic::create_dir_all_with(&self.logs_dir, self.durability)?;
+        let mut target = self.kept_hook_log(&id);
+        let mut n = 0;
+        while fs::symlink_metadata(&target).is_ok() {
+            n += 1;
+            target = self.logs_dir.join(format!("hook-{id}.log.{n}"));
+        }
+        fs::rename(&log, &target)?;
+        atomic::sync_dir_with(&self.logs_dir, self.durability)?;
+        Ok(Some(target))
     }
 
     /// The legacy `result` of the original engine's wrapper.
@@ -250,6 +303,18 @@ impl ItemPaths {
             })
             .collect();
         if kept.is_empty() {
+            // The run whose output hook.log holds: the current dispatch, else
+            // the last run an earlier reset kept.
+            let run = current.map(str::to_owned).or_else(|| {
+                names
+                    .iter()
+                    .filter_map(|n| match TicketFile::parse(n) {
+                        Some((TicketFile::Reset | TicketFile::Claimed, id)) => Some(id.to_owned()),
+                        _ => None,
+                    })
+                    .max()
+            });
+            self.keep_hook_log(run.as_deref())?;
             self.remove_state_dir()?;
             return Ok(kept);
         }

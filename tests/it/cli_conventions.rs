@@ -11,12 +11,13 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 15] = [
+const SUBCOMMANDS: [&str; 16] = [
     "init",
     "event",
     "explain",
     "status",
     "history",
+    "logs",
     "config",
     "gen-secrets",
     "doctor",
