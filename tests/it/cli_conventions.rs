@@ -11,8 +11,10 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 15] = [
+const SUBCOMMANDS: [&str; 17] = [
     "init",
+    "lock",
+    "unlock",
     "event",
     "explain",
     "status",
