@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         worktree_check: Ok(()),
         head_ref: Ok("refs/heads/deploy/ORCH-1".into()),
         transport_program: Ok(()),
+        freeze: Ok(None),
         new_dispatch_id: "00000000000000bb",
         dispatch: Some(&dispatch),
         running_runs: &[],

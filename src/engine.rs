@@ -601,6 +601,32 @@ pub fn check_repos_dir(settings: &Settings) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// REPOS_DIR can be written by this process (a read-only mount, a full
+/// disk, a directory of another user): a probe file is created under
+/// `.selfdeploy/probe/` and removed. `watch` checks it at start rather than
+/// at its first finalize.
+pub fn check_writable(settings: &Settings) -> Result<(), EngineError> {
+    let dir = settings.repos_dir.join(".selfdeploy").join("probe");
+    let file = dir.join(format!("write-{}", std::process::id()));
+    let probe = || -> std::io::Result<()> {
+        crate::atomic::create_dir_all(&dir)?;
+        std::fs::write(&file, b"probe\n")?;
+        std::fs::remove_file(&file)?;
+        // Another watch may be probing at the same time: its file keeps
+        // the directory, which is fine.
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    };
+    probe().map_err(|e| {
+        let _ = std::fs::remove_file(&file);
+        EngineError::ReposDir(format!(
+            "is not writable: cannot write under {} ({e}); mount it read-write, \
+             free space, or run as its owner (`selfdeploy doctor` checks it)",
+            settings.repos_dir.join(".selfdeploy").display()
+        ))
+    })
+}
+
 /// REPOS_DIR is a directory (what `init` needs before it writes there).
 pub fn check_repos_dir_exists(settings: &Settings) -> Result<(), EngineError> {
     let dir = &settings.repos_dir;
@@ -892,6 +918,7 @@ struct Probed {
     worktree_check: Result<(), String>,
     head_ref: Result<String, String>,
     transport_program: Result<(), String>,
+    freeze: Result<Option<machine::Freeze>, String>,
     new_dispatch_id: String,
     running_runs: Vec<String>,
 }
@@ -941,6 +968,7 @@ fn probe_facts(
         worktree_check: Ok(()),
         head_ref: Ok(String::new()),
         transport_program: Ok(()),
+        freeze: Ok(None),
         new_dispatch_id: String::new(),
         running_runs: snapshot
             .kept_runs
@@ -949,6 +977,13 @@ fn probe_facts(
             .map(|k| k.id.clone())
             .collect(),
     };
+    // The freeze is read for every approval (and explain), before the
+    // guards that need git: a frozen repo runs nothing.
+    if everything
+        || (snapshot.state == StateName::ApproveRequested && req.event == EventName::Approved)
+    {
+        probed.freeze = probe.freeze(settings, &req.repo);
+    }
     if dispatching {
         probed.revision = dispatch_revision(
             settings,
@@ -994,6 +1029,7 @@ impl Probed {
             worktree_check: self.worktree_check.clone(),
             head_ref: self.head_ref.clone(),
             transport_program: self.transport_program.clone(),
+            freeze: self.freeze.clone(),
             new_dispatch_id: &self.new_dispatch_id,
             dispatch: snapshot.dispatch.as_ref(),
             open_tickets: &snapshot.open_tickets,
@@ -1089,6 +1125,7 @@ fn guard_pass_detail(guard: Guard, f: &Facts<'_>) -> String {
             Ok(head) => format!("{} is on {head}", f.worktree.display()),
             Err(_) => "not checked: the worktree guard says no".to_owned(),
         },
+        Guard::Freeze => format!("repo {} is not locked", f.repo),
         Guard::TransportProgram => {
             format!("{:?} transport program found", f.settings.transport).to_lowercase()
         }

@@ -208,6 +208,10 @@ pub struct Facts<'a> {
     pub head_ref: Result<String, String>,
     /// Whether the transport's program (ssh or bash) was found, and if not why.
     pub transport_program: Result<(), String>,
+    /// The deploy freeze an operator set on the repo (`selfdeploy lock`),
+    /// `None` when there is none, or why it cannot be read (the freeze
+    /// guard fails closed).
+    pub freeze: Result<Option<Freeze>, String>,
     /// The id a new dispatch takes (fresh from the OS random source).
     pub new_dispatch_id: &'a str,
     /// The dispatch `initiated` names, and where its ticket is; `None` for
@@ -332,12 +336,29 @@ pub use crate::contract::hook_result::TIMEOUT_EXIT_CODE;
 /// The push error `finalized` holds until the first push attempt reports.
 pub const NOT_PUSHED_YET: &str = "not pushed yet";
 
+/// A deploy freeze on a repo, as `selfdeploy lock` recorded it: while it is
+/// there, `approved` is refused for every item of the repo (deploys in
+/// flight still finish).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    /// The repo's identity (lower-cased).
+    pub repo: String,
+    /// Why the repo is locked, as the operator said it.
+    pub message: String,
+    /// Who locked it.
+    pub actor: String,
+    /// When, RFC 3339 to the second.
+    pub time: String,
+}
+
 /// The guards of a dispatch, in the order they are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Guard {
     Applies,
     StagingPort,
+    Freeze,
     EarlierRun,
     Freshness,
     Worktree,
@@ -346,9 +367,10 @@ pub enum Guard {
 }
 
 impl Guard {
-    pub const DISPATCH: [Guard; 7] = [
+    pub const DISPATCH: [Guard; 8] = [
         Guard::Applies,
         Guard::StagingPort,
+        Guard::Freeze,
         Guard::EarlierRun,
         Guard::Freshness,
         Guard::Worktree,
@@ -360,6 +382,7 @@ impl Guard {
         match self {
             Guard::Applies => "applies",
             Guard::StagingPort => "staging_port",
+            Guard::Freeze => "freeze",
             Guard::EarlierRun => "earlier_run",
             Guard::Freshness => "freshness",
             Guard::Worktree => "worktree",
@@ -373,6 +396,7 @@ impl Guard {
         match self {
             Guard::Applies => "not applicable",
             Guard::StagingPort => "staging port = prod port",
+            Guard::Freeze => "repo locked",
             Guard::EarlierRun => "an earlier run has no result",
             Guard::Freshness => "revision unknown",
             Guard::Worktree => "no worktree",
@@ -399,7 +423,8 @@ impl Guard {
                 )))
             }
             Guard::Applies | Guard::StagingPort => Some(Ok(())),
-            Guard::EarlierRun
+            Guard::Freeze
+            | Guard::EarlierRun
             | Guard::Freshness
             | Guard::Worktree
             | Guard::Branch
@@ -413,6 +438,19 @@ impl Guard {
             return verdict;
         }
         match self {
+            // An operator's freeze: no --force past it (unlock is the way),
+            // and an unreadable freeze refuses (fail closed).
+            Guard::Freeze => match &f.freeze {
+                Ok(None) => Ok(()),
+                Ok(Some(freeze)) => Err(format!(
+                    "freeze guard: repo {} is locked by {} since {}: {:?}; deploys wait until `selfdeploy unlock --repo {}`",
+                    f.repo, freeze.actor, freeze.time, freeze.message, f.repo
+                )),
+                Err(why) => Err(format!(
+                    "freeze guard: the repo's freeze cannot be read ({why}); fix or remove it (`selfdeploy unlock --repo {}`)",
+                    f.repo
+                )),
+            },
             // Never two hooks at once: a run a reset kept may still be
             // going; only a human who checked the host forces past it.
             Guard::EarlierRun if !f.running_runs.is_empty() && !f.force => Err(format!(
@@ -437,8 +475,11 @@ impl Guard {
             Guard::Branch => {
                 let wt = f.worktree.display();
                 match (&f.head_ref, f.branch) {
-                    (Err(why), _) => Err(format!(
-                        "branch guard: the worktree {wt} is on no branch ({why}); check out the work item's branch there"
+                    (Err(why), Some(branch)) => Err(format!(
+                        "branch guard: the worktree {wt} is on no branch ({why}); check out {branch} there (`git -C {wt} checkout {branch}`)"
+                    )),
+                    (Err(why), None) => Err(format!(
+                        "branch guard: the worktree {wt} is on no branch ({why}); check out the work item's branch there (`git -C {wt} checkout <branch>`) or pass --branch"
                     )),
                     (Ok(head), Some(branch)) if *head != format!("refs/heads/{branch}") => {
                         Err(format!(

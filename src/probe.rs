@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use crate::clock::BootClock;
 use crate::config::Settings;
 use crate::contract::markers;
+use crate::contract::names::RepoName;
 use crate::exec::{git, process};
 
 pub trait Probe {
@@ -44,6 +45,14 @@ pub trait Probe {
 
     /// A fresh dispatch id.
     fn new_dispatch_id(&mut self) -> Result<String, String>;
+
+    /// The deploy freeze on `repo` (`selfdeploy lock`), `None` when it is
+    /// not locked, `Err(why)` when the freeze cannot be read.
+    fn freeze(
+        &mut self,
+        settings: &Settings,
+        repo: &RepoName,
+    ) -> Result<Option<crate::machine::Freeze>, String>;
 }
 
 /// The real world: the system clock, `PATH`, git, the OS random source.
@@ -84,6 +93,14 @@ impl Probe for HostProbe {
         branch: Option<&str>,
     ) -> Result<String, String> {
         git::branch_tip(settings, worktree, branch)
+    }
+
+    fn freeze(
+        &mut self,
+        settings: &Settings,
+        repo: &RepoName,
+    ) -> Result<Option<crate::machine::Freeze>, String> {
+        crate::store::freeze::read(&settings.repos_dir, repo)
     }
 
     fn new_dispatch_id(&mut self) -> Result<String, String> {

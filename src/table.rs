@@ -41,6 +41,8 @@ enum Scenario {
     Baseline,
     NotApplicable,
     StagingPortEqual,
+    /// An operator locked the repo (`selfdeploy lock`).
+    Frozen,
     /// A run a reset kept has no result yet.
     EarlierRunRunning,
     RevisionUnknown,
@@ -79,10 +81,11 @@ enum Scenario {
     PushPending,
 }
 
-const SCENARIOS: [Scenario; 24] = [
+const SCENARIOS: [Scenario; 25] = [
     Scenario::Baseline,
     Scenario::NotApplicable,
     Scenario::StagingPortEqual,
+    Scenario::Frozen,
     Scenario::EarlierRunRunning,
     Scenario::RevisionUnknown,
     Scenario::NoWorktree,
@@ -193,6 +196,15 @@ pub fn derive() -> Vec<Row> {
             head_ref: match scenario {
                 Scenario::WrongBranch => Ok("refs/heads/other".into()),
                 _ => Ok("refs/heads/b".into()),
+            },
+            freeze: match scenario {
+                Scenario::Frozen => Ok(Some(crate::machine::Freeze {
+                    repo: repo.to_string(),
+                    message: "release week".into(),
+                    actor: "table".into(),
+                    time: "1970-01-01T00:00:00Z".into(),
+                })),
+                _ => Ok(None),
             },
             transport_program: match scenario {
                 Scenario::NoTransportProgram => Err("no ssh binary".into()),

@@ -78,6 +78,19 @@ fn parse_event(raw: &str) -> Result<EventName, String> {
     })
 }
 
+/// A `--revision` is passed to the hook as EXPECTED_REVISION and compared
+/// with the image's: it must look like a commit id (7 to 64 hex digits:
+/// an abbreviated or full SHA-1 or SHA-256), never a ref or an option.
+fn check_revision(raw: &str) -> anyhow::Result<&str> {
+    let hex = raw.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex && (7..=64).contains(&raw.len()) {
+        return Ok(raw);
+    }
+    anyhow::bail!(
+        "--revision {raw:?} is not a commit id: expected 7 to 64 hexadecimal characters (e.g. `git rev-parse HEAD`)"
+    )
+}
+
 fn parse_bool(raw: &str) -> Result<bool, String> {
     match raw {
         "true" => Ok(true),
@@ -94,13 +107,19 @@ impl EventArgs {
             eprintln!("selfdeploy: error: merge-verified needs --merged true|false");
             return Ok(Err(EXIT_USAGE));
         }
+        let revision = match self.revision {
+            // A blank --revision (an empty variable) is no revision.
+            Some(raw) if raw.trim().is_empty() => None,
+            Some(raw) => Some(check_revision(raw.trim())?.to_owned()),
+            None => None,
+        };
         Ok(Ok(Request {
             repo,
             work_item,
             event: self.event,
             branch: self.branch.as_deref().map(BranchName::new).transpose()?,
             worktree: self.worktree,
-            revision: self.revision,
+            revision,
             merged: self.merged,
             force: self.force,
             actor: self.actor.unwrap_or_else(default_actor),

@@ -12,7 +12,9 @@ use selfdeploy::config::Settings;
 use serde::Serialize;
 
 use selfdeploy::contract::names::{RepoName, WorkItem};
-use selfdeploy::store::{self, HistoryEntry, HistoryKeys, HistoryLine, ItemPaths, Verification};
+use selfdeploy::store::{
+    self, HistoryEntry, HistoryKeys, HistoryLine, ItemPaths, Verification, freeze,
+};
 use selfdeploy::text_table;
 
 use super::{EXIT_ERROR, EXIT_OK, item_names, print_json};
@@ -123,7 +125,37 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         .collect();
     let header = ["TIME", "ACTOR", "EVENT", "FROM", "TO", "OUTCOME", "REASON"];
     out!("{}", text_table::render(&header, &rows));
+    print_freeze_trail(settings, &repo);
     Ok(EXIT_OK)
+}
+
+/// The repo's deploy freezes (`selfdeploy lock` / `unlock`), after an item's
+/// table: a freeze is the repo's, so its trail is kept once per repo and
+/// shown with each of its items. Nothing when the repo was never locked.
+fn print_freeze_trail(settings: &Settings, repo: &selfdeploy::contract::names::RepoName) {
+    let trail = match freeze::read_audit(&settings.repos_dir, repo) {
+        Ok(trail) => trail,
+        Err(e) => {
+            eprintln!(
+                "selfdeploy: warning: {} cannot be read: {e}",
+                freeze::audit_path(&settings.repos_dir, repo).display()
+            );
+            return;
+        }
+    };
+    if trail.is_empty() {
+        return;
+    }
+    outln!("");
+    outln!("deploy freezes of repo {repo}:");
+    let rows: Vec<[String; 4]> = trail
+        .into_iter()
+        .map(|e| [e.time, e.actor, e.event, e.message])
+        .collect();
+    out!(
+        "{}",
+        text_table::render(&["TIME", "ACTOR", "EVENT", "MESSAGE"], &rows)
+    );
 }
 
 /// What `history --verify` found, as one JSON object.

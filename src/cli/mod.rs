@@ -39,7 +39,11 @@ impl Cli {
     pub fn acts(&self) -> bool {
         matches!(
             self.command,
-            Command::Event(_) | Command::Watch(_) | Command::Init(_)
+            Command::Event(_)
+                | Command::Watch(_)
+                | Command::Init(_)
+                | Command::Lock(_)
+                | Command::Unlock(_)
         )
     }
 }
@@ -62,6 +66,7 @@ mod explain;
 mod gen_secrets;
 mod history;
 mod init;
+mod lock;
 mod logs;
 mod machine;
 mod man;
@@ -128,6 +133,10 @@ enum Command {
     GenSecrets(gen_secrets::Args),
     /// Check that this installation can deploy: settings, tools, the shared mount, the hook.
     Doctor(doctor::Args),
+    /// Lock a repo against deploys (a deploy freeze), with a message.
+    Lock(lock::LockArgs),
+    /// Lift a repo's deploy freeze.
+    Unlock(lock::UnlockArgs),
     /// Give REPOS_DIR the identity every command requires (once, after mounting it).
     Init(init::Args),
     /// Run a whole deploy in a throwaway sandbox on this machine.
@@ -197,6 +206,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::GenSecrets(args) => gen_secrets::run(args),
         Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),
         Command::Init(args) => init::run(&settings()?, args),
+        Command::Lock(args) => lock::lock(&settings()?, args),
+        Command::Unlock(args) => lock::unlock(&settings()?, args),
         Command::Demo(args) => demo::run(args),
         Command::Machine(args) => machine::run(args),
         Command::Replay(args) => replay::run(args),
@@ -209,6 +220,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if !problems.is_empty() {
                 return Err(engine::EngineError::Settings(problems).into());
             }
+            // The owner first: a probe written as another user is what
+            // acting commands never do.
+            engine::check_owner(&settings)?;
+            engine::check_writable(&settings)?;
             watch::run(settings, args)
         }
     }

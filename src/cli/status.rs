@@ -18,7 +18,8 @@ use selfdeploy::config::Settings;
 use selfdeploy::contract::hook_result::{TIMEOUT_EXIT_CODE, Verdict};
 use selfdeploy::contract::markers::{Marker, TicketFile};
 use selfdeploy::contract::names::{RepoName, WorkItem};
-use selfdeploy::machine::{EventName, Outcome, StateName};
+use selfdeploy::machine::{EventName, Freeze, Outcome, StateName};
+use selfdeploy::store::freeze;
 use selfdeploy::store::{
     self, DispatchState, HistoryEntry, ItemPaths, Snapshot, Ticket, Unreadable, UnwrittenResult,
 };
@@ -136,6 +137,9 @@ struct Row {
     /// or ended, their verdict recorded in the history.
     kept_runs: Vec<KeptRunRow>,
     last_event: Option<LastEvent>,
+    /// The repo's deploy freeze (`selfdeploy lock`): `approved` is refused
+    /// while it is there; `null` when the repo is not locked.
+    freeze: Option<Freeze>,
     /// What blocks progress until someone acts, if anything.
     problem: Option<String>,
     /// The problem (as `PROBLEM: ...`) and what the files say, for a human.
@@ -333,6 +337,7 @@ fn row(
         late_result,
         kept_runs,
         last_event: last,
+        freeze: None,
         problem,
         note,
     }
@@ -577,6 +582,7 @@ fn unreadable_row(
         late_result: None,
         kept_runs: Vec::new(),
         last_event: last,
+        freeze: None,
         note: format!("PROBLEM: error: {error}"),
         problem: Some(format!("error: {error}")),
     }
@@ -601,12 +607,17 @@ fn item_row(
     }
     let (last, history_note) = last_event(&paths, now);
     let intent = intent_state(&paths);
+    let frozen = freeze::read(&settings.repos_dir, &repo).ok().flatten();
+    let with_freeze = |mut row: Row| {
+        row.freeze = frozen.clone();
+        row
+    };
     Some(match loaded {
         Ok(snap) => {
             // Only an initiated item's timeouts run on the dispatch's age.
             let measured = (snap.state == StateName::Initiated)
                 .then(|| selfdeploy::engine::measure_dispatch_now(&paths, &snap));
-            Ok(row(
+            Ok(with_freeze(row(
                 &paths,
                 repo,
                 wi,
@@ -618,9 +629,12 @@ fn item_row(
                     measured: measured.as_ref(),
                     now,
                 },
-            ))
+            )))
         }
-        Err(e) => Err((unreadable_row(repo, wi, e.to_string(), last), e)),
+        Err(e) => Err((
+            with_freeze(unreadable_row(repo, wi, e.to_string(), last)),
+            e,
+        )),
     })
 }
 
@@ -727,6 +741,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         rows.iter().for_each(print_json);
         return Ok(done);
     }
+    print_freezes(settings, args.repo.as_deref())?;
     if rows.is_empty() {
         let filtered = args.repo.is_some() || !args.state.is_empty();
         outln!(
@@ -748,6 +763,29 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     ];
     out!("{}", selfdeploy::text_table::render(&header, &table));
     Ok(done)
+}
+
+/// A line per locked repo (of `--repo` only, when given), before the table:
+/// whoever looks at the state sees first that approvals are refused.
+fn print_freezes(settings: &Settings, repo: Option<&str>) -> anyhow::Result<()> {
+    let want = repo.map(RepoName::new).transpose()?;
+    for (name, frozen) in freeze::all(&settings.repos_dir)? {
+        if want.as_ref().is_some_and(|w| w.to_string() != name) {
+            continue;
+        }
+        match frozen {
+            Ok(f) => outln!(
+                "LOCKED {name}: by {} since {}: {} (approvals refused; `selfdeploy unlock --repo {name}`)",
+                f.actor,
+                f.time,
+                f.message
+            ),
+            Err(why) => outln!(
+                "LOCKED {name}: its freeze cannot be read ({why}); approvals refused until `selfdeploy unlock --repo {name}`"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn table_row(r: &Row) -> [String; 7] {

@@ -430,20 +430,56 @@ fn commit_and_push(
         .map(|out| out.stdout.trim().to_owned())
         .unwrap_or_default();
     let receive_pack = format!("--receive-pack={}", receive_pack_for(&push_url));
-    step(
-        "push",
-        git(
-            env,
-            worktree,
-            // git's own receive-pack: `remote.<name>.receivepack` is taken
-            // from the first configuration that sets it, the repository's
-            // before ours, so only the option overrides it.
-            &["push", "-q", &receive_pack, "origin", &refspec],
-            t,
-        ),
-    )?;
+    match git(
+        env,
+        worktree,
+        // git's own receive-pack: `remote.<name>.receivepack` is taken
+        // from the first configuration that sets it, the repository's
+        // before ours, so only the option overrides it.
+        &["push", "-q", &receive_pack, "origin", &refspec],
+        t,
+    ) {
+        Ok(out) if out.success() => {}
+        Ok(out) => return Err(push_failure(&out, worktree, branch.as_str())),
+        Err(e) => return Err(format!("git push failed ({e})")),
+    }
     notes.push(format!("git push origin {branch}: done"));
     Ok(())
+}
+
+/// Why a push failed, in git's own words: every line it wrote (a rejection
+/// says which ref and why on its own line, after which `error:` and `hint:`
+/// follow), bounded, and for a rejected update what to do about it.
+fn push_failure(out: &process::Finished, worktree: &Path, branch: &str) -> String {
+    const LIMIT: usize = 1200;
+    let status = match out.code {
+        Some(code) => format!("exit status {code}"),
+        None => "killed by a signal".to_owned(),
+    };
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .chain(out.stdout.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut why: String = said.join(" | ").chars().take(LIMIT).collect();
+    if why.is_empty() {
+        why = "git said nothing".to_owned();
+    }
+    let rejected = said.iter().any(|l| {
+        l.contains("[rejected]") || l.contains("non-fast-forward") || l.contains("fetch first")
+    });
+    let hint = if rejected {
+        format!(
+            "; the remote's {branch} has commits this worktree lacks: integrate them \
+             (`git -C {} pull --rebase origin {branch}`), then poll again to retry the push",
+            worktree.display()
+        )
+    } else {
+        String::new()
+    };
+    format!("git push failed ({status}: {why}){hint}")
 }
 
 /// The receive-pack a push runs. A remote on this machine (a path or a
@@ -657,13 +693,43 @@ pub fn branch_tip(
 mod tests {
     use super::*;
 
+    /// A rejected push keeps git's whole reason, not only its first line,
+    /// and says how to integrate the branch.
+    #[test]
+    fn a_rejected_push_says_why_and_what_to_do() {
+        let out = process::Finished {
+            code: Some(1),
+            stdout: String::new(),
+            stderr: "To ../remote.git\n ! [rejected]        deploy/W-1 -> deploy/W-1 (fetch first)\nerror: failed to push some refs to '../remote.git'\nhint: Updates were rejected because the remote contains work that you do not\n".into(),
+        };
+        let why = push_failure(&out, Path::new("/wt"), "deploy/W-1");
+        assert!(why.contains("! [rejected]"), "{why}");
+        assert!(why.contains("(fetch first)"), "{why}");
+        assert!(why.contains("failed to push some refs"), "{why}");
+        assert!(
+            why.contains("git -C /wt pull --rebase origin deploy/W-1"),
+            "{why}"
+        );
+        let other = process::Finished {
+            code: Some(128),
+            stdout: String::new(),
+            stderr: "fatal: could not read from remote repository\n".into(),
+        };
+        let why = push_failure(&other, Path::new("/wt"), "b");
+        assert!(
+            why.contains("exit status 128: fatal: could not read"),
+            "{why}"
+        );
+        assert!(!why.contains("pull --rebase"), "{why}");
+    }
+
     #[test]
     fn only_a_remote_on_this_machine_gets_the_hookless_receive_pack() {
         for local in [
             "",
             "../remote.git",
             "remote.git",
-            "file:///srv/remote.git",
+            "file://../remote.git",
             "FILE:///x",
             "./a:b",
         ] {

@@ -127,6 +127,11 @@ pub struct EventStep {
     /// What `git rev-parse` finds in the worktree; none: no commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch_tip: Option<String>,
+    /// The repo is locked by an operator (`selfdeploy lock`) with this
+    /// message, by `frozen-by` since the fixture's clock (the freeze guard
+    /// says no); `""` stands for a freeze file that cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
     /// The transport's program (ssh or bash) is not installed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_transport_program: bool,

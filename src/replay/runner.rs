@@ -95,6 +95,23 @@ impl Probe for ReplayProbe<'_> {
         }
     }
 
+    fn freeze(
+        &mut self,
+        _: &Settings,
+        repo: &RepoName,
+    ) -> Result<Option<crate::machine::Freeze>, String> {
+        match self.step.freeze.as_deref() {
+            None => Ok(None),
+            Some("") => Err("the freeze file is not JSON".to_owned()),
+            Some(message) => Ok(Some(crate::machine::Freeze {
+                repo: repo.to_string(),
+                message: message.to_owned(),
+                actor: "frozen-by".to_owned(),
+                time: crate::clock::rfc3339_seconds(self.now),
+            })),
+        }
+    }
+
     fn program(&mut self, program: &str) -> Result<(), String> {
         if self.step.no_transport_program {
             Err(format!("{program} not found on PATH"))

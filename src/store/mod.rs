@@ -5,10 +5,12 @@
 //! <REPOS_DIR>/.deploy-state-<repo>/<work_item>/   sentinels (contract layout)
 //! <REPOS_DIR>/.selfdeploy/locks/<repo>/<work_item>.lock
 //! <REPOS_DIR>/.selfdeploy/history/<repo>/<work_item>.jsonl
+//! <REPOS_DIR>/.selfdeploy/freeze/<repo>.json[l]      a deploy freeze, its audit trail
 //! ```
 //! The lock and the history live outside the state directory because reset
 //! removes that directory whole.
 
+pub mod freeze;
 mod history;
 pub mod identity;
 mod intent;

@@ -385,7 +385,7 @@ fn staging_port_equal_to_prod_port_refuses_the_dispatch() {
     let (code, r) = sb.event_json(
         "approved",
         ITEM,
-        &["--worktree", &wt(&sb), "--revision", "abc"],
+        &["--worktree", &wt(&sb), "--revision", "abc1234"],
     );
     assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
     assert!(!sb.item_dir(ITEM).join("initiated").exists());
@@ -433,7 +433,7 @@ fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
     let (code, r) = sb.event_json(
         "approved",
         ITEM,
-        &["--worktree", missing, "--revision", "abc"],
+        &["--worktree", missing, "--revision", "abc1234"],
     );
     assert_eq!((code, outcome(&r)), (3, "refused"), "{r}");
     assert_eq!(r["condition"], "no worktree", "{r}");
@@ -449,7 +449,12 @@ fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
     let (code, r) = sb.event_json(
         "approved",
         ITEM,
-        &["--worktree", empty.to_str().unwrap(), "--revision", "abc"],
+        &[
+            "--worktree",
+            empty.to_str().unwrap(),
+            "--revision",
+            "abc1234",
+        ],
     );
     assert_eq!((code, outcome(&r)), (0, "transitioned"), "{r}");
     let launch = r["effects"]
@@ -460,7 +465,7 @@ fn freshness_without_a_known_revision_refuses_then_revision_dispatches() {
         .unwrap_or_else(|| panic!("a local launch: {r}"));
     let command = launch["argv"][2].as_str().unwrap();
     assert!(
-        command.contains(" EXPECTED_REVISION=abc bash hook.sh --deploy;"),
+        command.contains(" EXPECTED_REVISION=abc1234 bash hook.sh --deploy;"),
         "{command}"
     );
     let r = sb.poll_until_final(ITEM, &["--worktree", &wt(&sb), "--branch", BRANCH]);
@@ -747,7 +752,7 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
     let out = sb.event(
         "approved",
         item,
-        &["--worktree", &wt(&sb), "--revision", "abc"],
+        &["--worktree", &wt(&sb), "--revision", "abc1234"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -779,7 +784,7 @@ fn a_history_that_cannot_be_appended_does_not_hide_a_launched_deploy() {
     let out = sb.event(
         "approved",
         item,
-        &["--worktree", &wt(&sb), "--revision", "abc"],
+        &["--worktree", &wt(&sb), "--revision", "abc1234"],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");

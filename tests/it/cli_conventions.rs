@@ -11,8 +11,10 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-const SUBCOMMANDS: [&str; 16] = [
+const SUBCOMMANDS: [&str; 18] = [
     "init",
+    "lock",
+    "unlock",
     "event",
     "explain",
     "status",

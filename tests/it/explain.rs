@@ -67,7 +67,7 @@ fn explain_json_shows_what_a_dispatch_would_run() {
             "--work-item",
             "ORCH-8",
             "--revision",
-            "feed",
+            "feed123",
             "--json",
         ];
         args.extend_from_slice(extra);
@@ -85,7 +85,7 @@ fn explain_json_shows_what_a_dispatch_would_run() {
     let command = x["report"]["effects"][2]["argv"][2].as_str().unwrap();
     assert!(
         command.contains(&format!("/dispatch-{id} "))
-            && command.contains(" EXPECTED_REVISION=feed "),
+            && command.contains(" EXPECTED_REVISION=feed123 "),
         "{command}"
     );
     assert!(

@@ -72,6 +72,7 @@ impl World {
             worktree_check: Ok(()),
             head_ref: Ok("refs/heads/deploy/ORCH-9".into()),
             transport_program: Ok(()),
+            freeze: Ok(None),
             new_dispatch_id: NEW,
             dispatch: Some(&self.dispatch),
             running_runs: &[],

@@ -32,6 +32,7 @@ mod machine_table;
 mod merge_stamp_oracle;
 mod model;
 mod no_host_literals;
+mod operating;
 mod operator_views;
 mod panic_lints;
 mod purity;

@@ -75,6 +75,8 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
         prop::bool::weighted(0.35),
         // The worktree on no branch: a detached HEAD (the branch guard says no).
         prop::option::weighted(0.05, Just(String::new())),
+        // An operator's freeze on the repo (the freeze guard says no).
+        prop::option::weighted(0.02, Just("release week".to_owned())),
     )
         .prop_map(
             |(
@@ -88,6 +90,7 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
                 no_wt,
                 push_fails,
                 head,
+                freeze,
             )| {
                 EventStep {
                     push_fails,
@@ -104,6 +107,7 @@ fn step_among(events: Vec<&'static str>, fails: f64) -> impl Strategy<Value = Ev
                     head,
                     branch_tip,
                     no_transport_program: no_program,
+                    freeze,
                 }
             },
         )
@@ -409,6 +413,8 @@ fn first_failing_guard(
         Some("not applicable")
     } else if run.ports_equal {
         Some("staging port = prod port")
+    } else if step.freeze.is_some() {
+        Some("repo locked")
     } else if running_kept_run && !step.force {
         Some("an earlier run has no result")
     } else if step.branch_tip.is_none() && step.revision.is_none() {
