@@ -118,7 +118,7 @@ pub fn run(
         } else {
             fail(
                 config_problems.join("; "),
-                "run `selfdeploy config --check` and fix each problem",
+                "run `selfdeploy config --check --strict` and fix each problem and warning (a misspelled name sets nothing: correct it to the setting named)",
             )
         }
     });

@@ -1,15 +1,25 @@
 //! Reading the settings from the process environment and an env file (the
-//! environment wins), and the typo warnings for names that are not settings.
+//! environment wins), and the warnings for names that look like settings but
+//! are not, and for settings given twice in the file.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, REGISTRY, Settings, Source, strict, unknown_settings};
+use crate::config::env_file::{self, Entry};
+use crate::config::{
+    ChosenBy, ConfigError, ENV_FILE_VARIABLE, EnvFile, REGISTRY, SYSTEM_ENV_FILE,
+    SYSTEM_ENV_FILE_GROUP, Settings, Source, closest_setting, strict,
+};
 
 impl Settings {
-    /// Settings from the process environment and an env file: `path` when
-    /// given (it must exist), else `.env` in the working directory if there is
-    /// one. The real environment wins over the file.
+    /// Settings from the process environment and an env file, the first of:
+    /// `path` when given, the file `SELFDEPLOY_ENV_FILE` names (each must
+    /// exist; the variable set but empty: no file), `.env` in the working
+    /// directory, the system env file. The real environment wins over the
+    /// file.
     pub fn load(env_file: Option<&Path>) -> Result<Settings, ConfigError> {
         strict(Settings::load_lenient(env_file)?)
     }
@@ -19,20 +29,51 @@ impl Settings {
     pub fn load_lenient(
         env_file: Option<&Path>,
     ) -> Result<(Settings, Vec<ConfigError>), ConfigError> {
-        let (file_values, file_path) = match env_file {
-            Some(path) => (read_env_file(path)?, Some(path.to_path_buf())),
-            None => {
-                let path = PathBuf::from(".env");
-                if path.is_file() {
-                    (read_env_file(&path)?, Some(path))
-                } else {
-                    (BTreeMap::new(), None)
+        let chosen = choose_env_file(env_file, std::env::var_os(ENV_FILE_VARIABLE))?;
+        let (entries, file_path) = match &chosen {
+            EnvFile::Read { path, .. } => (read_entries(path)?, Some(path.clone())),
+            _ => (Vec::new(), None),
+        };
+        let mut warnings = Vec::new();
+        let mut file_values: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut last_line: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &entries {
+            file_values.insert(&e.name, &e.value);
+            first_line.entry(&e.name).or_insert(e.line);
+            last_line.insert(&e.name, e.line);
+        }
+        if let Some(path) = &file_path {
+            for (name, first) in &first_line {
+                let last = last_line.get(name).copied().unwrap_or(*first);
+                if last != *first {
+                    warnings.push(format!(
+                        "{name} is set more than once in {} (lines {first} and {last}): line {last} is the one in force; keep one",
+                        path.display()
+                    ));
                 }
             }
-        };
-        let mut names: Vec<String> = file_values.keys().cloned().collect();
-        names.extend(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
-        let warnings = unknown_settings(&names);
+            for (name, line) in &first_line {
+                if let Some(closest) = closest_setting(name) {
+                    warnings.push(typo(
+                        name,
+                        closest,
+                        &format!("{}, line {line}", path.display()),
+                    ));
+                }
+            }
+        }
+        for (name, _) in std::env::vars_os() {
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            if first_line.contains_key(name.as_str()) {
+                continue; // warned about as the file's (under systemd, both hold it)
+            }
+            if let Some(closest) = closest_setting(&name) {
+                warnings.push(typo(&name, closest, "the environment"));
+            }
+        }
         let mut raw = Vec::new();
         for spec in REGISTRY {
             if let Some(value) = std::env::var_os(spec.name) {
@@ -42,39 +83,154 @@ impl Settings {
                 })?;
                 raw.push((spec.name, value, Source::Environment));
             } else if let (Some(value), Some(path)) = (file_values.get(spec.name), &file_path) {
-                raw.push((spec.name, value.clone(), Source::DotEnv(path.clone())));
+                raw.push((spec.name, (*value).to_owned(), Source::DotEnv(path.clone())));
             }
         }
         let (mut settings, errors) = Settings::resolve(raw);
         settings.warnings = warnings;
+        settings.env_file = chosen;
         Ok((settings, errors))
     }
 }
 
-pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
-    let err = |problem: String| ConfigError::EnvFile {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let iter = dotenvy::from_path_iter(path).map_err(|e| err(env_file_problem(&e)))?;
-    let mut values = BTreeMap::new();
-    for item in iter {
-        let (k, v) = item.map_err(|e| err(env_file_problem(&e)))?;
-        values.insert(k, v);
-    }
-    Ok(values)
+fn typo(name: &str, closest: &str, origin: &str) -> String {
+    format!(
+        "{name} (from {origin}) is not a setting (did you mean {closest}?); its value is not used; `selfdeploy config` lists them all"
+    )
 }
 
-/// What is wrong with an env file, without its content: the line that does
-/// not parse may hold a secret.
-fn env_file_problem(e: &dotenvy::Error) -> String {
-    match e {
-        dotenvy::Error::LineParse(line, at) => {
-            let number = line.lines().count().max(1);
+/// Which env file to read: `--env-file`, else `SELFDEPLOY_ENV_FILE` (set
+/// but empty: none), else `./.env`, else the system file when it exists.
+fn choose_env_file(
+    flag: Option<&Path>,
+    variable: Option<OsString>,
+) -> Result<EnvFile, ConfigError> {
+    if let Some(path) = flag {
+        return Ok(EnvFile::Read {
+            path: path.to_path_buf(),
+            chosen_by: ChosenBy::Flag,
+        });
+    }
+    if let Some(value) = variable {
+        if value.is_empty() {
+            return Ok(EnvFile::Off);
+        }
+        return Ok(EnvFile::Read {
+            path: PathBuf::from(value),
+            chosen_by: ChosenBy::Variable,
+        });
+    }
+    let local = PathBuf::from(".env");
+    if local.is_file() {
+        return Ok(EnvFile::Read {
+            path: local,
+            chosen_by: ChosenBy::WorkingDirectory,
+        });
+    }
+    let system = PathBuf::from(SYSTEM_ENV_FILE);
+    match std::fs::metadata(&system) {
+        Ok(_) => Ok(EnvFile::Read {
+            path: system,
+            chosen_by: ChosenBy::System,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(EnvFile::NotFound { system }),
+        Err(e) => Err(ConfigError::EnvFile {
+            problem: read_problem(&system, &e),
+            path: system,
+        }),
+    }
+}
+
+/// The entries of an env file, read as `parse` reads them; an error names
+/// the file, and the line for one that the grammar refuses.
+fn read_entries(path: &Path) -> Result<Vec<Entry>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::EnvFile {
+        path: path.to_path_buf(),
+        problem: read_problem(path, &e),
+    })?;
+    env_file::parse(&bytes).map_err(|e| ConfigError::EnvFileLine {
+        path: path.to_path_buf(),
+        line: e.line,
+        problem: e.problem,
+    })
+}
+
+/// Why a file cannot be read, and what to do.
+fn read_problem(path: &Path, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => format!(
+            "it does not exist; create it (from .env.example), or name another with --env-file or {ENV_FILE_VARIABLE}"
+        ),
+        io::ErrorKind::PermissionDenied => {
+            let group = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| group_name(m.gid()))
+                .filter(|g| g != "root")
+                .unwrap_or_else(|| SYSTEM_ENV_FILE_GROUP.to_owned());
             format!(
-                "a line does not parse (at character {at} of a {number}-line entry); quote values that hold spaces or '#'"
+                "permission denied; add yourself to the {group} group that may read it (sudo usermod -aG {group} \"$USER\", then log in again), or run selfdeploy as the service user (sudo -u {SYSTEM_ENV_FILE_GROUP} selfdeploy ...)"
             )
         }
-        other => other.to_string(),
+        io::ErrorKind::IsADirectory => "it is a directory; name the env file itself".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// The name of the group `gid`, from the system's group database.
+fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed `group` is a valid out-parameter; `getgrgid_r` writes
+    // into it and into `buf` (whose length it is given) only, and sets
+    // `result` to null or to `grp`.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() || grp.gr_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success `gr_name` points at a NUL-terminated string in `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(grp.gr_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// The values of an env file (a name given twice: the last value), for
+/// `gen-secrets`; errors as the settings loader gives them.
+pub(crate) fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    Ok(read_entries(path)?
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_then_the_variable_choose_the_file() {
+        let flag = Path::new("a.env");
+        assert_eq!(
+            choose_env_file(Some(flag), Some("b.env".into())).unwrap(),
+            EnvFile::Read {
+                path: flag.into(),
+                chosen_by: ChosenBy::Flag
+            }
+        );
+        assert_eq!(
+            choose_env_file(None, Some("b.env".into())).unwrap(),
+            EnvFile::Read {
+                path: "b.env".into(),
+                chosen_by: ChosenBy::Variable
+            }
+        );
+        assert_eq!(
+            choose_env_file(None, Some("".into())).unwrap(),
+            EnvFile::Off
+        );
+    }
+
+    #[test]
+    fn root_s_group_has_a_name() {
+        assert_eq!(group_name(0).as_deref(), Some("root"));
     }
 }

@@ -24,10 +24,13 @@ pub struct Args {
 pub fn run(env_file: Option<&Path>, args: Args) -> anyhow::Result<u8> {
     // A configuration with problems is still checked as far as it goes.
     let (settings, errors) = Settings::load_lenient(env_file)?;
+    // A warning fails the check too: a misspelled setting leaves the one
+    // meant at its default (`SELF_DEPLOY_ENABLE=false` keeps deploys on).
     let problems: Vec<String> = errors
         .iter()
         .map(ToString::to_string)
         .chain(settings.problems())
+        .chain(settings.warnings.iter().map(|w| format!("warning: {w}")))
         .collect();
     // Each check is printed (and flushed) as soon as it ends: a slow host
     // shows which check it is slow in.

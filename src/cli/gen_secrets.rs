@@ -1,14 +1,11 @@
 //! `selfdeploy gen-secrets`: fresh values for the secret settings, printed or
 //! added to an env file without ever changing a value already there.
 
-use std::fs::{self, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use selfdeploy::secrets;
+use selfdeploy::secrets::{self, Added};
 
 use super::{EXIT_OK, EXIT_USAGE};
 
@@ -22,8 +19,9 @@ pub struct Args {
     /// them; a new file is created with mode 0600.
     #[arg(long, value_name = "PATH")]
     write: Option<PathBuf>,
-    /// With --write: append the missing secrets to an existing file (every
-    /// existing line is kept; the file becomes mode 0600).
+    /// With --write: give the missing secrets values in an existing file (an
+    /// empty `NAME=` line is filled in place, others appended; every other
+    /// line, the owner, group and mode are kept, less any access for others).
     #[arg(long, requires = "write")]
     force: bool,
 }
@@ -37,48 +35,27 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Ok(EXIT_OK);
     };
     let shown = path.display();
-    let existing = match fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let values = secrets::generate(&names)?;
-            secrets::create_env_file(&path, secrets::addition(b"", &values).as_bytes())
-                .with_context(|| format!("cannot create {shown}"))?;
+    let added = secrets::add_to_env_file(&path, &names, args.force)
+        .with_context(|| format!("gen-secrets --write {shown}"))?;
+    match added {
+        Added::Created(names) => {
             outln!("wrote {} to {shown} (mode 0600)", names.join(", "));
-            return Ok(EXIT_OK);
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {shown}")),
-    };
-    let values =
-        secrets::read_env_file(&path).with_context(|| format!("cannot parse env file {shown}"))?;
-    let missing = secrets::missing(&names, &values);
-    if missing.is_empty() {
-        outln!(
+        Added::Nothing => outln!(
             "{shown} already has a value for {}: nothing changed",
             names.join(", ")
-        );
-        return Ok(EXIT_OK);
+        ),
+        Added::Refused(missing) => {
+            eprintln!(
+                "selfdeploy: gen-secrets: {shown} exists and has no value for {}; left unchanged (add --force to fill them in, keeping every other line)",
+                missing.join(", ")
+            );
+            return Ok(EXIT_USAGE);
+        }
+        Added::Filled { names, mode } => outln!(
+            "gave {} a value in {shown} (mode {mode:04o}, owner and group kept)",
+            names.join(", ")
+        ),
     }
-    if !args.force {
-        eprintln!(
-            "selfdeploy: gen-secrets: {shown} exists and has no value for {}; left unchanged (add --force to append, keeping every existing line)",
-            missing.join(", ")
-        );
-        return Ok(EXIT_USAGE);
-    }
-    let values = secrets::generate(&missing)?;
-    append(&path, secrets::addition(&existing, &values).as_bytes())
-        .with_context(|| format!("cannot append to {shown}"))?;
-    outln!("appended {} to {shown} (mode 0600)", missing.join(", "));
     Ok(EXIT_OK)
-}
-
-/// Appends in one write, so the existing bytes, the owner and a symbolic
-/// link stay as they are; the file becomes readable by its owner only
-/// before the secret is written into it (a file that holds a secret is 0600,
-/// whoever created it).
-fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().append(true).open(path)?;
-    file.set_permissions(Permissions::from_mode(0o600))?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }

@@ -102,7 +102,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
     about = "Deploys a service that cannot restart itself: a persisted state machine with a human approval in the loop"
 )]
 pub struct Cli {
-    /// Read settings from this env file instead of ./.env (the environment still wins).
+    /// Read settings from this env file (default: the file SELFDEPLOY_ENV_FILE names, else ./.env, else the system env file); the environment still wins.
     #[arg(long, global = true, value_name = "PATH")]
     env_file: Option<PathBuf>,
     /// Log less: errors only (and no warnings about the settings).
@@ -202,7 +202,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(&state()?, args),
         Command::History(args) => history::run(&state()?, args),
         Command::Logs(args) => logs::run(&state()?, args),
-        Command::Config(args) => config::run(cli.env_file.as_deref(), args),
+        Command::Config(args) => config::run(cli.env_file.as_deref(), quiet, args),
         Command::GenSecrets(args) => gen_secrets::run(args),
         Command::Doctor(args) => doctor::run(cli.env_file.as_deref(), args),
         Command::Init(args) => init::run(&settings()?, args),

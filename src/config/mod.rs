@@ -4,11 +4,12 @@
 //! is `crate::load_settings`, and the names, defaults and meanings are
 //! `registry.rs`, the only home of host-specific literals.
 
+pub mod env_file;
 mod registry;
 
 pub use registry::{
-    FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, REGISTRY, SELF_HOSTING_REPO, Spec, is_secret,
-    unknown_settings,
+    ENV_FILE_VARIABLE, FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, REGISTRY, SELF_HOSTING_REPO,
+    SYSTEM_ENV_FILE, SYSTEM_ENV_FILE_GROUP, Spec, closest_setting, is_secret,
 };
 
 use std::collections::BTreeMap;
@@ -136,12 +137,71 @@ pub enum ConfigError {
     },
     #[error("cannot read env file {path}: {problem}")]
     EnvFile { path: PathBuf, problem: String },
+    #[error("env file {path}, line {line}: {problem}")]
+    EnvFileLine {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Several(Vec<ConfigError>),
     #[error("{0} is not a setting; `selfdeploy config` lists them all")]
     Unknown(String),
     #[error("setting {name} from {origin} is not valid UTF-8")]
     NotUtf8 { name: &'static str, origin: Source },
+}
+
+/// Which env file the settings were read from, and why that one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EnvFile {
+    /// This file was read.
+    Read { path: PathBuf, chosen_by: ChosenBy },
+    /// No `--env-file`, no `SELFDEPLOY_ENV_FILE`, no `./.env`, and the
+    /// system file does not exist: the environment alone.
+    NotFound { system: PathBuf },
+    /// `SELFDEPLOY_ENV_FILE` is set but empty: no file, on purpose.
+    Off,
+    /// Settings made by the program (tests, the demo): no file looked for.
+    NotLoaded,
+}
+
+/// What chose the env file, in the order it is looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChosenBy {
+    Flag,
+    Variable,
+    WorkingDirectory,
+    System,
+}
+
+impl fmt::Display for EnvFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EnvFile::Read { path, chosen_by } => {
+                let why = match chosen_by {
+                    ChosenBy::Flag => "given by --env-file".to_owned(),
+                    ChosenBy::Variable => format!("named by {ENV_FILE_VARIABLE}"),
+                    ChosenBy::WorkingDirectory => "./.env in the working directory".to_owned(),
+                    ChosenBy::System => {
+                        "the system env file: no --env-file, no ./.env here".to_owned()
+                    }
+                };
+                write!(f, "{} ({why})", path.display())
+            }
+            EnvFile::NotFound { system } => write!(
+                f,
+                "none (no --env-file, {ENV_FILE_VARIABLE} unset, no ./.env here, {} not found): the environment alone",
+                system.display()
+            ),
+            EnvFile::Off => write!(
+                f,
+                "none ({ENV_FILE_VARIABLE} is set empty): the environment alone"
+            ),
+            EnvFile::NotLoaded => f.write_str("none (settings made by the program)"),
+        }
+    }
 }
 
 /// Whether writes to the state directory and the history reach the disk
@@ -219,8 +279,11 @@ pub struct Settings {
     /// Every setting as resolved, in registry order.
     pub resolved: Vec<Resolved>,
     /// Names that look like settings but are not (typos), with the closest
-    /// known name: printed, never fatal.
+    /// known name, and settings given twice in the env file: printed, never
+    /// fatal (`config --check --strict` and `doctor` fail on them).
     pub warnings: Vec<String>,
+    /// The env file read, if any.
+    pub env_file: EnvFile,
 }
 
 impl Settings {
@@ -311,6 +374,7 @@ impl Settings {
                 .collect(),
             resolved: resolved.clone(),
             warnings: Vec::new(),
+            env_file: EnvFile::NotLoaded,
         };
         (settings, r.errors.into_inner())
     }

@@ -96,30 +96,100 @@ pub const REGISTRY: &[Spec] = &[
     spec("HISTORY_HMAC_PREVIOUS_KEYS", "", Kind::Secret, "secrets", "earlier HISTORY_HMAC_KEY values (comma-separated) that still verify the entries they signed, after a key rotation"),
 ];
 
+/// The env file the installed CLI reads when no `--env-file` is given, the
+/// variable below is unset and the working directory has no `.env`: the one
+/// the Debian package ships (root:selfdeploy, mode 0640).
+pub const SYSTEM_ENV_FILE: &str = "/etc/selfdeploy/selfdeploy.env";
+
+/// The variable that names another env file (set but empty: read none).
+pub const ENV_FILE_VARIABLE: &str = "SELFDEPLOY_ENV_FILE";
+
+/// The group that may read the system env file, as the package ships it.
+pub const SYSTEM_ENV_FILE_GROUP: &str = "selfdeploy";
+
 /// The prefixes of this project's settings: a variable with one of them that
 /// is not a setting is most likely a typo.
 const PREFIXES: [&str; 3] = ["SELF_DEPLOY_", "DEPLOY_", "HISTORY_HMAC_"];
 
-/// A warning for each name that carries one of the project's prefixes but is
-/// not a setting, naming the closest setting.
-pub fn unknown_settings(names: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = names
+/// How many single-character edits away from a setting's name another name
+/// is taken for a typo of it, whatever its prefix (`REPO_DIR`, `repos_dir`,
+/// `HOST_REPO_DIR`, `SELFDEPLOY_ENABLED`).
+const TYPO_DISTANCE: usize = 2;
+
+/// Variables of an ordinary environment (a login shell, sudo, systemd,
+/// containers, CI) that are never a misspelled setting, however close.
+const COMMON_VARIABLES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "PWD",
+    "OLDPWD",
+    "TERM",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "HOSTNAME",
+    "MAIL",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "DISPLAY",
+    "SHLVL",
+    "SSH_AUTH_SOCK",
+    "SSH_CONNECTION",
+    "SSH_CLIENT",
+    "SSH_TTY",
+    "SUDO_USER",
+    "SUDO_UID",
+    "SUDO_GID",
+    "SUDO_COMMAND",
+    "XDG_RUNTIME_DIR",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_SESSION_ID",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "INVOCATION_ID",
+    "JOURNAL_STREAM",
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "CI",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "DOCKER_HOST",
+];
+
+/// Names that are not settings but that the program reads: never a typo,
+/// and what a typo of them should be told.
+const OTHER_KNOWN: &[&str] = &[ENV_FILE_VARIABLE];
+
+/// The setting (or other variable this program reads) that `name` most
+/// likely misspells: `None` for a known name, a common variable, or one
+/// neither carrying a project prefix nor within a couple of edits of a
+/// known name.
+pub fn closest_setting(name: &str) -> Option<&'static str> {
+    let known = REGISTRY
         .iter()
-        .filter(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
-        .filter(|n| REGISTRY.iter().all(|s| s.name != n.as_str()))
-        .map(|n| {
-            let closest = REGISTRY
-                .iter()
-                .min_by_key(|s| edit_distance(n, s.name))
-                .map_or("", |s| s.name);
-            format!(
-                "{n} is not a setting (did you mean {closest}?); `selfdeploy config` lists them all"
-            )
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+        .map(|s| s.name)
+        .chain(OTHER_KNOWN.iter().copied());
+    if known.clone().any(|k| k == name) || COMMON_VARIABLES.contains(&name) {
+        return None;
+    }
+    let upper = name.to_ascii_uppercase();
+    let (distance, closest) = known
+        .map(|k| (edit_distance(&upper, k), k))
+        .min_by_key(|(d, _)| *d)?;
+    let prefixed = PREFIXES.iter().any(|p| upper.starts_with(p));
+    (prefixed || distance <= TYPO_DISTANCE).then_some(closest)
 }
 
 /// Levenshtein distance, by bytes (setting names are ASCII).

@@ -7,9 +7,11 @@ use selfdeploy::config::{REGISTRY, Settings, Source};
 
 fn example() -> BTreeMap<String, String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example");
-    dotenvy::from_path_iter(&path)
-        .expect(".env.example exists")
-        .map(|item| item.expect(".env.example parses"))
+    let bytes = std::fs::read(&path).expect(".env.example exists");
+    selfdeploy::config::env_file::parse(&bytes)
+        .expect(".env.example parses")
+        .into_iter()
+        .map(|e| (e.name, e.value))
         .collect()
 }
 

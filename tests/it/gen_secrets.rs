@@ -1,5 +1,6 @@
 //! `selfdeploy gen-secrets` through the binary: printed secrets, and env files
-//! created private, refused unchanged, or appended to without touching a byte.
+//! created private, refused unchanged, or filled in place keeping every other
+//! line, the mode and the group.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -96,15 +97,15 @@ fn an_existing_file_is_refused_unchanged_then_appended_with_force() {
         .and_then(|r| r.strip_suffix('\n'))
         .unwrap_or_else(|| panic!("{added:?}"));
     assert!(is_token(key), "{added:?}");
-    // A file that holds a secret is readable by its owner only.
-    assert_eq!(mode(&path), 0o600);
+    // The file keeps its mode (the group that reads it still does).
+    assert_eq!(mode(&path), 0o640);
     let values = read_env_file(&path).unwrap();
     assert_eq!(values["HISTORY_HMAC_KEY"], key);
     assert_eq!(values["GIT_EMAIL_DOMAIN"], "example.test");
 }
 
 #[test]
-fn an_empty_value_is_missing_and_the_appended_one_is_the_one_read() {
+fn an_empty_value_is_missing_and_is_filled_in_place() {
     let sb = Sandbox::new();
     let path = sb.root().join(".env");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example");
@@ -118,8 +119,9 @@ fn an_empty_value_is_missing_and_the_appended_one_is_the_one_read() {
 
     let out = sb.run(&["gen-secrets", "--write", p, "--force"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let after = fs::read(&path).unwrap();
-    assert!(after.starts_with(&before));
+    let after = fs::read_to_string(&path).unwrap();
+    let before = String::from_utf8(before).unwrap();
+    assert_eq!(after.lines().count(), before.lines().count(), "{after}");
     let key = &read_env_file(&path).unwrap()["HISTORY_HMAC_KEY"];
     assert!(is_token(key), "{key:?}");
 }

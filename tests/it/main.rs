@@ -21,6 +21,7 @@ mod doctor;
 mod e2e_ssh;
 mod engine_happy_path;
 mod env_example;
+mod env_file;
 mod explain;
 mod gen_secrets;
 mod git_safety;

@@ -377,7 +377,7 @@ fn no_command_shows_the_history_keys() {
                 let (code, stdout, stderr) = code_out_err(&out);
                 assert_eq!(code, 1, "{args:?} with {text:?}: {stderr}");
                 assert!(
-                    format!("{stdout}{stderr}").contains("a line does not parse"),
+                    format!("{stdout}{stderr}").contains(&format!("{file}, line ")),
                     "{args:?} with {text:?}: {stdout}{stderr}"
                 );
             }

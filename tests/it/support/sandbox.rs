@@ -172,8 +172,9 @@ impl Sandbox {
 
     /// A `selfdeploy` command, run in the sandbox root, with a clean
     /// environment: `PATH` (the test process's), `HOME` (the sandbox's
-    /// home), then the sandbox's settings, which win (a test may set its own
-    /// `PATH`). Nothing else of the caller's environment reaches it: no
+    /// home), `SELFDEPLOY_ENV_FILE` empty (no env file is read, not even the
+    /// system's, unless a test names one), then the sandbox's settings, which
+    /// win (a test may set its own `PATH`). Nothing else of the caller's environment reaches it: no
     /// `RUST_LOG` unless the test sets it, no history key, no `USER`.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_selfdeploy"));
@@ -182,6 +183,8 @@ impl Sandbox {
             cmd.env("PATH", path);
         }
         cmd.env("HOME", self.home());
+        // No env file unless a test gives one: never the system's.
+        cmd.env("SELFDEPLOY_ENV_FILE", "");
         cmd.envs(&self.env);
         cmd
     }
