@@ -7,8 +7,8 @@
 mod registry;
 
 pub use registry::{
-    FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, REGISTRY, SELF_HOSTING_REPO, Spec, is_secret,
-    unknown_settings,
+    FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, PACKAGE_ENV_FILE, PACKAGE_HOME, REGISTRY,
+    SELF_HOSTING_REPO, Spec, is_secret, unknown_settings,
 };
 
 use std::collections::BTreeMap;

@@ -141,6 +141,14 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// e-mail domain from the settings.
 pub const FINALIZER_NAME: &str = "deploy-finalizer";
 
+/// The Debian package's env file (the unit's EnvironmentFile), named in the
+/// manual pages.
+pub const PACKAGE_ENV_FILE: &str = "/etc/selfdeploy/selfdeploy.env";
+
+/// The home of the Debian package's service user, named in the manual
+/// pages.
+pub const PACKAGE_HOME: &str = "/var/lib/selfdeploy";
+
 /// The image label that carries the commit an image was built from (the OCI
 /// annotation `org.opencontainers.image.revision`): the hook's provenance
 /// check compares it with EXPECTED_REVISION.
