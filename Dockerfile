@@ -88,7 +88,7 @@ CMD ["watch"]
 ARG REVISION=
 ARG SOURCE_URL=
 LABEL org.opencontainers.image.title="selfdeploy" \
-      org.opencontainers.image.description="A persisted state machine that deploys a service which cannot restart itself" \
+      org.opencontainers.image.description="Persisted state machine that deploys a service which cannot restart itself" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.version="0.4.0" \

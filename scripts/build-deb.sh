@@ -2,10 +2,13 @@
 # Builds the Debian package and checks it: the release binary, the files it
 # generates (scripts/package-assets.sh), `cargo deb --no-build` (cargo-deb is
 # installed when missing), then the package itself: every path it must ship,
-# the modes that matter, the conffile, the control fields, the binary run
-# from an extracted copy, the postinst's user and directories made in that
-# copy, and `systemd-analyze verify` of the unit; a check whose tool is
-# missing here is skipped with a note. Prints the package's path last.
+# the modes that matter, the conffile, the control fields, the Debian
+# changelog, the binary run from an extracted copy, the package installed
+# and purged by dpkg in a scratch root (its postinst with systemd's tools,
+# then with them failing), `systemd-analyze verify` of the unit and its
+# `systemd-analyze security` exposure (4.0 at most), and lintian (no error,
+# no warning); a check whose tool is missing here is skipped with a note.
+# Prints the package's path last.
 #
 #   scripts/build-deb.sh
 #
@@ -71,6 +74,8 @@ expected=(
     usr/share/fish/vendor_completions.d/selfdeploy.fish
     usr/share/doc/selfdeploy/README.md
     usr/share/doc/selfdeploy/copyright
+    usr/share/doc/selfdeploy/changelog.Debian.gz
+    usr/share/lintian/overrides/selfdeploy
 )
 # Every page the binary wrote, every operations guide.
 for page in "$assets"/man/*.1.gz; do
@@ -114,6 +119,12 @@ done
 package_version=$(dpkg-deb -f "$deb" Version)
 if [ "${package_version%-*}" != "$version" ]; then
     fail "the package's version is $package_version, the crate's $version"
+fi
+
+# The Debian changelog's newest entry is this version.
+changelog_version=$(sed -n '1s/^selfdeploy (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+if [ "$changelog_version" != "$package_version" ]; then
+    fail "packaging/debian/changelog's newest entry is ${changelog_version:-none}, the package is $package_version"
 fi
 
 # --- the files themselves, from an extracted copy.
@@ -164,30 +175,90 @@ if [ "$named" -lt 2 ]; then
     fail "postinst names $named of the 2 configurations (sysusers.d, tmpfiles.d)"
 fi
 
-# --- what the postinst does, applied to the extracted copy: the user from
-# sysusers.d, then its home and ~/.ssh from tmpfiles.d (chown needs root).
-if command -v systemd-sysusers >/dev/null 2>&1 &&
-    command -v systemd-tmpfiles >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
-    systemd-sysusers --root="$root" selfdeploy.conf >/dev/null 2>&1 ||
-        fail "systemd-sysusers cannot apply /usr/lib/sysusers.d/selfdeploy.conf"
-    systemd-tmpfiles --root="$root" --create selfdeploy-watch.conf >/dev/null 2>&1 ||
-        fail "systemd-tmpfiles cannot apply /usr/lib/tmpfiles.d/selfdeploy-watch.conf"
-    account=$(grep '^selfdeploy:' "$root/etc/passwd" 2>/dev/null || true)
+# --- the package installed and purged by dpkg itself, in a scratch root
+# (`dpkg --root`; the maintainer scripts run outside it with DPKG_ROOT set):
+# once with systemd-sysusers and systemd-tmpfiles, once with both failing,
+# as in a container or a chroot without them (useradd and install then).
+# Each time: the user with its home, ~/.ssh 0700, the env file
+# root:selfdeploy 0640; the purge removes the home. A home that holds a
+# state directory is kept.
+scratch_root() {
+    local dir
+    dir=$(mktemp -d "$root/dpkg-root.XXXXXX")
+    mkdir -p "$dir/var/lib/dpkg/info" "$dir/var/lib/dpkg/updates" "$dir/etc"
+    : >"$dir/var/lib/dpkg/status"
+    printf 'root:x:0:0:root:/root:/bin/bash\n' >"$dir/etc/passwd"
+    printf 'root:x:0:\n' >"$dir/etc/group"
+    printf 'root:*:19000:0:99999:7:::\n' >"$dir/etc/shadow"
+    printf 'root:*::\n' >"$dir/etc/gshadow"
+    echo "$dir"
+}
+dpkg_in() {
+    local dir=$1 path=$2
+    shift 2
+    PATH="$path" dpkg --root="$dir" --force-script-chrootless --force-depends \
+        --force-not-root "$@" >"$dir.log" 2>&1 ||
+        { cat "$dir.log" >&2; return 1; }
+}
+check_installed() {
+    local dir=$1 how=$2 account uid gid
+    account=$(grep '^selfdeploy:' "$dir/etc/passwd" || true)
     if [ "$(cut -d: -f6 <<<"$account")" != /var/lib/selfdeploy ]; then
-        fail "no user selfdeploy with home /var/lib/selfdeploy after sysusers: ${account:-none}"
+        fail "$how: no user selfdeploy with home /var/lib/selfdeploy: ${account:-none}"
+        return
     fi
     uid=$(cut -d: -f3 <<<"$account")
-    ssh_dir=$(stat -c '%a %u' "$root/var/lib/selfdeploy/.ssh" 2>/dev/null || true)
-    if [ "$ssh_dir" != "700 $uid" ]; then
-        fail "/var/lib/selfdeploy/.ssh is \"${ssh_dir:-missing}\", not mode 700 owned by selfdeploy ($uid)"
-    fi
-    gid=$(grep '^selfdeploy:' "$root/etc/group" | cut -d: -f3)
-    env_file=$(stat -c '%a %u %g' "$root/etc/selfdeploy/selfdeploy.env" 2>/dev/null || true)
-    if [ "$env_file" != "640 0 $gid" ]; then
-        fail "/etc/selfdeploy/selfdeploy.env is \"${env_file:-missing}\", not mode 640 root:selfdeploy ($gid)"
+    gid=$(grep '^selfdeploy:' "$dir/etc/group" | cut -d: -f3)
+    local got
+    got=$(stat -c '%a %u' "$dir/var/lib/selfdeploy" 2>/dev/null || true)
+    [ "$got" = "750 $uid" ] || fail "$how: /var/lib/selfdeploy is \"${got:-missing}\", not 750 owned by selfdeploy ($uid)"
+    got=$(stat -c '%a %u' "$dir/var/lib/selfdeploy/.ssh" 2>/dev/null || true)
+    [ "$got" = "700 $uid" ] || fail "$how: /var/lib/selfdeploy/.ssh is \"${got:-missing}\", not 700 owned by selfdeploy ($uid)"
+    got=$(stat -c '%a %u %g' "$dir/etc/selfdeploy/selfdeploy.env" 2>/dev/null || true)
+    [ "$got" = "640 0 $gid" ] || fail "$how: /etc/selfdeploy/selfdeploy.env is \"${got:-missing}\", not 640 root:selfdeploy ($gid)"
+}
+if [ "$(id -u)" -eq 0 ] && command -v useradd >/dev/null 2>&1; then
+    stubs="$root/failing-tools"
+    mkdir -p "$stubs"
+    for tool in systemd-sysusers systemd-tmpfiles; do
+        printf '#!/bin/sh\necho "%s: cannot run here" >&2\nexit 1\n' "$tool" >"$stubs/$tool"
+        chmod 755 "$stubs/$tool"
+    done
+    for how in "with systemd's tools" "without them"; do
+        path=$PATH
+        [ "$how" = "without them" ] && path="$stubs:$PATH"
+        if [ "$how" != "without them" ] && ! command -v systemd-sysusers >/dev/null 2>&1; then
+            echo "note: systemd-sysusers is not installed here; the install with it was not tried"
+            continue
+        fi
+        dir=$(scratch_root)
+        if ! dpkg_in "$dir" "$path" -i "$deb"; then
+            fail "dpkg -i $how failed (log above)"
+            continue
+        fi
+        check_installed "$dir" "installed $how"
+        if [ "$how" = "without them" ] && ! grep -q 'making the user with useradd' "$dir.log"; then
+            fail "installed $how: the postinst did not say it fell back to useradd"
+        fi
+        if ! dpkg_in "$dir" "$path" --purge selfdeploy; then
+            fail "dpkg --purge $how failed (log above)"
+        elif [ -e "$dir/var/lib/selfdeploy" ]; then
+            fail "purged $how: /var/lib/selfdeploy is still there"
+        fi
+    done
+    # A REPOS_DIR under the home (it has an identity) survives the purge.
+    dir=$(scratch_root)
+    if dpkg_in "$dir" "$PATH" -i "$deb"; then
+        mkdir -p "$dir/var/lib/selfdeploy/repos/.selfdeploy"
+        echo '{}' >"$dir/var/lib/selfdeploy/repos/.selfdeploy/identity.json"
+        dpkg_in "$dir" "$PATH" --purge selfdeploy || fail "dpkg --purge with a REPOS_DIR in the home failed"
+        [ -f "$dir/var/lib/selfdeploy/repos/.selfdeploy/identity.json" ] ||
+            fail "the purge removed a REPOS_DIR under /var/lib/selfdeploy"
+    else
+        fail "dpkg -i (for the purge with a REPOS_DIR) failed (log above)"
     fi
 else
-    echo "note: systemd-sysusers, systemd-tmpfiles or root is missing here; the user and its home were not made"
+    echo "note: root or useradd is missing here; the package was not installed in a scratch root"
 fi
 
 # --- the unit, as systemd reads it, in a scratch root that holds this
@@ -213,8 +284,31 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     elif [ -n "$verify" ]; then
         fail "systemd-analyze verify warned: $verify"
     fi
+    # The sandbox: the exposure systemd-analyze gives the unit (0 to 10,
+    # lower is safer) must be 4.0 or less (REPLICATION.md has the figure).
+    security=$(systemd-analyze security --offline=true --root="$sysroot" \
+        selfdeploy-watch.service 2>&1 || true)
+    exposure=$(sed -n 's/.*Overall exposure level for selfdeploy-watch.service: \([0-9.]*\).*/\1/p' <<<"$security")
+    if [ -z "$exposure" ]; then
+        fail "systemd-analyze security gave no exposure: $security"
+    elif ! awk -v e="$exposure" 'BEGIN { exit !(e <= 4.0) }'; then
+        fail "systemd-analyze security: the unit's exposure is $exposure, more than 4.0"
+    else
+        echo "systemd-analyze security: exposure $exposure"
+    fi
 else
-    echo "note: systemd-analyze is not installed here; the unit was not verified"
+    echo "note: systemd-analyze is not installed here; the unit was not verified nor scored"
+fi
+
+# --- lintian: no error and no warning (the overrides the package ships say
+# why each exception is one).
+if command -v lintian >/dev/null 2>&1; then
+    # (Its note about running as root is not a finding.)
+    if ! report=$(lintian --fail-on error,warning "$deb" 2>&1); then
+        fail "lintian: $(grep -v 'running with root privileges' <<<"$report")"
+    fi
+else
+    echo "note: lintian is not installed here; the package was not linted"
 fi
 
 if [ "$failures" -gt 0 ]; then

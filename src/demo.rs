@@ -255,7 +255,11 @@ fn run_in(root: &Path, opts: &Options, out: &mut dyn Write) -> Result<StateName,
             thread::sleep(Duration::from_millis(200));
             continue;
         }
-        writeln!(out, "  ({polls} polls)")?;
+        writeln!(
+            out,
+            "  ({})",
+            crate::text_table::counted(polls as u64, "poll", "polls")
+        )?;
         print_step(out, &report)?;
         last = report.to;
     }

@@ -3,6 +3,13 @@
 
 use std::borrow::Cow;
 
+/// A count and its noun, singular for one: `counted(1, "work item", "work
+/// items")` is "1 work item", `counted(3, ..)` "3 work items".
+pub fn counted(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A cell as one line: control characters (a line break in an actor or in
 /// a quoted path could otherwise start a line that reads as another row)
 /// are shown escaped, as Rust writes them (`\n`, `\r`, `\u{1b}`).
@@ -51,6 +58,19 @@ pub fn render<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn counted_is_singular_for_one_alone() {
+        assert_eq!(
+            super::counted(0u64, "work item", "work items"),
+            "0 work items"
+        );
+        assert_eq!(
+            super::counted(1u64, "work item", "work items"),
+            "1 work item"
+        );
+        assert_eq!(super::counted(2u64, "entry", "entries"), "2 entries");
+    }
     #[test]
     fn columns_align_and_lines_end_clean() {
         let text = super::render(

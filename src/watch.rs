@@ -871,8 +871,9 @@ pub async fn run(
     watched.dirs.insert(repos_dir.clone());
     let count = store::list_items(&repos_dir).map_or(0, |items| items.len());
     tracing::info!(
-        "watch: started on {} ({count} work items, transport {}, rescan every {})",
+        "watch: started on {} ({}, transport {}, rescan every {})",
         repos_dir.display(),
+        crate::text_table::counted(count as u64, "work item", "work items"),
         settings.transport,
         humantime::format_duration(settings.watch_rescan)
     );

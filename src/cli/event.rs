@@ -17,7 +17,7 @@ use super::{
 #[derive(Debug, clap::Args)]
 pub struct EventArgs {
     /// request-approve | approved | poll | merge-verified | reset
-    #[arg(value_parser = parse_event)]
+    #[arg(value_parser = super::OneOf::new(parse_event, event_names))]
     event: EventName,
     /// The repository the work item belongs to (case does not matter).
     #[arg(long, allow_hyphen_values = true, value_name = "REPO")]
@@ -59,7 +59,8 @@ pub struct EventArgs {
 Exit status: 0 transitioned, unchanged or deferred; 3 refused, illegal or
 dispatch_failed; 1 an error (nothing done); 2 a usage error; 4 the event
 ran as reported but its history entry could not be appended (it is kept and
-written by the next event or watch pass); 130 interrupted before it acted.")]
+written by the next event or watch pass); 5 an error after the event had
+changed something (stderr says what); 130 interrupted before it acted.")]
 pub struct Args {
     #[command(flatten)]
     target: EventArgs,
@@ -69,6 +70,11 @@ pub struct Args {
     /// Print the report as one JSON object on one line.
     #[arg(long)]
     json: bool,
+}
+
+/// The events, for completion and `--help`.
+fn event_names() -> Vec<&'static str> {
+    EventName::ALL.iter().map(|e| e.as_str()).collect()
 }
 
 fn parse_event(raw: &str) -> Result<EventName, String> {

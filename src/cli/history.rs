@@ -101,9 +101,9 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
                 e.outcome,
                 match repeats {
                     Some(r) => format!(
-                        "{} (again {} times, the last at {})",
+                        "{} (again {}, the last at {})",
                         e.reason.unwrap_or_default(),
-                        r.count,
+                        selfdeploy::text_table::counted(r.count, "time", "times"),
                         r.last
                     )
                     .trim_start()

@@ -229,6 +229,44 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// A value parser for a closed set of names: `parse` checks a value (and
+/// words its error), `names` lists the set, so that completion scripts offer
+/// them and `--help` shows them.
+#[derive(Clone)]
+pub struct OneOf<T> {
+    parse: fn(&str) -> Result<T, String>,
+    names: fn() -> Vec<&'static str>,
+}
+
+impl<T> OneOf<T> {
+    pub fn new(parse: fn(&str) -> Result<T, String>, names: fn() -> Vec<&'static str>) -> Self {
+        OneOf { parse, names }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for OneOf<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        self.parse.parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            (self.names)()
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
 /// `--repo R --work-item W`, for commands about one work item.
 #[derive(Debug, clap::Args)]
 pub struct ItemArgs {

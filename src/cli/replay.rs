@@ -35,7 +35,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     for file in &files {
         let verdict = replay::replay_file(file);
         match &verdict.failure {
-            None => outln!("PASS {} ({} steps)", file.display(), verdict.steps),
+            None => outln!(
+                "PASS {} ({})",
+                file.display(),
+                selfdeploy::text_table::counted(verdict.steps as u64, "step", "steps")
+            ),
             Some(why) => {
                 failed += 1;
                 outln!("FAIL {}: {}", file.display(), why.trim_end());

@@ -60,7 +60,7 @@ pub struct Args {
     /// Only items in this state: idle, approve_requested, initiated,
     /// finalized_success or finalized_failed (repeat the option, or separate
     /// states with commas). An item whose state cannot be read is always shown.
-    #[arg(long, value_delimiter = ',', value_parser = parse_state, value_name = "STATE")]
+    #[arg(long, value_delimiter = ',', value_parser = super::OneOf::new(parse_state, state_names), value_name = "STATE")]
     state: Vec<StateName>,
     /// Every work item under REPOS_DIR (the default).
     #[arg(long)]
@@ -73,6 +73,11 @@ pub struct Args {
     /// 0 otherwise; the output is the same.
     #[arg(long)]
     check: bool,
+}
+
+/// The states, for completion and `--help`.
+fn state_names() -> Vec<&'static str> {
+    StateName::ALL.iter().map(|s| s.as_str()).collect()
 }
 
 fn parse_state(raw: &str) -> Result<StateName, String> {

@@ -8,8 +8,8 @@ pub mod env_file;
 mod registry;
 
 pub use registry::{
-    ENV_FILE_VARIABLE, FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, REGISTRY, SELF_HOSTING_REPO,
-    SYSTEM_ENV_FILE, SYSTEM_ENV_FILE_GROUP, Spec, closest_setting, is_secret,
+    ENV_FILE_VARIABLE, FINALIZER_NAME, IMAGE_REVISION_LABEL, Kind, PACKAGE_HOME, REGISTRY,
+    SELF_HOSTING_REPO, SYSTEM_ENV_FILE, SYSTEM_ENV_FILE_GROUP, Spec, closest_setting, is_secret,
 };
 
 use std::collections::BTreeMap;

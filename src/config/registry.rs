@@ -211,6 +211,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// e-mail domain from the settings.
 pub const FINALIZER_NAME: &str = "deploy-finalizer";
 
+/// The home of the Debian package's service user, named in the manual
+/// pages.
+pub const PACKAGE_HOME: &str = "/var/lib/selfdeploy";
+
 /// The image label that carries the commit an image was built from (the OCI
 /// annotation `org.opencontainers.image.revision`): the hook's provenance
 /// check compares it with EXPECTED_REVISION.

@@ -81,7 +81,10 @@ pub fn replay(f: &Fixture) -> (Option<String>, Vec<Row>) {
         {
             diffs.push(Mismatch {
                 field: "crash",
-                expected: format!("dies after {after} effects"),
+                expected: format!(
+                    "dies after {}",
+                    crate::text_table::counted(*after as u64, "effect", "effects")
+                ),
                 actual: actual.error.clone().unwrap_or_default(),
             });
         }
@@ -100,7 +103,11 @@ fn describe(act: &Act) -> String {
         Act::LateResult { dispatch, content } => {
             format!("late result {content:?} of dispatch {dispatch}")
         }
-        Act::Crash { after, event } => format!("event {} dies after {after} effects", event.event),
+        Act::Crash { after, event } => format!(
+            "event {} dies after {}",
+            event.event,
+            crate::text_table::counted(*after as u64, "effect", "effects")
+        ),
         Act::TimePasses(s) => format!("{s} s pass"),
         Act::ClockSteps(s) => format!("the wall clock steps by {s} s"),
         Act::Reboot => "the machine reboots".to_owned(),

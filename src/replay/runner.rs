@@ -615,8 +615,8 @@ impl Replayer {
         }
         if crash_after.is_some() && !actual.crashed {
             actual.error = Some(format!(
-                "the event performed only {} effects, so it could not crash after {}",
-                performed,
+                "the event performed only {}, so it could not crash after {}",
+                crate::text_table::counted(performed as u64, "effect", "effects"),
                 crash_after.unwrap_or_default()
             ));
         }

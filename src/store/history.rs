@@ -701,9 +701,9 @@ pub fn verify_history(path: &Path, keys: &HistoryKeys<'_>) -> io::Result<Verific
         return broken(
             entries + 1,
             format!(
-                "it is missing: the head records {} entries but the history has {entries} \
+                "it is missing: the head records {} but the history has {entries} \
                  (entries were dropped from the end)",
-                head.entries
+                crate::text_table::counted(head.entries as u64, "entry", "entries")
             ),
         );
     }

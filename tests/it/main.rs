@@ -30,6 +30,7 @@ mod history_hmac;
 mod loopback_recipe;
 mod machine_rows;
 mod machine_table;
+mod manual;
 mod merge_stamp_oracle;
 mod model;
 mod no_host_literals;
