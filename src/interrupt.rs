@@ -7,12 +7,14 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
+/// Each caught signal's bit (`1 << signal`): a Ctrl-C held back while a
+/// launch runs may land after a later SIGTERM, and both are said.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 extern "C" fn on_signal(signal: libc::c_int) {
-    if RECEIVED.swap(signal, Ordering::SeqCst) == 0 {
+    if RECEIVED.fetch_or(1 << signal, Ordering::SeqCst) == 0 {
         let text: &[u8] = b"selfdeploy: signal received: an event that has begun to act is finished and recorded, not cancelled half-way\n";
         // SAFETY: write(2) is async-signal-safe; the buffer is static.
         unsafe {
@@ -35,11 +37,24 @@ pub fn install() {
     }
 }
 
-/// The signal caught so far, if any.
+/// A signal caught so far, if any (SIGINT before SIGTERM before SIGHUP).
 pub fn received() -> Option<i32> {
-    match RECEIVED.load(Ordering::SeqCst) {
-        0 => None,
-        signal => Some(signal),
+    let caught = RECEIVED.load(Ordering::SeqCst);
+    SIGNALS.into_iter().find(|s| caught & (1 << s) != 0)
+}
+
+/// Every signal caught so far, for messages: "SIGINT", "SIGINT and SIGTERM".
+pub fn received_names() -> String {
+    let caught = RECEIVED.load(Ordering::SeqCst);
+    let names: Vec<&str> = SIGNALS
+        .into_iter()
+        .filter(|s| caught & (1 << s) != 0)
+        .map(name)
+        .collect();
+    match names.as_slice() {
+        [] => "no signal".to_owned(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 

@@ -175,10 +175,10 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     } else {
         print_report(&report);
     }
-    if let Some(signal) = selfdeploy::interrupt::received() {
+    if selfdeploy::interrupt::received().is_some() {
         eprintln!(
             "selfdeploy: {} arrived while the event acted: it was finished, not cancelled half-way ({} -> {}: {})",
-            selfdeploy::interrupt::name(signal),
+            selfdeploy::interrupt::received_names(),
             report.from,
             report.to,
             report.outcome

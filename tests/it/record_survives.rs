@@ -42,7 +42,7 @@ fn sigint_during_the_launch_finishes_and_records_the_dispatch() {
         "{r}"
     );
     assert!(
-        stderr.contains("SIGINT arrived while the event acted: it was finished"),
+        stderr.contains("SIGINT and SIGTERM arrived while the event acted: it was finished"),
         "{stderr}"
     );
     let h = history(&sb, item);
