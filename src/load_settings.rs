@@ -144,15 +144,65 @@ fn choose_env_file(
 /// The entries of an env file, read as `parse` reads them; an error names
 /// the file, and the line for one that the grammar refuses.
 fn read_entries(path: &Path) -> Result<Vec<Entry>, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::EnvFile {
-        path: path.to_path_buf(),
-        problem: read_problem(path, &e),
-    })?;
+    let bytes = open_env_file(path)
+        .and_then(|file| read_env_bytes(&file))
+        .map_err(|e| ConfigError::EnvFile {
+            path: path.to_path_buf(),
+            problem: read_problem(path, &e),
+        })?;
     env_file::parse(&bytes).map_err(|e| ConfigError::EnvFileLine {
         path: path.to_path_buf(),
         line: e.line,
         problem: e.problem,
     })
+}
+
+/// The most an env file may hold: a few settings take a few hundred bytes;
+/// more is not an env file (or is `/dev/zero`), and is refused rather than
+/// read into memory.
+pub const ENV_FILE_LIMIT: u64 = 1024 * 1024;
+
+/// Opens an env file for reading (through a symbolic link, as every reader
+/// of it does) without ever waiting: a FIFO, a socket or a device is
+/// refused, never opened for a read that blocks until a writer comes.
+pub(crate) fn open_env_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        return Err(io::Error::from(io::ErrorKind::IsADirectory));
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::other(format!(
+        "it is {what}, not a regular file; name the env file itself (to read none, set {ENV_FILE_VARIABLE} empty)"
+    )))
+}
+
+/// The bytes of an opened env file, refused past `ENV_FILE_LIMIT`.
+pub(crate) fn read_env_bytes(file: &std::fs::File) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    file.take(ENV_FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > ENV_FILE_LIMIT {
+        return Err(io::Error::other(format!(
+            "it is larger than {} KiB, too large for an env file",
+            ENV_FILE_LIMIT / 1024
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Why a file cannot be read, and what to do.

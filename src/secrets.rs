@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -129,7 +129,7 @@ pub fn add_to_env_file(
         problem: format!("{what}: {e}"),
     };
     loop {
-        let mut file = match File::open(path) {
+        let file = match crate::load_settings::open_env_file(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let values = generate(names).map_err(|e| io_err("cannot generate", e))?;
@@ -151,9 +151,8 @@ pub fn add_to_env_file(
         if (now.dev(), now.ino()) != (held.dev(), held.ino()) {
             continue;
         }
-        let mut existing = Vec::new();
-        file.read_to_end(&mut existing)
-            .map_err(|e| io_err("cannot read it", e))?;
+        let existing =
+            crate::load_settings::read_env_bytes(&file).map_err(|e| io_err("cannot read it", e))?;
         let entries = crate::config::env_file::parse(&existing).map_err(|e| {
             crate::config::ConfigError::EnvFileLine {
                 path: path.to_path_buf(),

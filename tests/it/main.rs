@@ -7,6 +7,7 @@ mod support;
 mod attack_17;
 mod attack_17b;
 mod attack_18;
+mod attack_20;
 mod attack_clock;
 mod bad_input;
 mod claim_protocol;
