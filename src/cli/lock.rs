@@ -27,11 +27,11 @@ pub struct LockArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "REPO")]
     repo: String,
     /// Why deploys must wait; shown to whoever approves meanwhile.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", value_parser = shown_text)]
     message: String,
     /// Who locks it, recorded with the freeze [default: $SUDO_USER, else
     /// $USER, else selfdeploy].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = shown_text)]
     actor: Option<String>,
 }
 
@@ -50,8 +50,21 @@ pub struct UnlockArgs {
     repo: String,
     /// Who unlocks it, recorded in the freeze trail [default: $SUDO_USER,
     /// else $USER, else selfdeploy].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = shown_text)]
     actor: Option<String>,
+}
+
+/// A message or an actor is shown as it is to whoever approves, and in
+/// `status`: one line without control characters (an escape sequence would
+/// rewrite the reader's terminal, a line break forge a line).
+fn shown_text(raw: &str) -> Result<String, String> {
+    if raw.contains(char::is_control) {
+        return Err(
+            "must be one line without control characters (no line break, tab or escape sequence)"
+                .to_owned(),
+        );
+    }
+    Ok(raw.to_owned())
 }
 
 /// What every acting command checks before it writes under REPOS_DIR: the

@@ -96,3 +96,38 @@ fn a_huge_env_file_is_refused_by_its_size() {
         assert_eq!(std::fs::metadata(&huge).unwrap().len(), bytes.len() as u64);
     }
 }
+
+/// `lock --message` refuses a line break; any other control character (an
+/// escape sequence that rewrites the approver's terminal, a bell) and any
+/// control character in `--actor` (a line break there forges a line of the
+/// refusal and of `status`) is refused too: the freeze is shown to whoever
+/// approves, as it is.
+#[test]
+fn a_freeze_never_carries_control_characters() {
+    let sb = Sandbox::new();
+    sb.init_repos_dir();
+    for args in [
+        &["--message", "release \x1b[2Jweek", "--actor", "alice"][..],
+        &["--message", "release\x07 week", "--actor", "alice"],
+        &["--message", "release\tweek\x7f", "--actor", "alice"],
+        &[
+            "--message",
+            "release week",
+            "--actor",
+            "alice\nunlocked by bob",
+        ],
+        &["--message", "release week", "--actor", "alice\x1b[1A"],
+    ] {
+        let mut cmd = sb.cmd();
+        cmd.args(["lock", "--repo", "orchestrator"]).args(args);
+        let out = output_within(cmd, "lock");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("control character"), "{args:?}: {stderr}");
+        let status = sb.run(&["status"]);
+        assert!(
+            !String::from_utf8_lossy(&status.stdout).contains("locked"),
+            "{args:?}: a freeze was set"
+        );
+    }
+}
