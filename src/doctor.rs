@@ -1,21 +1,23 @@
 //! `selfdeploy doctor`: the smoke procedure of a new installation as one
 //! command. Each check passes, fails (why, and what to do) or is skipped
-//! because a check it needs failed; each is reported as soon as it ends.
+//! because a check it needs failed (or, for the worktree and its push dry
+//! run, because no worktree was given); each is reported as soon as it ends.
 //!
 //! The host is probed once, with a short connect timeout, before any check
 //! that needs it: an unreachable host is one failure, not three failures
 //! with the wrong advice after three ssh timeouts.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::atomic;
 use crate::config::Settings;
+use crate::contract::names::BranchName;
 use crate::contract::remote::{self, shell_quote};
-use crate::exec::process;
+use crate::exec::{git, process};
 
 /// The longest the reachability probe waits for the connection (ssh's
 /// `ConnectTimeout`), or the ssh timeout setting when that is shorter.
@@ -26,7 +28,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Status {
     Pass,
     Fail,
-    /// Not run: a check it needs failed (the reason says which).
+    /// Not run: a check it needs failed, or (the worktree checks) nothing
+    /// was given to check; the reason says which.
     Skip,
 }
 
@@ -68,6 +71,14 @@ fn fail(detail: String, fix: &str) -> Outcome {
     Outcome::Fail(detail, fix.to_owned())
 }
 
+/// The worktree doctor checks (`--worktree`, or the worktree template
+/// rendered for `--repo --work-item`) and the branch its HEAD must name.
+#[derive(Debug, Clone)]
+pub struct Worktree {
+    pub path: PathBuf,
+    pub branch: Option<BranchName>,
+}
+
 /// Runs the checks one by one, timing each and reporting it as it ends.
 struct Runner<'a> {
     report: &'a mut dyn FnMut(&Check),
@@ -106,6 +117,7 @@ impl Runner<'_> {
 pub fn run(
     settings: &Settings,
     config_problems: &[String],
+    worktree: Option<&Worktree>,
     report: &mut dyn FnMut(&Check),
 ) -> Vec<Check> {
     let mut r = Runner {
@@ -135,10 +147,10 @@ pub fn run(
             )
         }
     });
-    r.check("git", || match process::find("git") {
+    let has_git = r.check("git", || match process::find("git") {
         Ok(path) => pass(format!("git is {}", path.display())),
         Err(e) => fail(e.to_string(), "install git or fix PATH"),
-    });
+    }) == Status::Pass;
 
     let token = token();
     let probe_dir = settings.repos_dir.join(".selfdeploy").join("doctor");
@@ -220,6 +232,77 @@ pub fn run(
         }
     }) == Status::Pass;
 
+    // The branch the push dry run pushes, once the worktree check passed.
+    let mut push_branch: Result<BranchName, String> =
+        Err("needs the worktree check to pass".to_owned());
+    r.check("worktree", || {
+        let Some(wt) = worktree else {
+            return Outcome::Skip(
+                "give --worktree PATH [--branch B] (or --repo R --work-item W) to check a worktree"
+                    .into(),
+            );
+        };
+        if !has_git {
+            return Outcome::Skip("needs git".into());
+        }
+        let shown = wt.path.display();
+        if let Err(why) = git::work_tree(settings, &wt.path) {
+            return fail(
+                why,
+                "give the worktree of the work item (--worktree, or fix SELF_DEPLOY_WORKTREE),                  or create it (`git worktree add`)",
+            );
+        }
+        let head = git::head_ref(settings, &wt.path);
+        match (&wt.branch, head) {
+            (Some(branch), Ok(head)) if head == format!("refs/heads/{branch}") => {
+                push_branch = Ok(branch.clone());
+                pass(format!("{shown} is a git work tree on {head}"))
+            }
+            (Some(branch), head) => fail(
+                format!(
+                    "{shown} is a git work tree, but {}, not on refs/heads/{branch}",
+                    match head {
+                        Ok(head) => format!("on {head}"),
+                        Err(why) => why,
+                    }
+                ),
+                "check the branch out in the worktree (`git switch <branch>`), or give the branch \
+                 it is on",
+            ),
+            (None, Ok(head)) => {
+                push_branch = head
+                    .strip_prefix("refs/heads/")
+                    .ok_or_else(|| format!("HEAD names {head}, not a branch"))
+                    .and_then(|b| BranchName::new(b).map_err(|e| e.to_string()));
+                pass(format!("{shown} is a git work tree on {head}"))
+            }
+            (None, Err(why)) => {
+                push_branch = Err(format!("{why}: give --branch B"));
+                pass(format!("{shown} is a git work tree ({why})"))
+            }
+        }
+    });
+    r.check("push dry run", || {
+        let (Some(wt), Ok(branch)) = (worktree, &push_branch) else {
+            return Outcome::Skip(match &push_branch {
+                Err(why) => why.clone(),
+                Ok(_) => "needs a worktree".to_owned(),
+            });
+        };
+        match git::push_dry_run(settings, &wt.path, branch) {
+            Ok(said) => pass(format!(
+                "git push --dry-run origin refs/heads/{branch}:refs/heads/{branch} from {}: {said}",
+                wt.path.display()
+            )),
+            Err(why) => fail(
+                format!("{why} (a dry run from {})", wt.path.display()),
+                "make the finalizer's push work as the engine's user: origin's URL \
+                 (`git remote get-url --push origin`), its credentials under the agent's HOME, \
+                 and a branch that fast-forwards origin's",
+            ),
+        }
+    });
+
     // Why the checks that need the host cannot run, if they cannot.
     let mut host_down: Option<String> = None;
     r.check("host reachable", || match &transport {
@@ -253,6 +336,15 @@ pub fn run(
             Ok(out) if out.success() => Ok(out.stdout),
             Ok(out) => Err(out.summary()),
             Err(e) => Err(e.to_string()),
+        }
+    };
+    // The exit status (when there is one) and the summary of a failure.
+    let on_host_status = |what: &str| -> Result<(), (Option<i32>, String)> {
+        let argv = remote::dispatch_argv(settings, what.to_owned());
+        match process::run(&argv[0], &argv[1..], None, &[], settings.ssh_timeout) {
+            Ok(out) if out.success() => Ok(()),
+            Ok(out) => Err((out.code, out.summary())),
+            Err(e) => Err((None, e.to_string())),
         }
     };
     let where_ = settings.transport.place(settings);
@@ -294,21 +386,34 @@ pub fn run(
         if let Some(why) = &host_down {
             return needs_host(why);
         }
+        // The wrapper runs `bash <hook>`: a readable regular file is enough,
+        // it need not be executable.
+        let hook = shell_quote(&settings.hook_script);
         let hook_test = format!(
-            "cd {} && test -f {}",
+            "cd {} || exit 3; if [ ! -e {hook} ]; then exit 4; elif [ ! -f {hook} ]; then exit 5; \
+             elif [ ! -r {hook} ]; then exit 6; fi",
             shell_quote(&settings.host_repo_path),
-            shell_quote(&settings.hook_script)
         );
-        match on_host(&hook_test) {
-            Ok(_) => pass(format!(
-                "{} exists in {} {where_}",
-                settings.hook_script, settings.host_repo_path
+        let (hook, dir) = (&settings.hook_script, &settings.host_repo_path);
+        match on_host_status(&hook_test) {
+            Ok(()) => pass(format!(
+                "{hook} is a readable regular file in {dir} {where_} (the wrapper runs `bash {hook}`)"
             )),
-            Err(why) => fail(
-                format!(
-                    "{} not found in {} {where_}: {why}",
-                    settings.hook_script, settings.host_repo_path
-                ),
+            Err((Some(5), _)) => fail(
+                format!("{hook} in {dir} {where_} is not a regular file"),
+                "fix DEPLOY_HOOK_SCRIPT: it names the hook script the wrapper runs with bash",
+            ),
+            Err((Some(6), _)) => fail(
+                format!("{hook} in {dir} {where_} is not readable by the ssh user"),
+                "make the hook readable by the ssh user (the wrapper runs `bash <hook>`: \
+                 readable suffices)",
+            ),
+            Err((Some(4), _)) => fail(
+                format!("{hook} not found in {dir} {where_}"),
+                "fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook",
+            ),
+            Err((_, why)) => fail(
+                format!("{hook} not found in {dir} {where_}: {why}"),
                 "fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook",
             ),
         }
@@ -350,6 +455,30 @@ pub fn run(
             Err(why) => fail(
                 format!("the host cannot write {}: {why}", host_written.display()),
                 "give the ssh user write access to the state directory on the host",
+            ),
+        }
+    });
+
+    r.check("docker on host", || {
+        if let Some(why) = &host_down {
+            return needs_host(why);
+        }
+        match on_host(&format!(
+            "docker version --format {}",
+            shell_quote("{{.Server.Version}}")
+        )) {
+            Ok(version) if !version.trim().is_empty() => pass(format!(
+                "docker answers {where_}: server version {}",
+                version.trim()
+            )),
+            Ok(_) => fail(
+                format!("docker {where_} names no server version"),
+                "start the docker engine on the host and let the ssh user use it",
+            ),
+            Err(why) => fail(
+                format!("docker does not answer {where_}: {why}"),
+                "install and start the docker engine on the host, and let the ssh user use it \
+                 (the docker group, or the socket's permissions)",
             ),
         }
     });

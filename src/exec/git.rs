@@ -424,12 +424,7 @@ fn commit_and_push(
         ));
     }
     let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
-    let push_url = git(env, worktree, &["remote", "get-url", "--push", "origin"], t)
-        .ok()
-        .filter(process::Finished::success)
-        .map(|out| out.stdout.trim().to_owned())
-        .unwrap_or_default();
-    let receive_pack = format!("--receive-pack={}", receive_pack_for(&push_url));
+    let receive_pack = receive_pack_option(env, worktree, t);
     match git(
         env,
         worktree,
@@ -445,6 +440,64 @@ fn commit_and_push(
     }
     notes.push(format!("git push origin {branch}: done"));
     Ok(())
+}
+
+/// The `--receive-pack=...` option of a push to the worktree's `origin`
+/// ([`receive_pack_for`] its push URL).
+fn receive_pack_option(env: &GitEnv, worktree: &Path, t: Duration) -> String {
+    let push_url = git(env, worktree, &["remote", "get-url", "--push", "origin"], t)
+        .ok()
+        .filter(process::Finished::success)
+        .map(|out| out.stdout.trim().to_owned())
+        .unwrap_or_default();
+    format!("--receive-pack={}", receive_pack_for(&push_url))
+}
+
+/// `git push --dry-run origin refs/heads/<branch>:refs/heads/<branch>` from
+/// the worktree, with the environment and the receive-pack of the
+/// finalizer's push: whether that push would be accepted (reachable remote,
+/// credentials, a fast-forward), without updating anything. `Ok` is what git
+/// said about the ref.
+pub fn push_dry_run(
+    settings: &Settings,
+    worktree: &Path,
+    branch: &BranchName,
+) -> Result<String, String> {
+    if !worktree.is_dir() {
+        return Err(format!("worktree {} does not exist", worktree.display()));
+    }
+    let t = settings.git_timeout;
+    let env = GitEnv::new(settings, FINALIZER_NAME, worktree)?;
+    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    let receive_pack = receive_pack_option(&env, worktree, t);
+    match git(
+        &env,
+        worktree,
+        &[
+            "push",
+            "--dry-run",
+            "--porcelain",
+            &receive_pack,
+            "origin",
+            &refspec,
+        ],
+        t,
+    ) {
+        Ok(out) if out.success() => {
+            // `--porcelain`: one line per ref, `<flag>\t<from>:<to>\t<summary>`.
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.contains(&refspec))
+                .and_then(|l| l.rsplit('\t').next())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("accepted");
+            Ok(line.to_owned())
+        }
+        Ok(out) => Err(push_failure(&out, worktree, branch.as_str())),
+        Err(e) => Err(format!("git push failed ({e})")),
+    }
 }
 
 /// Why a push failed, in git's own words: every line it wrote (a rejection

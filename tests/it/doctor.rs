@@ -2,7 +2,9 @@
 //! sshd: one passing and one failing installation each; over ssh to a port
 //! where nothing listens (one failure, the checks that need the host
 //! skipped, within seconds); without the transport program; as JSON Lines;
-//! and each check printed as soon as it ends.
+//! each check printed as soon as it ends; a worktree and its push dry run;
+//! the hook as a readable regular file; docker answering on the host (a
+//! stand-in `docker` first on the host's PATH, for the local transport).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::sandbox::{
-    Hold, SSH_HOST, Sandbox, over_ssh, path_with_first_dir, tool, write_script,
+    BRANCH, Hold, SSH_HOST, Sandbox, git, over_ssh, path_with_first_dir, tool, write_script,
 };
 use crate::support::sshd::{ClosedPort, Sshd};
 
@@ -29,21 +31,81 @@ fn doctor_with(sb: &Sandbox, args: &[&str]) -> (i32, String) {
 }
 
 /// Every check, in the order they run.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 13] = [
     "configuration",
     "transport program",
     "git",
     "REPOS_DIR owner",
     "REPOS_DIR identity",
     "REPOS_DIR writable",
+    "worktree",
+    "push dry run",
     "host reachable",
     "shared mount",
     "hook on host",
     "host writes state",
+    "docker on host",
 ];
 
 /// The checks that need the host.
-const NEED_THE_HOST: [&str; 3] = ["shared mount", "hook on host", "host writes state"];
+const NEED_THE_HOST: [&str; 4] = [
+    "shared mount",
+    "hook on host",
+    "host writes state",
+    "docker on host",
+];
+
+/// A passing installation checked without a worktree: the worktree and its
+/// push are skipped, everything else passes.
+const NO_WORKTREE: [&str; 13] = [
+    "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "PASS", "PASS", "PASS", "PASS",
+    "PASS",
+];
+
+/// Why the worktree check is skipped without a worktree.
+const GIVE_A_WORKTREE: &str =
+    "give --worktree PATH [--branch B] (or --repo R --work-item W) to check a worktree";
+
+/// A stand-in `docker` first on the PATH of the sandbox's commands, so
+/// first on the local transport's host: it answers `version` with a server
+/// version, or (`answers == false`) fails like a docker whose engine is down.
+fn stand_in_docker(sb: &mut Sandbox, answers: bool) {
+    let dir = sb.root().join("docker-bin");
+    let body = if answers {
+        "#!/bin/sh\n[ \"$1 $2 $3\" = 'version --format {{.Server.Version}}' ] || exit 64\necho 27.3.1\n"
+    } else {
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2\nexit 1\n"
+    };
+    write_script(&dir, "docker", body);
+    sb.set("PATH", path_with_first_dir(&dir));
+}
+
+/// A local sandbox whose host has a docker that answers.
+fn local_sandbox() -> Sandbox {
+    let mut sb = Sandbox::new();
+    stand_in_docker(&mut sb, true);
+    sb
+}
+
+/// What the loopback sshd's host says to `docker version` (a real docker
+/// engine may or may not be there): `PASS` when it answers, else `FAIL`.
+fn docker_over_ssh(sshd: &Sshd) -> &'static str {
+    let out = std::process::Command::new("ssh")
+        .env("PATH", sshd.path_with_wrapper())
+        .args([
+            "-o",
+            "BatchMode=yes",
+            &format!("{}@{SSH_HOST}", sshd.user()),
+            "docker version --format '{{.Server.Version}}'",
+        ])
+        .output()
+        .unwrap();
+    if out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
 
 /// The ssh timeout of the unreachable-host tests, and the bound their doctor
 /// must finish well within (a correctness bound: one short connect attempt,
@@ -94,11 +156,13 @@ fn statuses(text: &str) -> Vec<&str> {
     CHECKS.iter().map(|c| line_of(text, c).0).collect()
 }
 
+/// Everything passes but the worktree checks, skipped for want of one.
 fn assert_all_pass(code: i32, text: &str) {
     assert_eq!(code, 0, "{text}");
-    assert_eq!(statuses(text), ["PASS"; 10], "{text}");
+    assert_eq!(statuses(text), NO_WORKTREE, "{text}");
+    assert_eq!(line_of(text, "worktree").1, GIVE_A_WORKTREE, "{text}");
     assert!(!text.contains("fix: "), "{text}");
-    assert!(text.ends_with("10 passed, 0 failed, 0 skipped\n"), "{text}");
+    assert!(text.ends_with("11 passed, 0 failed, 2 skipped\n"), "{text}");
 }
 
 fn no_probe_left(sb: &Sandbox) {
@@ -111,19 +175,32 @@ fn no_probe_left(sb: &Sandbox) {
 
 #[test]
 fn local_install_passes() {
-    let sb = Sandbox::new();
+    let sb = local_sandbox();
     let (code, text) = doctor(&sb);
     assert_all_pass(code, &text);
     assert_eq!(
         line_of(&text, "host reachable").1,
         "ran `true` on this machine"
     );
+    assert_eq!(
+        line_of(&text, "hook on host").1,
+        format!(
+            "hook.sh is a readable regular file in {} on this machine (the wrapper runs `bash hook.sh`)",
+            sb.host_repo().display()
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        line_of(&text, "docker on host").1,
+        "docker answers on this machine: server version 27.3.1",
+        "{text}"
+    );
     no_probe_left(&sb);
 }
 
 #[test]
 fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
-    let mut sb = Sandbox::new();
+    let mut sb = local_sandbox();
     let elsewhere = sb.root().join("not-the-mount");
     fs::create_dir_all(&elsewhere).unwrap();
     sb.set("HOST_REPOS_DIR", elsewhere.into_os_string());
@@ -133,7 +210,8 @@ fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "FAIL", "FAIL",
+            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "PASS", "FAIL", "FAIL",
+            "FAIL", "PASS",
         ],
         "{text}"
     );
@@ -151,7 +229,7 @@ fn local_install_with_a_wrong_mount_and_no_hook_fails_with_fixes() {
         text.contains("fix: fix DEPLOY_HOST_REPO_PATH or DEPLOY_HOOK_SCRIPT, or install the hook"),
         "{text}"
     );
-    assert!(text.ends_with("7 passed, 3 failed, 0 skipped\n"), "{text}");
+    assert!(text.ends_with("8 passed, 3 failed, 2 skipped\n"), "{text}");
     no_probe_left(&sb);
 }
 
@@ -160,7 +238,16 @@ fn ssh_install_passes() {
     let sshd = Sshd::start();
     let sb = over_ssh(&sshd.user(), sshd.path_with_wrapper());
     let (code, text) = doctor(&sb);
-    assert_all_pass(code, &text);
+    // The host is this machine: its docker engine may or may not answer.
+    if docker_over_ssh(&sshd) == "PASS" {
+        assert_all_pass(code, &text);
+    } else {
+        assert_eq!(code, 1, "{text}");
+        let mut expected = NO_WORKTREE;
+        expected[12] = "FAIL";
+        assert_eq!(statuses(&text), expected, "{text}");
+        assert!(text.ends_with("10 passed, 1 failed, 2 skipped\n"), "{text}");
+    }
     let target = format!("{}@{SSH_HOST}", sshd.user());
     assert_eq!(
         line_of(&text, "host reachable").1,
@@ -191,7 +278,14 @@ fn ssh_install_with_a_bad_config_fails() {
     let (status, detail) = line_of(&text, "hook on host");
     assert_eq!(status, "FAIL", "{text}");
     assert!(detail.starts_with("hook.sh not found in "), "{text}");
-    assert!(text.ends_with("8 passed, 2 failed, 0 skipped\n"), "{text}");
+    let docker = docker_over_ssh(&sshd);
+    assert_eq!(line_of(&text, "docker on host").0, docker, "{text}");
+    let summary = if docker == "PASS" {
+        "9 passed, 2 failed, 2 skipped\n"
+    } else {
+        "8 passed, 3 failed, 2 skipped\n"
+    };
+    assert!(text.ends_with(summary), "{text}");
 }
 
 /// A sandbox over ssh to [`SSH_HOST`] whose `ssh` is refused at once (a
@@ -224,7 +318,8 @@ fn ssh_refused_is_one_failure_naming_the_host_and_the_rest_skipped() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "FAIL", "SKIP", "SKIP", "SKIP",
+            "PASS", "PASS", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "FAIL", "SKIP", "SKIP",
+            "SKIP", "SKIP",
         ],
         "{text}"
     );
@@ -251,7 +346,7 @@ fn ssh_refused_is_one_failure_naming_the_host_and_the_rest_skipped() {
             "{text}"
         );
     }
-    assert!(text.ends_with("6 passed, 1 failed, 3 skipped\n"), "{text}");
+    assert!(text.ends_with("6 passed, 1 failed, 6 skipped\n"), "{text}");
     assert!(
         took < WELL_WITHIN,
         "took {took:?} with a {SSH_TIMEOUT_SECS} s ssh timeout: {text}"
@@ -278,7 +373,8 @@ fn json_lines_one_object_per_check() {
     assert_eq!(
         statuses,
         [
-            "pass", "pass", "pass", "pass", "pass", "pass", "fail", "skip", "skip", "skip",
+            "pass", "pass", "pass", "pass", "pass", "pass", "skip", "skip", "fail", "skip", "skip",
+            "skip", "skip",
         ],
         "{text}"
     );
@@ -297,6 +393,8 @@ fn json_lines_one_object_per_check() {
         assert_eq!(c["fix"].is_string(), c["status"] == "fail", "{c}");
         if c["status"] == "skip" {
             assert_eq!(c["duration_ms"], 0, "{c}");
+        }
+        if c["status"] == "skip" && NEED_THE_HOST.contains(&c["name"].as_str().unwrap()) {
             assert!(
                 c["detail"]
                     .as_str()
@@ -306,17 +404,22 @@ fn json_lines_one_object_per_check() {
             );
         }
     }
+    assert_eq!(lines[6]["detail"], GIVE_A_WORKTREE, "{text}");
     assert!(
-        lines[6]["detail"]
+        lines[8]["detail"]
             .as_str()
             .unwrap()
             .ends_with("Connection refused"),
         "{text}"
     );
 
-    // A passing installation: every line a pass, exit 0.
-    let sb = Sandbox::new();
-    let (code, text) = doctor_with(&sb, &["doctor", "--json"]);
+    // A passing installation with its worktree: every line a pass, exit 0.
+    let sb = local_sandbox();
+    let wt = sb.worktree();
+    let (code, text) = doctor_with(
+        &sb,
+        &["doctor", "--json", "--worktree", wt.to_str().unwrap()],
+    );
     assert_eq!(code, 0, "{text}");
     assert_eq!(text.lines().count(), CHECKS.len(), "{text}");
     for l in text.lines() {
@@ -339,7 +442,8 @@ fn without_the_transport_program_what_needs_it_is_skipped() {
     assert_eq!(
         statuses(&text),
         [
-            "PASS", "FAIL", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "SKIP", "SKIP",
+            "PASS", "FAIL", "PASS", "PASS", "PASS", "PASS", "SKIP", "SKIP", "SKIP", "SKIP", "SKIP",
+            "SKIP", "SKIP",
         ],
         "{text}"
     );
@@ -358,7 +462,7 @@ fn without_the_transport_program_what_needs_it_is_skipped() {
             "{text}"
         );
     }
-    assert!(text.ends_with("5 passed, 1 failed, 4 skipped\n"), "{text}");
+    assert!(text.ends_with("5 passed, 1 failed, 7 skipped\n"), "{text}");
 }
 
 /// Each check is printed when it ends, not when every check has: while the
@@ -400,10 +504,14 @@ fn each_check_is_printed_as_it_ends() {
 
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut seen = Vec::new();
-    for check in &CHECKS[..6] {
+    for check in &CHECKS[..8] {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        assert!(line.starts_with(&format!("PASS {check} (")), "{line:?}");
+        assert!(
+            line.starts_with(&format!("PASS {check} ("))
+                || line.starts_with(&format!("SKIP {check}: ")),
+            "{line:?}"
+        );
         seen.push(line);
     }
     assert!(
@@ -417,7 +525,7 @@ fn each_check_is_printed_as_it_ends() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{rest}");
     assert!(rest.starts_with("FAIL host reachable ("), "{rest}");
-    assert!(rest.ends_with("6 passed, 1 failed, 3 skipped\n"), "{rest}");
+    assert!(rest.ends_with("6 passed, 1 failed, 6 skipped\n"), "{rest}");
     releaser.join().unwrap();
 }
 
@@ -458,5 +566,286 @@ fn an_unmounted_repos_dir_skips_the_host_write_check_instead_of_blaming_permissi
     assert!(
         !text.contains("give the ssh user write access"),
         "wrong advice for an unmounted share: {text}"
+    );
+}
+
+/// The status and detail of `check` in doctor's JSON Lines.
+fn json_check(text: &str, check: &str) -> (String, String, Option<String>) {
+    let c: Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|c| c["name"] == check)
+        .unwrap_or_else(|| panic!("no {check}: {text}"));
+    (
+        c["status"].as_str().unwrap().to_owned(),
+        c["detail"].as_str().unwrap().to_owned(),
+        c["fix"].as_str().map(str::to_owned),
+    )
+}
+
+/// With its worktree on its branch, whose push origin would take, every
+/// check passes; the dry run pushes nothing.
+#[test]
+fn a_worktree_on_its_branch_with_a_pushable_branch_passes() {
+    let sb = local_sandbox();
+    let wt = sb.worktree();
+    fs::write(wt.join("more.txt"), "more\n").unwrap();
+    git(&wt, &["add", "more.txt"]);
+    git(&wt, &["commit", "-q", "-m", "more"]);
+    let remote_before = git(
+        &sb.remote(),
+        &["rev-parse", &format!("refs/heads/{BRANCH}")],
+    );
+    let (code, text) = doctor_with(
+        &sb,
+        &[
+            "doctor",
+            "--worktree",
+            wt.to_str().unwrap(),
+            "--branch",
+            BRANCH,
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(statuses(&text), ["PASS"; 13], "{text}");
+    assert!(text.ends_with("13 passed, 0 failed, 0 skipped\n"), "{text}");
+    assert_eq!(
+        line_of(&text, "worktree").1,
+        format!("{} is a git work tree on refs/heads/{BRANCH}", wt.display())
+    );
+    let push = line_of(&text, "push dry run").1;
+    assert!(
+        push.starts_with(&format!(
+            "git push --dry-run origin refs/heads/{BRANCH}:refs/heads/{BRANCH} from {}: ",
+            wt.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        git(
+            &sb.remote(),
+            &["rev-parse", &format!("refs/heads/{BRANCH}")]
+        ),
+        remote_before,
+        "a dry run pushed"
+    );
+}
+
+/// `--repo R --work-item W` checks the worktree SELF_DEPLOY_WORKTREE names
+/// for them.
+#[test]
+fn the_worktree_template_is_rendered_for_repo_and_work_item() {
+    let mut sb = local_sandbox();
+    sb.set("SELF_DEPLOY_WORKTREE", "{repos_dir}/../{work_item}".into());
+    let (code, text) = doctor_with(
+        &sb,
+        &[
+            "doctor",
+            "--json",
+            "--repo",
+            "orchestrator",
+            "--work-item",
+            "worktree",
+        ],
+    );
+    assert_eq!(code, 0, "{text}");
+    let (status, detail, _) = json_check(&text, "worktree");
+    assert_eq!(status, "pass", "{text}");
+    assert!(
+        detail.ends_with(&format!(
+            "/worktree is a git work tree on refs/heads/{BRANCH}"
+        )),
+        "{text}"
+    );
+    assert_eq!(json_check(&text, "push dry run").0, "pass", "{text}");
+
+    // A work item whose worktree does not exist fails, and its push is
+    // not tried.
+    let (code, text) = doctor_with(
+        &sb,
+        &[
+            "doctor",
+            "--json",
+            "--repo",
+            "orchestrator",
+            "--work-item",
+            "W-404",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    let (status, detail, fix) = json_check(&text, "worktree");
+    assert_eq!(status, "fail", "{text}");
+    assert!(detail.contains("W-404 does not exist"), "{text}");
+    assert!(fix.unwrap().contains("SELF_DEPLOY_WORKTREE"), "{text}");
+    assert_eq!(json_check(&text, "push dry run").0, "skip", "{text}");
+}
+
+/// A worktree on another branch, or no git work tree at all, fails; the
+/// push dry run is then skipped.
+#[test]
+fn a_worktree_on_another_branch_or_no_work_tree_fails() {
+    let sb = local_sandbox();
+    let wt = sb.worktree();
+    let (code, text) = doctor_with(
+        &sb,
+        &[
+            "doctor",
+            "--json",
+            "--worktree",
+            wt.to_str().unwrap(),
+            "--branch",
+            "other",
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    let (status, detail, _) = json_check(&text, "worktree");
+    assert_eq!(status, "fail", "{text}");
+    assert!(
+        detail.ends_with(&format!("on refs/heads/{BRANCH}, not on refs/heads/other")),
+        "{text}"
+    );
+    let (status, detail, _) = json_check(&text, "push dry run");
+    assert_eq!(status, "skip", "{text}");
+    assert_eq!(detail, "needs the worktree check to pass", "{text}");
+
+    let plain = sb.root().join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    let (code, text) = doctor_with(
+        &sb,
+        &["doctor", "--json", "--worktree", plain.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{text}");
+    let (status, detail, _) = json_check(&text, "worktree");
+    assert_eq!(status, "fail", "{text}");
+    assert!(detail.contains("is not a git work tree"), "{text}");
+    assert_eq!(json_check(&text, "push dry run").0, "skip", "{text}");
+
+    // --branch alone names no worktree: a usage error, no check run.
+    let (code, text) = doctor_with(&sb, &["doctor", "--branch", BRANCH]);
+    assert_ne!(code, 0, "{text}");
+    assert!(!text.contains("PASS"), "{text}");
+}
+
+/// A push origin would refuse (its branch has a commit the worktree lacks)
+/// fails the dry run with git's reason.
+#[test]
+fn a_push_origin_would_refuse_fails_the_dry_run() {
+    let sb = local_sandbox();
+    let other = sb.root().join("other-clone");
+    git(
+        sb.root(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            BRANCH,
+            sb.remote().to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    fs::write(other.join("theirs.txt"), "theirs\n").unwrap();
+    git(&other, &["add", "theirs.txt"]);
+    git(&other, &["commit", "-q", "-m", "theirs"]);
+    git(&other, &["push", "-q", "origin", BRANCH]);
+    let wt = sb.worktree();
+    fs::write(wt.join("mine.txt"), "mine\n").unwrap();
+    git(&wt, &["add", "mine.txt"]);
+    git(&wt, &["commit", "-q", "-m", "mine"]);
+
+    let (code, text) = doctor_with(
+        &sb,
+        &[
+            "doctor",
+            "--json",
+            "--worktree",
+            wt.to_str().unwrap(),
+            "--branch",
+            BRANCH,
+        ],
+    );
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(json_check(&text, "worktree").0, "pass", "{text}");
+    let (status, detail, fix) = json_check(&text, "push dry run");
+    assert_eq!(status, "fail", "{text}");
+    assert!(detail.starts_with("git push failed ("), "{text}");
+    assert!(detail.contains("rejected"), "{text}");
+    assert!(fix.unwrap().contains("fast-forwards"), "{text}");
+}
+
+/// The hook must be a regular file the ssh user can read (the wrapper runs
+/// `bash <hook>`): a directory by that name fails, and so does an
+/// unreadable file (for a user that permissions bind).
+#[test]
+fn the_hook_must_be_a_readable_regular_file() {
+    let mut sb = local_sandbox();
+    fs::create_dir_all(sb.host_repo().join("hook-dir")).unwrap();
+    sb.set("DEPLOY_HOOK_SCRIPT", "hook-dir".into());
+    let (code, text) = doctor_with(&sb, &["doctor", "--json"]);
+    assert_eq!(code, 1, "{text}");
+    let (status, detail, fix) = json_check(&text, "hook on host");
+    assert_eq!(status, "fail", "{text}");
+    assert!(detail.ends_with("is not a regular file"), "{text}");
+    assert!(fix.unwrap().contains("DEPLOY_HOOK_SCRIPT"), "{text}");
+
+    // Not executable is fine: bash reads it.
+    use std::os::unix::fs::PermissionsExt as _;
+    let hook = sb.host_repo().join("hook.sh");
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o644)).unwrap();
+    sb.set("DEPLOY_HOOK_SCRIPT", "hook.sh".into());
+    let (_, text) = doctor_with(&sb, &["doctor", "--json"]);
+    assert_eq!(json_check(&text, "hook on host").0, "pass", "{text}");
+
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o000)).unwrap();
+    let readable_anyway = fs::read(&hook).is_ok(); // root reads it anyway
+    let (_, text) = doctor_with(&sb, &["doctor", "--json"]);
+    let (status, detail, _) = json_check(&text, "hook on host");
+    if readable_anyway {
+        assert_eq!(status, "pass", "{text}");
+    } else {
+        assert_eq!(status, "fail", "{text}");
+        assert!(
+            detail.ends_with("is not readable by the ssh user"),
+            "{text}"
+        );
+    }
+}
+
+/// Docker must answer on the host: a docker whose engine is down fails with
+/// its own words; an unreachable host skips the check.
+#[test]
+fn docker_must_answer_on_the_host() {
+    let mut sb = Sandbox::new();
+    stand_in_docker(&mut sb, false);
+    let (code, text) = doctor(&sb);
+    assert_eq!(code, 1, "{text}");
+    let (status, detail) = line_of(&text, "docker on host");
+    assert_eq!(status, "FAIL", "{text}");
+    assert_eq!(
+        detail,
+        "docker does not answer on this machine: exit status 1: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?",
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: install and start the docker engine on the host"),
+        "{text}"
+    );
+    assert!(text.ends_with("10 passed, 1 failed, 2 skipped\n"), "{text}");
+
+    // No docker at all on the host's PATH.
+    let bin = sb.root().join("no-docker");
+    for name in ["git", "bash"] {
+        write_script(
+            &bin,
+            name,
+            &format!("#!/bin/sh\nexec {} \"$@\"\n", tool(name)),
+        );
+    }
+    sb.set("PATH", bin.into_os_string());
+    let (_, text) = doctor(&sb);
+    let (status, detail) = line_of(&text, "docker on host");
+    assert_eq!(status, "FAIL", "{text}");
+    assert!(
+        detail.starts_with("docker does not answer on this machine: exit status 127"),
+        "{text}"
     );
 }
