@@ -649,6 +649,27 @@ const CHUNK: usize = 512;
 
 /// `--json` over many items: a line per item as soon as its chunk is read,
 /// two workers reading, nothing kept.
+/// Items whose only trace is an event's pending record (a reset killed
+/// after it removed the state directory, before its history entry): shown,
+/// so that what the history still lacks is seen, as the watch sees it.
+fn pending_only(settings: &Settings, repo: Option<&RepoName>) -> Vec<(RepoName, WorkItem)> {
+    let own = settings.repos_dir.join(".selfdeploy");
+    let Ok(pending) = store::pending_intents(&own) else {
+        return Vec::new();
+    };
+    let mut items: Vec<(RepoName, WorkItem)> = pending
+        .into_iter()
+        .filter_map(|(r, w)| Some((RepoName::new(&r).ok()?, WorkItem::new(&w).ok()?)))
+        .filter(|(r, _)| repo.is_none_or(|want| want == r))
+        .filter(|(r, w)| {
+            std::fs::symlink_metadata(ItemPaths::new(&settings.repos_dir, r, w).state_dir).is_err()
+        })
+        .collect();
+    items.sort();
+    items.dedup();
+    items
+}
+
 fn stream_json(
     settings: &Settings,
     states: &[StateName],
@@ -664,13 +685,17 @@ fn stream_json(
         item.as_ref()
             .map_or(true, |(r, _)| repo.is_none_or(|want| want == r))
     });
+    let mut pending = Some(pending_only(settings, repo));
     loop {
-        let chunk = items
+        let mut chunk = items
             .by_ref()
             .take(CHUNK)
             .collect::<std::io::Result<Vec<_>>>()?;
         if chunk.is_empty() {
-            break;
+            match pending.take() {
+                Some(only) if !only.is_empty() => chunk = only,
+                _ => break,
+            }
         }
         let lines = chunk
             .into_par_iter()
@@ -707,6 +732,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             }
             let mut items = store::list_items(&settings.repos_dir)?;
             items.retain(|(r, _)| repo.as_ref().is_none_or(|want| want == r));
+            items.extend(pending_only(settings, repo.as_ref()));
             items
         }
         (None, Some(_)) => {

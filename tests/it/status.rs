@@ -700,3 +700,37 @@ fn a_line_break_in_a_recorded_reason_cannot_forge_a_row_of_the_status_table() {
         "a reason's line break reads as another item:\n{table}"
     );
 }
+
+/// An item whose only trace is an event's pending record (a reset killed
+/// after removing the state directory, before its history entry) is listed
+/// by `status --all`, text and JSON, as the watch lists it: what the
+/// history still lacks is seen.
+#[test]
+fn status_all_lists_an_item_whose_only_trace_is_a_pending_record() {
+    let sb = Sandbox::new();
+    sb.request_approve("LIVE-1");
+    let pending = sb
+        .state_root()
+        .join(format!(".selfdeploy/pending/{REPO}/GONE-1.json"));
+    fs::create_dir_all(pending.parent().unwrap()).unwrap();
+    fs::write(&pending, "{ not a record").unwrap();
+    for json in [true, false] {
+        let mut args = vec!["status", "--all"];
+        if json {
+            args.push("--json");
+        }
+        let out = sb.run(&args);
+        let (code, stdout, stderr) = code_out_err(&out);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("GONE-1"), "{stdout}");
+        assert!(stdout.contains("LIVE-1"), "{stdout}");
+        assert!(
+            stdout.contains("an earlier event is not in the history yet"),
+            "{stdout}"
+        );
+    }
+    let rows = rows(&sb, &["--repo", REPO]);
+    let gone: Vec<&Value> = rows.iter().filter(|r| r["work_item"] == "GONE-1").collect();
+    assert_eq!(gone.len(), 1, "listed once: {rows:?}");
+    assert_eq!(gone[0]["state"], "idle", "{rows:?}");
+}
