@@ -9,9 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::report::code_out_err;
-use crate::support::sandbox::{
-    Hold, SSH_HOST, Sandbox, git, path_with_first_dir, run_bounded, wait_for, write_script,
-};
+use crate::support::sandbox::{Hold, Sandbox, git, run_bounded, wait_for};
 
 fn logs(sb: &Sandbox, item: &str, extra: &[&str]) -> (i32, String, String) {
     let mut cmd = sb.cmd();
@@ -154,15 +152,7 @@ fn status(sb: &Sandbox, args: &[&str]) -> (i32, String) {
 #[test]
 fn a_failed_dispatch_stays_visible_and_check_fails_on_it() {
     let mut sb = Sandbox::new();
-    let bin = sb.root().join("fake-bin");
-    write_script(
-        &bin,
-        "ssh",
-        "#!/bin/sh\necho 'ssh: connect to host: Connection refused' >&2\nexit 255\n",
-    );
-    sb.set("SELF_DEPLOY_TRANSPORT", "ssh".into());
-    sb.set("DEPLOY_SSH_HOST", SSH_HOST.into());
-    sb.set("PATH", path_with_first_dir(&bin));
+    sb.ssh_refused();
     let item = "SEEN-1";
     sb.request_approve(item);
     assert_eq!(status(&sb, &["--check"]).0, 0);

@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::support::report::{code, code_out_err, parse_json};
-use crate::support::sandbox::{
-    Hold, REPO, SSH_HOST, Sandbox, path_with_first_dir, wait_for, write, write_script,
-};
+use crate::support::sandbox::{Hold, REPO, Sandbox, wait_for, write};
 
 /// `status <args> --json`: every line, parsed; asserts exit 0.
 fn rows(sb: &Sandbox, args: &[&str]) -> Vec<Value> {
@@ -79,15 +77,7 @@ fn assert_last_event(row: &Value, event: &str, outcome: &str) {
 #[test]
 fn status_after_a_failed_dispatch_says_it_failed_not_waiting_for_approval() {
     let mut sb = Sandbox::new();
-    let bin = sb.root().join("fake-bin");
-    write_script(
-        &bin,
-        "ssh",
-        "#!/bin/sh\necho 'ssh: connect to host: Connection refused' >&2\nexit 255\n",
-    );
-    sb.set("SELF_DEPLOY_TRANSPORT", "ssh".into());
-    sb.set("DEPLOY_SSH_HOST", SSH_HOST.into());
-    sb.set("PATH", path_with_first_dir(&bin));
+    sb.ssh_refused();
     let item = "ORCH-901";
     sb.request_approve(item);
     let (c, r) = sb.approve(item);

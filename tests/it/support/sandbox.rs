@@ -75,6 +75,20 @@ impl Sandbox {
         );
     }
 
+    /// The ssh transport, with an `ssh` first on PATH that refuses every
+    /// connection (exit 255, as a host that is down): every launch fails.
+    pub fn ssh_refused(&mut self) {
+        let bin = self.root().join("fake-bin");
+        write_script(
+            &bin,
+            "ssh",
+            "#!/bin/sh\necho 'ssh: connect to host: Connection refused' >&2\nexit 255\n",
+        );
+        self.set("SELF_DEPLOY_TRANSPORT", "ssh".into());
+        self.set("DEPLOY_SSH_HOST", SSH_HOST.into());
+        self.set("PATH", path_with_first_dir(&bin));
+    }
+
     pub fn set(&mut self, key: &str, value: OsString) {
         self.env.insert(key.to_owned(), value);
     }
