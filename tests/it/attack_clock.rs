@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::support::report::{code, parse_json};
-use crate::support::sandbox::{Sandbox, path_with_first_dir, with_wall_clock, write_script};
+use crate::support::sandbox::{Sandbox, with_wall_clock};
 
 fn record(sb: &Sandbox, item: &str) -> Value {
     serde_json::from_slice(&fs::read(sb.item_dir(item).join("initiated")).unwrap()).unwrap()
@@ -31,14 +31,6 @@ fn set_mtime(path: &Path, at: SystemTime) {
         .unwrap()
         .set_modified(at)
         .unwrap();
-}
-
-/// The wrapper never starts (its `setsid` does nothing): the ticket stays
-/// unclaimed.
-fn wrapper_never_runs(sb: &mut Sandbox) {
-    let bin = sb.root().join("lost-bin");
-    write_script(&bin, "setsid", "#!/bin/sh\nexit 0\n");
-    sb.set("PATH", path_with_first_dir(&bin));
 }
 
 fn no_panic(out: &std::process::Output) {
@@ -63,7 +55,7 @@ fn a_file_time_outside_what_a_timestamp_can_show_is_no_panic() {
     .enumerate()
     {
         let mut sb = Sandbox::new();
-        wrapper_never_runs(&mut sb);
+        sb.wrapper_never_runs();
         sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
         let item = format!("MTIME-{n}");
         sb.approve_item(&item);
@@ -114,7 +106,7 @@ fn a_file_time_outside_what_a_timestamp_can_show_is_no_panic() {
 fn a_wall_clock_before_1970_or_after_9999_is_no_panic() {
     for (n, clock) in ["@1969-06-01 00:00:00", "+8000y"].into_iter().enumerate() {
         let mut sb = Sandbox::new();
-        wrapper_never_runs(&mut sb);
+        sb.wrapper_never_runs();
         let item = format!("FAR-{n}");
         sb.request_approve(&item);
         let mut cmd = with_wall_clock(sb.event_cmd("approved", &item), clock);
@@ -182,7 +174,7 @@ fn a_boot_clock_field_of_the_wrong_type_keeps_the_record_ours() {
     ];
     for (n, (field, value)) in edits.into_iter().enumerate() {
         let mut sb = Sandbox::new();
-        wrapper_never_runs(&mut sb);
+        sb.wrapper_never_runs();
         sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
         let item = format!("TYPE-{n}");
         sb.approve_item(&item);

@@ -12,9 +12,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::support::report::{code, parse_json};
-use crate::support::sandbox::{
-    Hold, Sandbox, path_with_first_dir, wait_for, with_wall_clock, write_script,
-};
+use crate::support::sandbox::{Hold, Sandbox, wait_for, with_wall_clock};
 
 /// `selfdeploy event approved` for `item` with the wall clock moved by
 /// `offset` (a libfaketime offset: `-1h`, `+1h`); the boot clock is real.
@@ -70,14 +68,6 @@ fn wait_claimed(sb: &Sandbox, item: &str) {
         "the host never claimed: {:?}",
         sb.protocol_files(item)
     );
-}
-
-/// The wrapper never starts (its `setsid` does nothing): the ticket stays
-/// unclaimed.
-fn wrapper_never_runs(sb: &mut Sandbox) {
-    let bin = sb.root().join("lost-bin");
-    write_script(&bin, "setsid", "#!/bin/sh\nexit 0\n");
-    sb.set("PATH", path_with_first_dir(&bin));
 }
 
 /// The deploy approved with the wall clock `offset` off, polled on the real
@@ -148,7 +138,7 @@ fn approved_an_hour_ahead_is_no_verdict_and_a_problem_on_the_real_clock() {
 #[test]
 fn a_backward_step_does_not_postpone_the_claim_timeout() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
     let item = "CLOCK-2";
     sb.request_approve(item);
@@ -171,7 +161,7 @@ fn a_backward_step_does_not_postpone_the_claim_timeout() {
 #[test]
 fn a_dispatch_time_in_the_future_is_a_problem_and_not_acted_upon() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
     sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "2".into());
     let item = "CLOCK-3";

@@ -942,16 +942,6 @@ fn watch_follows_repos_and_items_that_appear_after_it_started() {
     }
 }
 
-/// A host that never runs the wrapper (it lost the command, or died before
-/// the claim): a `setsid` first on the sandbox's PATH that does nothing. The
-/// launch succeeds and the ticket `dispatch-<id>` stays unclaimed; no hook
-/// ever runs, so no result will ever wake the watch.
-fn wrapper_never_runs(sb: &mut Sandbox) {
-    let bin = sb.root().join("lost-bin");
-    write_script(&bin, "setsid", "#!/bin/sh\nexit 0\n");
-    sb.set("PATH", path_with_first_dir(&bin));
-}
-
 /// Approves `item` on a host whose wrapper never runs; returns the id of the
 /// dispatch, whose ticket `dispatch-<id>` is left unclaimed.
 fn dispatch_unclaimed(sb: &Sandbox, item: &str) -> String {
@@ -999,7 +989,7 @@ fn watch_recorded(sb: &Sandbox, watch: &Watch, item: &str, to: &str, limit: Dura
 #[test]
 fn watch_alone_revokes_a_dispatch_unclaimed_past_the_claim_timeout() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "2".into());
     let item = "UNCLAIMED-1";
     let id = dispatch_unclaimed(&sb, item);
@@ -1055,7 +1045,7 @@ fn watch_alone_revokes_a_dispatch_unclaimed_past_the_claim_timeout() {
 #[test]
 fn watch_leaves_running_a_dispatch_claimed_while_it_waited_for_the_lock() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "1".into());
     let item = "CLAIMED-LATE-1";
     let id = dispatch_unclaimed(&sb, item);
@@ -1099,7 +1089,7 @@ fn watch_leaves_running_a_dispatch_claimed_while_it_waited_for_the_lock() {
 #[test]
 fn watch_once_hands_back_a_dispatch_revoked_or_never_ticketed() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     // Timeouts far away: only the ticket can make these items due.
     sb.set("SELF_DEPLOY_CLAIM_TIMEOUT_SECS", "3600".into());
     let revoked = dispatch_unclaimed(&sb, "CRASH-REVOKED");
@@ -1163,7 +1153,7 @@ fn watch_once_hands_back_a_dispatch_revoked_or_never_ticketed() {
 #[test]
 fn watch_alone_fails_a_claimed_dispatch_past_the_result_deadline() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     sb.set("SELF_DEPLOY_RESULT_DEADLINE_SECS", "2".into());
     let item = "SILENT-1";
     let id = dispatch_unclaimed(&sb, item);
@@ -1218,7 +1208,7 @@ fn watch_alone_fails_a_claimed_dispatch_past_the_result_deadline() {
 #[test]
 fn watch_alone_finalizes_on_a_result_renamed_into_place() {
     let mut sb = Sandbox::new();
-    wrapper_never_runs(&mut sb);
+    sb.wrapper_never_runs();
     let item = "RENAMED-1";
     let id = dispatch_unclaimed(&sb, item);
     let dir = sb.item_dir(item);

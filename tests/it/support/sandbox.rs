@@ -89,6 +89,16 @@ impl Sandbox {
         self.set("PATH", path_with_first_dir(&bin));
     }
 
+    /// A host that never runs the wrapper (it lost the command, or died
+    /// before the claim): a `setsid` first on PATH that does nothing. The
+    /// launch succeeds and the ticket `dispatch-<id>` stays unclaimed; no
+    /// hook ever runs.
+    pub fn wrapper_never_runs(&mut self) {
+        let bin = self.root().join("lost-bin");
+        write_script(&bin, "setsid", "#!/bin/sh\nexit 0\n");
+        self.set("PATH", path_with_first_dir(&bin));
+    }
+
     pub fn set(&mut self, key: &str, value: OsString) {
         self.env.insert(key.to_owned(), value);
     }
